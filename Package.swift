@@ -1,0 +1,64 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Arrows point one way: OCI ← ContentStore, MetadataIndex, Upstream ← Mirror ← RegistryAPI ← RegistryMirror ← executable.
+let package = Package(
+    name: "registry-mirror",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "registry-mirror", targets: ["registry-mirror"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: ["FullFoundation"]),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
+        .systemLibrary(name: "CCurl", path: "Sources/CCurl"),
+        .target(name: "OCI", dependencies: ["COpenSSL"]),
+        .target(name: "ContentStore", dependencies: [
+            "OCI",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "MetadataIndex", dependencies: ["OCI", "CSQLite"]),
+        .target(name: "Upstream", dependencies: [
+            "OCI", "CCurl",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "Mirror", dependencies: [
+            "OCI", "ContentStore", "MetadataIndex", "Upstream",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "RegistryAPI", dependencies: [
+            "OCI", "ContentStore", "MetadataIndex", "Mirror",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+        ]),
+        .target(name: "RegistryMirror", dependencies: [
+            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "RegistryAPI",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "registry-mirror", dependencies: [
+            "RegistryMirror", "OCI", "Mirror",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "RegistryMirrorTests", dependencies: [
+            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "RegistryAPI", "RegistryMirror",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdTesting", package: "hummingbird"),
+        ]),
+        .testTarget(name: "EndToEndTests", dependencies: [
+            "OCI", "Upstream",
+        ]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,83 @@
+import OCI
+
+/// Where blob bytes live. Blobs include manifests and indexes: everything is content-addressed.
+///
+/// Called by the mirror core, the importer and the HTTP front. Implementations must make a
+/// blob visible only after its digest and size were verified, so a reader never sees a partial
+/// or wrong blob. The file-system store is the only one today; an S3-compatible one can
+/// conform later (see docs/architecture.md).
+public protocol BlobStore: Sendable {
+    /// Size of a stored blob, or nil when absent.
+    func size(of digest: Digest) -> Int64?
+    /// How to read a stored blob, or nil when absent.
+    func location(of digest: Digest) -> BlobLocation?
+    /// Starts a verified write. Nothing is visible until `commit()` succeeds.
+    func makeWriter(expecting digest: Digest, size: Int64?) throws(StoreError) -> any BlobWriter
+    /// Reads a whole blob into memory; refuses one larger than `limit`.
+    func read(_ digest: Digest, limit: Int) throws(StoreError) -> [UInt8]
+    /// Removes a blob. Readers that already opened it keep their open file.
+    func delete(_ digest: Digest) throws(StoreError)
+    /// Every stored digest, for verify and garbage collection.
+    func allDigests() throws(StoreError) -> [Digest]
+}
+
+extension BlobStore {
+    /// Writes a complete in-memory blob (a manifest) through a verified writer.
+    public func write(_ bytes: [UInt8], as digest: Digest) throws(StoreError) {
+        let writer = try makeWriter(expecting: digest, size: Int64(bytes.count))
+        do throws(StoreError) {
+            try bytes.withUnsafeBytes { buffer in Result { () throws(StoreError) in try writer.write(buffer) } }.get()
+            try writer.commit()
+        } catch {
+            writer.abort()
+            throw error
+        }
+    }
+}
+
+/// A readable stored blob.
+public enum BlobLocation: Sendable, Equatable {
+    /// A regular file: served zero-copy where the transport allows.
+    case file(path: String, size: Int64)
+
+    public var size: Int64 {
+        switch self {
+        case .file(_, let size): return size
+        }
+    }
+}
+
+/// One in-progress, verified write. Feed `write`, then `commit` or `abort`.
+public protocol BlobWriter: AnyObject, Sendable {
+    var digest: Digest { get }
+    /// Bytes written so far.
+    var bytesWritten: Int64 { get }
+    /// The temporary file being written, readable while the write goes on (for progressive fills).
+    var temporaryPath: String { get }
+    func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError)
+    /// Verifies digest and size, makes the data durable, and publishes the blob atomically.
+    func commit() throws(StoreError)
+    /// Discards the temporary file. Safe to call more than once, and after `commit`.
+    func abort()
+}
+
+/// Errors from a blob store.
+public struct StoreError: Error, Sendable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable {
+        let raw: String
+        public static let notFound = Code(raw: "not found")
+        public static let io = Code(raw: "i/o error")
+        public static let verification = Code(raw: "verification failed")
+        public static let tooLarge = Code(raw: "too large")
+    }
+
+    public let code: Code
+    public let message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(code.raw): \(message)" }
+}

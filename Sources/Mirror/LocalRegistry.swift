@@ -1,0 +1,83 @@
+import ContentStore
+import Logging
+import MetadataIndex
+import OCI
+
+/// Serves what the cache holds, and nothing else: the offline mirror, and the "hit" half
+/// of the pull-through one.
+public struct LocalRegistry: RegistryContent {
+    public let store: any BlobStore
+    public let index: MetadataIndex
+    let manifests: ManifestCache
+
+    public init(store: any BlobStore, index: MetadataIndex, manifestCacheBytes: Int = 64 << 20) {
+        self.store = store
+        self.index = index
+        self.manifests = ManifestCache(capacity: manifestCacheBytes)
+    }
+
+    public func manifest(_ repository: RepositoryKey, _ reference: ManifestReference) async throws(MirrorError) -> ManifestContent {
+        let digest: Digest, mediaType: String
+        switch reference {
+        case .tag(let tag):
+            guard let tagged = try wrap({ () throws(IndexError) in try index.tag(repository, tag) }) else {
+                throw MirrorError(.manifestUnknown, "\(repository):\(tag) is not in the cache")
+            }
+            (digest, mediaType) = (tagged.digest, tagged.mediaType)
+        case .digest(let requested):
+            guard let stored = try wrap({ () throws(IndexError) in try index.manifest(requested) }),
+                try wrap({ () throws(IndexError) in try index.isLinked(repository, requested) })
+            else {
+                throw MirrorError(.manifestUnknown, "\(repository)@\(requested) is not in the cache")
+            }
+            (digest, mediaType) = (stored.digest, stored.mediaType)
+        }
+        return try manifestContent(digest, mediaType: mediaType)
+    }
+
+    /// Bytes of a stored manifest, from memory when recently used.
+    public func manifestContent(_ digest: Digest, mediaType: String) throws(MirrorError) -> ManifestContent {
+        if let bytes = manifests[digest] {
+            return ManifestContent(digest: digest, mediaType: mediaType, bytes: bytes)
+        }
+        let bytes: [UInt8]
+        do {
+            bytes = try store.read(digest, limit: ManifestDocument.maxSize)
+        } catch {
+            if error.code == .notFound { throw MirrorError(.manifestUnknown, "\(digest) is indexed but its file is missing") }
+            throw MirrorError(.internal, "reading manifest \(digest): \(error.message)")
+        }
+        manifests[digest] = bytes
+        return ManifestContent(digest: digest, mediaType: mediaType, bytes: bytes)
+    }
+
+    public func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent {
+        guard try wrap({ () throws(IndexError) in try index.isLinked(repository, digest) }),
+            let location = store.location(of: digest)
+        else {
+            throw MirrorError(.blobUnknown, "\(digest) is not in the cache for \(repository)")
+        }
+        return BlobContent(digest: digest, location: location)
+    }
+
+    public func tags(_ repository: RepositoryKey) async throws(MirrorError) -> [String] {
+        guard try wrap({ () throws(IndexError) in try index.repositoryExists(repository) }) else {
+            throw MirrorError(.nameUnknown, "\(repository) is not in the cache")
+        }
+        return try wrap { () throws(IndexError) in try index.tags(repository) }
+    }
+
+    public func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor] {
+        try wrap { () throws(IndexError) in try index.referrers(repository, subject: digest) }.map {
+            Descriptor(mediaType: $0.mediaType, digest: $0.digest, size: $0.size, annotations: $0.annotations, artifactType: $0.artifactType)
+        }
+    }
+
+    func wrap<T>(_ body: () throws(IndexError) -> T) throws(MirrorError) -> T {
+        do {
+            return try body()
+        } catch {
+            throw MirrorError(.internal, error.message)
+        }
+    }
+}

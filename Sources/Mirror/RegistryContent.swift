@@ -1,0 +1,78 @@
+import ContentStore
+import OCI
+
+/// The read side of a registry, as the HTTP front sees it.
+///
+/// Called by `RegistryAPI` for every `/v2/` request. `LocalRegistry` answers from the cache
+/// alone; a pull-through implementation wraps it and falls back to the upstream, so the
+/// HTTP handlers never learn whether a cache or an upstream answered (distribution's
+/// proxy is shaped the same way).
+public protocol RegistryContent: Sendable {
+    /// A manifest's exact bytes. Throws `.manifestUnknown` when absent.
+    func manifest(_ repository: RepositoryKey, _ reference: ManifestReference) async throws(MirrorError) -> ManifestContent
+    /// A blob the repository may read. Throws `.blobUnknown` when absent or not linked.
+    func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent
+    /// Sorted tag names. Throws `.nameUnknown` for an unknown repository.
+    func tags(_ repository: RepositoryKey) async throws(MirrorError) -> [String]
+    /// Manifests whose subject is `digest`.
+    func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor]
+}
+
+/// A manifest as served: the stored bytes and the stored media type, never re-encoded.
+public struct ManifestContent: Sendable {
+    public let digest: Digest
+    public let mediaType: String
+    public let bytes: [UInt8]
+    /// Set when the content may be stale (served from cache while the upstream failed).
+    public var warning: String?
+
+    public init(digest: Digest, mediaType: String, bytes: [UInt8], warning: String? = nil) {
+        self.digest = digest
+        self.mediaType = mediaType
+        self.bytes = bytes
+        self.warning = warning
+    }
+}
+
+/// A blob ready to be streamed.
+public struct BlobContent: Sendable {
+    public let digest: Digest
+    public let location: BlobLocation
+    public var size: Int64 { location.size }
+
+    public init(digest: Digest, location: BlobLocation) {
+        self.digest = digest
+        self.location = location
+    }
+}
+
+/// Errors of the mirror core, mapped to wire codes in one table by the HTTP front.
+public struct MirrorError: Error, Sendable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        let raw: String
+        public var description: String { raw }
+        public static let manifestUnknown = Code(raw: "manifest unknown")
+        public static let blobUnknown = Code(raw: "blob unknown")
+        public static let nameUnknown = Code(raw: "repository unknown")
+        public static let nameInvalid = Code(raw: "invalid repository name")
+        public static let upstreamUnavailable = Code(raw: "upstream unavailable")
+        public static let upstreamDenied = Code(raw: "upstream denied access")
+        public static let tooManyRequests = Code(raw: "too many requests")
+        public static let unsupported = Code(raw: "unsupported")
+        public static let invalidContent = Code(raw: "invalid content")
+        public static let `internal` = Code(raw: "internal error")
+    }
+
+    public let code: Code
+    public let message: String
+    /// Seconds a client should wait, for `.tooManyRequests`.
+    public var retryAfter: Int?
+
+    public init(_ code: Code, _ message: String, retryAfter: Int? = nil) {
+        self.code = code
+        self.message = message
+        self.retryAfter = retryAfter
+    }
+
+    public var description: String { "\(code.raw): \(message)" }
+}
