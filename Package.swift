@@ -36,6 +36,7 @@ let package = Package(
         .target(name: "RegistryAPI", dependencies: [
             "OCI", "ContentStore", "MetadataIndex", "Mirror",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -1,0 +1,350 @@
+import ContentStore
+import Foundation
+import Logging
+import MetadataIndex
+import OCI
+
+/// Loads an OCI image layout, a directory or a `.tar` of one, into the cache.
+///
+/// Every blob is verified against its digest and its descriptor's size on the way in. The
+/// images become visible (tags, repository links) in one index transaction, only after
+/// everything they need is stored. On any error, blobs this import wrote are removed again,
+/// so a bad bundle leaves nothing behind.
+public struct BundleImporter: Sendable {
+    public struct Options: Sendable {
+        /// `[host/]name[:tag]` to import as, overriding the layout's ref-name annotations.
+        public var reference: String?
+        /// Registry host for references without one (`docker.io` normalization applies).
+        public var pin: Bool
+
+        public init(reference: String? = nil, pin: Bool = false) {
+            self.reference = reference
+            self.pin = pin
+        }
+    }
+
+    /// One image made visible by an import.
+    public struct Imported: Sendable {
+        public let reference: ImageReference
+        public let digest: Digest
+        public let mediaType: String
+        /// Index children present in the bundle / listed by the index (1/1 for a single image).
+        public let platformsPresent: Int
+        public let platformsListed: Int
+        public let bytes: Int64
+    }
+
+    let store: any BlobStore
+    let index: MetadataIndex
+    let logger: Logger
+
+    public init(store: any BlobStore, index: MetadataIndex, logger: Logger) {
+        self.store = store
+        self.index = index
+        self.logger = logger
+    }
+
+    public func importBundle(at path: String, options: Options = .init()) throws(BundleError) -> [Imported] {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw BundleError("\(path) does not exist")
+        }
+        var session = IngestSession(store: store)
+        do {
+            let layout: LayoutFiles
+            if isDirectory.boolValue {
+                layout = try readDirectoryLayout(path, session: &session)
+            } else {
+                layout = try readTarLayout(path, session: &session)
+            }
+            let result = try load(layout, options: options, session: &session)
+            session.removeUnreached()
+            return result
+        } catch {
+            session.rollback()
+            throw error
+        }
+    }
+
+    // MARK: Reading a layout
+
+    /// The two small files of a layout, and where its blobs come from.
+    struct LayoutFiles {
+        let index: ImageIndex
+        /// A directory to read blobs from on demand; nil when they were already ingested from a tar.
+        let blobDirectory: String?
+    }
+
+    private func readDirectoryLayout(_ root: String, session: inout IngestSession) throws(BundleError) -> LayoutFiles {
+        let layoutFile = root + "/oci-layout"
+        guard let layoutData = FileManager.default.contents(atPath: layoutFile) else {
+            throw BundleError("\(root) is not an OCI image layout: it has no oci-layout file")
+        }
+        try checkLayoutVersion(Array(layoutData))
+        guard let indexData = FileManager.default.contents(atPath: root + "/index.json") else {
+            throw BundleError("\(root) is not an OCI image layout: it has no index.json")
+        }
+        return LayoutFiles(index: try decodeIndex(Array(indexData)), blobDirectory: root + "/blobs")
+    }
+
+    private func readTarLayout(_ path: String, session: inout IngestSession) throws(BundleError) -> LayoutFiles {
+        var reader = try TarReader(path: path)
+        defer { reader.close() }
+        var layoutBytes: [UInt8]?
+        var indexBytes: [UInt8]?
+        try reader.forEach { (entry, pump) throws(BundleError) in
+            switch entry.path {
+            case "oci-layout": layoutBytes = try readSmall(entry, pump)
+            case "index.json": indexBytes = try readSmall(entry, pump)
+            default:
+                guard entry.path.hasPrefix("blobs/") else { return }
+                let parts = entry.path.split(separator: "/")
+                guard parts.count == 3, let digest = try? Digest(parsing: "\(parts[1]):\(parts[2])") else {
+                    throw BundleError("bundle has a blob with an invalid name: \(entry.path.prefix(200))")
+                }
+                try session.ingest(digest, size: entry.size, from: pump)
+            }
+        }
+        guard let layoutBytes else { throw BundleError("\(path) is not an OCI image layout: it has no oci-layout file") }
+        try checkLayoutVersion(layoutBytes)
+        guard let indexBytes else { throw BundleError("\(path) is not an OCI image layout: it has no index.json") }
+        return LayoutFiles(index: try decodeIndex(indexBytes), blobDirectory: nil)
+    }
+
+    private func readSmall(_ entry: TarReader.Entry, _ pump: TarReader.Pump) throws(BundleError) -> [UInt8] {
+        guard entry.size <= Int64(ManifestDocument.maxSize) else { throw BundleError("\(entry.path) is too large") }
+        var out: [UInt8] = []
+        try pump { (chunk) throws(BundleError) in out.append(contentsOf: chunk) }
+        return out
+    }
+
+    private func checkLayoutVersion(_ bytes: [UInt8]) throws(BundleError) {
+        struct Layout: Decodable { var imageLayoutVersion: String }
+        guard let layout = try? JSONDecoder().decode(Layout.self, from: Data(bytes)), layout.imageLayoutVersion.hasPrefix("1.") else {
+            throw BundleError("unsupported oci-layout file (expected imageLayoutVersion 1.x)")
+        }
+    }
+
+    private func decodeIndex(_ bytes: [UInt8]) throws(BundleError) -> ImageIndex {
+        do {
+            return try JSONDecoder().decode(ImageIndex.self, from: Data(bytes))
+        } catch {
+            throw BundleError("index.json is not a valid OCI index: \(error)")
+        }
+    }
+
+    // MARK: Walking the images
+
+    private func load(_ layout: LayoutFiles, options: Options, session: inout IngestSession) throws(BundleError) -> [Imported] {
+        guard !layout.index.manifests.isEmpty else { throw BundleError("the bundle's index.json lists no images") }
+        var results: [Imported] = []
+        var batch = ContentBatch()
+        batch.pin = options.pin
+        for entry in layout.index.manifests {
+            let reference = try reference(for: entry, options: options, entries: layout.index.manifests.count)
+            let repository = RepositoryKey(upstream: reference.host, name: reference.repository)
+            var walk = Walk()
+            try visit(entry, depth: 0, layout: layout, session: &session, walk: &walk, batch: &batch)
+            for digest in walk.reached { batch.link(repository, digest) }
+            if let tag = reference.tag {
+                batch.tag(repository, tag, entry.digest, mediaType: walk.rootMediaType ?? entry.mediaType)
+            }
+            results.append(Imported(
+                reference: reference, digest: entry.digest, mediaType: walk.rootMediaType ?? entry.mediaType,
+                platformsPresent: walk.childrenPresent, platformsListed: walk.childrenListed, bytes: walk.bytes))
+        }
+        for digest in session.reached.sorted() {
+            guard let size = store.size(of: digest) else { continue }
+            batch.addBlob(digest, size: size)
+        }
+        do {
+            try index.record(batch)
+        } catch {
+            throw BundleError("recording the import in the index failed: \(error.message)")
+        }
+        return results
+    }
+
+    struct Walk {
+        var reached: [Digest] = []
+        var rootMediaType: String?
+        var childrenPresent = 1
+        var childrenListed = 1
+        var bytes: Int64 = 0
+    }
+
+    private func visit(_ descriptor: Descriptor, depth: Int, layout: LayoutFiles, session: inout IngestSession,
+                       walk: inout Walk, batch: inout ContentBatch) throws(BundleError) {
+        guard depth < 4 else { throw BundleError("indexes are nested more than 4 deep at \(descriptor.digest)") }
+        try ensure(descriptor, layout: layout, session: &session, role: "manifest")
+        let bytes: [UInt8]
+        do {
+            bytes = try store.read(descriptor.digest, limit: ManifestDocument.maxSize)
+        } catch {
+            throw BundleError("manifest \(descriptor.digest): \(error.message)")
+        }
+        let document: ManifestDocument
+        do {
+            document = try ManifestDocument(bytes: bytes, contentType: descriptor.mediaType)
+        } catch {
+            throw BundleError("manifest \(descriptor.digest): \(error.message)")
+        }
+        if MediaType.isSchema1(document.mediaType) {
+            throw BundleError("manifest \(descriptor.digest) is Docker schema 1, which this mirror does not serve")
+        }
+        if depth == 0 { walk.rootMediaType = document.mediaType }
+        walk.reached.append(descriptor.digest)
+        walk.bytes += descriptor.size
+        batch.manifests.append(.init(digest: descriptor.digest, size: Int64(bytes.count), document: document))
+        if document.isIndex {
+            var present = 0
+            for child in document.manifests {
+                if store.size(of: child.digest) == nil, !layoutHas(child.digest, layout) {
+                    logger.info("index child not in bundle; clients asking for it will get 404 offline",
+                                metadata: ["oci.digest": "\(child.digest)", "oci.platform": "\(child.platform?.description ?? "-")"])
+                    continue
+                }
+                present += 1
+                try visit(child, depth: depth + 1, layout: layout, session: &session, walk: &walk, batch: &batch)
+            }
+            if depth == 0 {
+                walk.childrenPresent = present
+                walk.childrenListed = document.manifests.count
+            }
+        } else {
+            for blob in document.blobs {
+                try ensure(blob, layout: layout, session: &session, role: "blob of manifest \(descriptor.digest)")
+                walk.reached.append(blob.digest)
+                walk.bytes += blob.size
+            }
+        }
+    }
+
+    private func layoutHas(_ digest: Digest, _ layout: LayoutFiles) -> Bool {
+        guard let dir = layout.blobDirectory else { return false }
+        return FileManager.default.fileExists(atPath: dir + "/" + digest.algorithm.rawValue + "/" + digest.hex)
+    }
+
+    /// Makes sure `descriptor`'s blob is in the store with the descriptor's size, ingesting it
+    /// from a layout directory if needed.
+    private func ensure(_ descriptor: Descriptor, layout: LayoutFiles, session: inout IngestSession, role: String) throws(BundleError) {
+        let digest = descriptor.digest
+        if store.size(of: digest) == nil, let dir = layout.blobDirectory {
+            let file = dir + "/" + digest.algorithm.rawValue + "/" + digest.hex
+            guard let handle = FileHandle(forReadingAtPath: file) else {
+                throw BundleError("bundle is incomplete: \(role) \(digest) is missing")
+            }
+            defer { try? handle.close() }
+            try session.ingest(digest, size: descriptor.size) { (sink) throws(BundleError) in
+                while true {
+                    let data: Data
+                    do {
+                        data = try handle.read(upToCount: 1 << 20) ?? Data()
+                    } catch {
+                        throw BundleError("reading \(file): \(error)")
+                    }
+                    if data.isEmpty { return }
+                    try data.withUnsafeBytes { raw in Result { () throws(BundleError) in try sink(raw) } }.get()
+                }
+            }
+        }
+        guard let size = store.size(of: digest) else {
+            throw BundleError("bundle is incomplete: \(role) \(digest) is missing")
+        }
+        guard size == descriptor.size else {
+            throw BundleError("bundle is corrupt: \(role) \(digest) is \(size) bytes, its descriptor says \(descriptor.size)")
+        }
+        session.reached.insert(digest)
+    }
+
+    private func reference(for entry: Descriptor, options: Options, entries: Int) throws(BundleError) -> ImageReference {
+        let annotated = entry.annotations?[Descriptor.refNameAnnotation]
+        do {
+            if let given = options.reference {
+                let base = try ImageReference(parsing: given)
+                // A bare tag in the layout ("3.20", as `oci:dir:3.20` writes) keeps its tag under the given name.
+                if let annotated, !annotated.contains("/"), let tag = try? Tag(parsing: annotated), !Self.hasExplicitTag(given) {
+                    return ImageReference(host: base.host, repository: base.repository, tag: tag, digest: nil)
+                }
+                guard entries == 1 else {
+                    throw BundleError("--as names one image, but the bundle holds \(entries) and they are not tagged")
+                }
+                return ImageReference(host: base.host, repository: base.repository, tag: base.tag, digest: nil)
+            }
+            guard let annotated else {
+                throw BundleError("image \(entry.digest) has no \(Descriptor.refNameAnnotation) annotation; name it with --as REF")
+            }
+            guard annotated.contains("/") || annotated.contains(".") && annotated.contains(":") else {
+                throw BundleError("image \(entry.digest) is tagged only \"\(annotated)\", with no repository; name it with --as REPO")
+            }
+            let parsed = try ImageReference(parsing: annotated)
+            return ImageReference(host: parsed.host, repository: parsed.repository, tag: parsed.tag, digest: nil)
+        } catch let error as OCIError {
+            throw BundleError("bad reference: \(error.message)")
+        } catch let error as BundleError {
+            throw error
+        } catch {
+            throw BundleError("\(error)")
+        }
+    }
+
+    /// True when `reference` names a tag (a `:` after the last `/`, before any `@`).
+    static func hasExplicitTag(_ reference: String) -> Bool {
+        let withoutDigest = reference.split(separator: "@", maxSplits: 1).first ?? ""
+        let last = withoutDigest.split(separator: "/").last ?? ""
+        return last.contains(":")
+    }
+}
+
+/// Tracks what one import wrote, so a failure can take it back.
+struct IngestSession {
+    let store: any BlobStore
+    private(set) var written: Set<Digest> = []
+    var reached: Set<Digest> = []
+    init(store: any BlobStore) { self.store = store }
+
+    /// Streams a blob into the store, verified; a blob already stored is skipped.
+    mutating func ingest(_ digest: Digest, size: Int64, from pump: TarReader.Pump) throws(BundleError) {
+        guard store.size(of: digest) == nil else { return }
+        let writer: any BlobWriter
+        do {
+            writer = try store.makeWriter(expecting: digest, size: size)
+        } catch {
+            throw BundleError("cannot store \(digest): \(error.message)")
+        }
+        do throws(BundleError) {
+            try pump { (chunk) throws(BundleError) in
+                do throws(StoreError) {
+                    try writer.write(chunk)
+                } catch {
+                    throw BundleError("bundle is corrupt: blob \(digest) failed verification: \(error.message)")
+                }
+            }
+            do throws(StoreError) {
+                try writer.commit()
+            } catch {
+                throw BundleError("bundle is corrupt: blob \(digest) failed verification: \(error.message)")
+            }
+        } catch {
+            writer.abort()
+            throw error
+        }
+        written.insert(digest)
+    }
+
+    func rollback() {
+        for digest in written { try? store.delete(digest) }
+    }
+
+    /// Blobs a tar carried that no image reaches are not kept.
+    func removeUnreached() {
+        for digest in written.subtracting(reached) { try? store.delete(digest) }
+    }
+}
+
+/// An import or export failure, with a message that names the bad part.
+public struct BundleError: Error, Sendable, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

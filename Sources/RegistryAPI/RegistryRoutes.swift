@@ -1,0 +1,283 @@
+import ContentStore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import Mirror
+import NIOCore
+import OCI
+
+extension HTTPField.Name {
+    static let dockerContentDigest = Self("Docker-Content-Digest")!
+    static let dockerDistributionAPIVersion = Self("Docker-Distribution-API-Version")!
+    static let ociFiltersApplied = Self("OCI-Filters-Applied")!
+    static let ociNamespace = Self("OCI-Namespace")!
+    static let warning = Self("Warning")!
+    static let link = Self("Link")!
+}
+
+/// The body of `GET /v2/<name>/tags/list`.
+struct TagList: Encodable {
+    let name: String
+    let tags: [String]
+}
+
+/// The read side of the Distribution API (`/v2/…`), over any `RegistryContent`.
+///
+/// Parses names, references and digests into OCI types at the edge; a malformed one never
+/// reaches the mirror core, the store or an upstream. Every response to a `/v2/` request
+/// carries `Docker-Distribution-API-Version: registry/2.0`.
+public struct RegistryRoutes<Content: RegistryContent>: Sendable {
+    let content: Content
+    let router: UpstreamRouter
+    let fileIO = FileIO()
+
+    public init(content: Content, router: UpstreamRouter) {
+        self.content = content
+        self.router = router
+    }
+
+    public func add(to hbRouter: Router<RegistryRequestContext>) {
+        // Router-wide, so that unmatched paths and methods get the envelope too.
+        hbRouter.add(middleware: APIVersionMiddleware())
+        hbRouter.add(middleware: RegistryErrorMiddleware())
+        let group = hbRouter.group("v2")
+        group.get("/") { _, _ in Self.base() }
+        group.head("/") { _, _ in Self.base() }
+        group.get("**") { request, context in try await self.dispatch(request, context, head: false) }
+        group.head("**") { request, context in try await self.dispatch(request, context, head: true) }
+        for method in [HTTPRequest.Method.put, .post, .patch, .delete] {
+            group.on("**", method: method) { request, _ -> Response in
+                throw RegistryError(.unsupported, "\(request.method) is not supported: this mirror is read-only")
+            }
+        }
+    }
+
+    static func base() -> Response {
+        Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: "{}")))
+    }
+
+    /// `/v2/<name>/(manifests/<ref>|blobs/<digest>|tags/list|referrers/<digest>)`, matched on the
+    /// last two path components, since names themselves contain slashes.
+    func dispatch(_ request: Request, _ context: RegistryRequestContext, head: Bool) async throws -> Response {
+        let path = request.uri.path
+        guard path.hasPrefix("/v2/") else { throw RegistryError(.notFound, "no such endpoint") }
+        let rest = path.dropFirst(4)
+        guard let lastSlash = rest.lastIndex(of: "/") else { throw RegistryError(.notFound, "no such endpoint") }
+        let last = rest[rest.index(after: lastSlash)...]
+        let front = rest[..<lastSlash]
+        guard let kindSlash = front.lastIndex(of: "/") else { throw RegistryError(.notFound, "no such endpoint") }
+        let kind = front[front.index(after: kindSlash)...]
+        let name = front[..<kindSlash]
+        let namespace = request.uri.queryParameters["ns"].map(String.init)
+        switch kind {
+        case "manifests":
+            return try await manifest(request, name: name, namespace: namespace, reference: last, head: head)
+        case "blobs":
+            return try await blob(request, context, name: name, namespace: namespace, digest: last, head: head)
+        case "tags" where last == "list":
+            return try await tags(request, name: name, namespace: namespace, head: head)
+        case "referrers":
+            return try await referrers(request, name: name, namespace: namespace, digest: last, head: head)
+        default:
+            throw RegistryError(.notFound, "no such endpoint: \(path.prefix(200))")
+        }
+    }
+
+    func repository(_ name: Substring, _ namespace: String?) throws -> RepositoryKey {
+        do {
+            return try router.route(path: name, namespace: namespace)
+        } catch {
+            throw RegistryError(error)
+        }
+    }
+
+    // MARK: Manifests
+
+    func manifest(_ request: Request, name: Substring, namespace: String?, reference text: Substring, head: Bool) async throws -> Response {
+        let repository = try repository(name, namespace)
+        guard let reference = try? ManifestReference(parsing: text) else {
+            // Neither a valid tag nor a valid digest: such a manifest cannot exist.
+            throw RegistryError(.manifestUnknown, "no manifest can be named \(text.prefix(200))")
+        }
+        let manifest: ManifestContent
+        do {
+            manifest = try await content.manifest(repository, reference)
+        } catch {
+            throw RegistryError(error)
+        }
+        let accept = AcceptNegotiation(headerValues: request.headers[values: .accept])
+        guard accept.accepts(manifest.mediaType) else {
+            throw RegistryError(.manifestUnknown, "the manifest is \(manifest.mediaType), which the request's Accept header does not include")
+        }
+        let etag = "\"\(manifest.digest)\""
+        var headers: HTTPFields = [
+            .contentType: manifest.mediaType,
+            .dockerContentDigest: manifest.digest.description,
+            .eTag: etag,
+        ]
+        if let namespace { headers[.ociNamespace] = namespace }
+        if let warning = manifest.warning { headers[.warning] = warning }
+        if let ifNoneMatch = request.headers[.ifNoneMatch], Self.matches(ifNoneMatch, etag: etag) {
+            return Response(status: .notModified, headers: headers)
+        }
+        headers[.contentLength] = String(manifest.bytes.count)
+        if head { return Response(status: .ok, headers: headers) }
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: manifest.bytes)))
+    }
+
+    static func matches(_ ifNoneMatch: String, etag: String) -> Bool {
+        ifNoneMatch.split(separator: ",").contains { item in
+            let tag = item.trimmingWhitespace()
+            return tag == "*" || tag == etag || tag == "W/" + etag
+        }
+    }
+
+    // MARK: Blobs
+
+    func blob(_ request: Request, _ context: RegistryRequestContext, name: Substring, namespace: String?, digest text: Substring, head: Bool) async throws -> Response {
+        let repository = try repository(name, namespace)
+        let digest: Digest
+        do {
+            digest = try Digest(parsing: text)
+        } catch {
+            throw RegistryError(.digestInvalid, error.message)
+        }
+        let blob: BlobContent
+        do {
+            blob = try await content.blob(repository, digest)
+        } catch {
+            throw RegistryError(error)
+        }
+        let size = blob.size
+        var headers: HTTPFields = [
+            .contentType: "application/octet-stream",
+            .dockerContentDigest: digest.description,
+            .eTag: "\"\(digest)\"",
+            .acceptRanges: "bytes",
+            .cacheControl: "max-age=31536000",
+        ]
+        if let namespace { headers[.ociNamespace] = namespace }
+        let status: HTTPResponse.Status
+        let start: Int64, length: Int64
+        switch ByteRange.resolve(request.headers[.range], size: size) {
+        case .full:
+            (status, start, length) = (.ok, 0, size)
+        case .partial(let from, let to):
+            (status, start, length) = (.partialContent, from, to - from + 1)
+            headers[.contentRange] = "bytes \(from)-\(to)/\(size)"
+        case .unsatisfiable:
+            throw RegistryError(.rangeInvalid, "range \(request.headers[.range]?.prefix(100) ?? "") cannot be satisfied for a blob of \(size) bytes",
+                                headers: [.contentRange: "bytes */\(size)"])
+        }
+        headers[.contentLength] = String(length)
+        if head || length == 0 { return Response(status: status, headers: headers) }
+        switch blob.location {
+        case .file(let path, _):
+            return Response(status: status, headers: headers, body: fileBody(path: path, start: start, length: length, channel: context.channel, context: context))
+        }
+    }
+
+    /// A body that sends the file zero-copy where the connection allows, else through buffers.
+    func fileBody(path: String, start: Int64, length: Int64, channel: any Channel, context: RegistryRequestContext) -> ResponseBody {
+        let fileIO = self.fileIO
+        return ResponseBody(contentLength: Int(length)) { writer in
+            // Opened now: a blob evicted after this point stays readable through the descriptor.
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw RegistryError(.blobUnknown, "blob file disappeared") }
+            if await channel.enqueueFileRegion(descriptor: fd, offset: start, length: length) {
+                try await writer.write(FileRegionHandler.marker)
+            } else {
+                close(fd)
+                let body = try await fileIO.loadFile(path: path, range: Int(start)...Int(start + length - 1), context: context)
+                try await body.write(writer)
+            }
+            try await writer.finish(nil)
+        }
+    }
+
+    // MARK: Tags and referrers
+
+    func tags(_ request: Request, name: Substring, namespace: String?, head: Bool) async throws -> Response {
+        let repository = try repository(name, namespace)
+        let query = request.uri.queryParameters
+        var limit = Int.max
+        if let n = query["n"] {
+            guard let value = Int(n), value >= 0 else {
+                throw RegistryError(.paginationNumberInvalid, "n must be a non-negative integer")
+            }
+            limit = value
+        }
+        let all: [String]
+        do {
+            all = try await content.tags(repository)
+        } catch {
+            throw RegistryError(error)
+        }
+        var page = all
+        if let last = query["last"] { page = page.filter { $0 > last } }
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if page.count > limit {
+            page = Array(page.prefix(limit))
+            if let lastOnPage = page.last {
+                let escaped = lastOnPage.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? lastOnPage
+                headers[.link] = "</v2/\(name)/tags/list?n=\(limit)&last=\(escaped)>; rel=\"next\""
+            }
+        }
+        return try Self.json(TagList(name: repository.name.value, tags: page), headers: headers, head: head)
+    }
+
+    func referrers(_ request: Request, name: Substring, namespace: String?, digest text: Substring, head: Bool) async throws -> Response {
+        let repository = try repository(name, namespace)
+        let digest: Digest
+        do {
+            digest = try Digest(parsing: text)
+        } catch {
+            throw RegistryError(.digestInvalid, error.message)
+        }
+        var descriptors: [Descriptor]
+        do {
+            descriptors = try await content.referrers(repository, digest)
+        } catch {
+            throw RegistryError(error)
+        }
+        var headers: HTTPFields = [.contentType: MediaType.ociIndex]
+        if let artifactType = request.uri.queryParameters["artifactType"].map(String.init) {
+            descriptors = descriptors.filter { $0.artifactType == artifactType }
+            headers[.ociFiltersApplied] = "artifactType"
+        }
+        return try Self.json(ImageIndex(manifests: descriptors), headers: headers, head: head)
+    }
+
+    static func json(_ value: some Encodable, headers: HTTPFields, head: Bool) throws -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let data = try encoder.encode(value)
+        var headers = headers
+        headers[.contentLength] = String(data.count)
+        if head { return Response(status: .ok, headers: headers) }
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// Adds `Docker-Distribution-API-Version: registry/2.0` to every `/v2/` response, errors included.
+struct APIVersionMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            var response = try await next(request, context)
+            response.headers[.dockerDistributionAPIVersion] = "registry/2.0"
+            return response
+        } catch let error as RegistryError {
+            var error = error
+            error.headers[.dockerDistributionAPIVersion] = "registry/2.0"
+            throw error
+        }
+    }
+}
+
+/// The HTTP/1 server with the zero-copy blob handler installed.
+public enum RegistryServer {
+    public static func http1() -> HTTPServerBuilder {
+        .http1(configuration: .init(additionalChannelHandlers: [FileRegionHandler()]))
+    }
+}
