@@ -275,9 +275,10 @@ struct APIVersionMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// The HTTP/1 server with the zero-copy blob handler installed.
+/// The HTTP/1 server, with the zero-copy blob handler installed unless `zeroCopy` is off
+/// (then blob bodies are read into buffers, as Hummingbird does by default).
 public enum RegistryServer {
-    public static func http1() -> HTTPServerBuilder {
-        .http1(configuration: .init(additionalChannelHandlers: [FileRegionHandler()]))
+    public static func http1(zeroCopy: Bool = true) -> HTTPServerBuilder {
+        .http1(configuration: .init(additionalChannelHandlers: zeroCopy ? [FileRegionHandler()] : []))
     }
 }

@@ -13,6 +13,9 @@ public struct ServeSettings: Sendable {
     public var dataDirectory = "data"
     public var defaultUpstream = ImageReference.dockerHub
     public var upstreamNames: [String] = []
+    /// Send blob files with sendfile(2). Off: read them through buffers (for filesystems
+    /// where sendfile misbehaves, and for measuring the difference).
+    public var zeroCopy = true
 
     public init() {}
 }
@@ -37,7 +40,7 @@ public func buildApplication(
     }
     return Application(
         router: router,
-        server: RegistryServer.http1(),
+        server: RegistryServer.http1(zeroCopy: settings.zeroCopy),
         configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: nil),
         onServerRunning: onServerRunning,
         logger: logger

@@ -41,6 +41,8 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Address to listen on, HOST:PORT.")
     var listen: String = "0.0.0.0:5000"
+    @Flag(name: .customLong("no-sendfile"), help: "Read blob files through buffers instead of sendfile(2).")
+    var noSendfile = false
     @OptionGroup var data: DataOptions
     @OptionGroup var log: LogOptions
 
@@ -53,6 +55,7 @@ struct Serve: AsyncParsableCommand {
         settings.host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
         settings.port = port
         settings.dataDirectory = data.dataDirectory
+        settings.zeroCopy = !noSendfile
         let host = settings.host
         let app = try buildApplication(settings, logger: logger) { channel in
             let port = channel.localAddress?.port ?? 0
