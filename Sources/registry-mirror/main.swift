@@ -12,26 +12,39 @@ struct RegistryMirrorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "registry-mirror",
         abstract: "A pull-through cache and mirror for container registries.",
-        subcommands: [Serve.self, Import.self, List.self]
+        subcommands: [Serve.self, Import.self, List.self, ConfigCommand.self]
     )
 }
 
-struct DataOptions: ParsableArguments {
-    @Option(name: .customLong("data-dir"), help: "Data directory (blobs and index.sqlite); created if missing.")
-    var dataDirectory: String = ProcessInfo.processInfo.environment["REGISTRY_MIRROR_DATA_DIR"] ?? "data"
-}
+/// Options every command shares. Precedence: flags, then `REGISTRY_MIRROR_*`, then the file, then defaults.
+struct CommonOptions: ParsableArguments {
+    @Option(help: "YAML configuration file (see config/registry-mirror.yaml).")
+    var config: String?
+    @Option(name: .customLong("data-dir"), help: "Data directory (blobs and index.sqlite); created if missing. Default: ./data.")
+    var dataDirectory: String?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. Default: info.")
+    var logLevel: String?
 
-struct LogOptions: ParsableArguments {
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
-    var level: String = "info"
-
-    func makeLogger(_ label: String) throws -> Logger {
-        guard let level = Logger.Level(rawValue: level) else {
-            throw ValidationError("unknown log level \(self.level)")
+    func resolve() throws -> MirrorConfiguration {
+        var configuration: MirrorConfiguration
+        do {
+            configuration = try MirrorConfiguration.load(file: config)
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error.description)\n".utf8))
+            throw ExitCode(2)
         }
+        if let dataDirectory { configuration.dataDirectory = dataDirectory }
+        if let logLevel {
+            guard let level = Logger.Level(rawValue: logLevel.lowercased()) else { throw ValidationError("unknown log level \(logLevel)") }
+            configuration.logLevel = level
+        }
+        return configuration
+    }
+
+    func makeLogger(_ label: String, _ configuration: MirrorConfiguration) -> Logger {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var logger = Logger(label: label)
-        logger.logLevel = level
+        logger.logLevel = configuration.logLevel
         return logger
     }
 }
@@ -39,23 +52,21 @@ struct LogOptions: ParsableArguments {
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Serve the Distribution API (/v2/) from the cache.")
 
-    @Option(help: "Address to listen on, HOST:PORT.")
-    var listen: String = "0.0.0.0:5000"
+    @Option(help: "Address to listen on, HOST:PORT. Default: 0.0.0.0:5000.")
+    var listen: String?
     @Flag(name: .customLong("no-sendfile"), help: "Read blob files through buffers instead of sendfile(2).")
     var noSendfile = false
-    @OptionGroup var data: DataOptions
-    @OptionGroup var log: LogOptions
+    @OptionGroup var common: CommonOptions
 
     func run() async throws {
-        let logger = try log.makeLogger("registry-mirror")
-        var settings = ServeSettings()
-        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
-            throw ValidationError("--listen must be HOST:PORT, got \(listen)")
+        var configuration = try common.resolve()
+        if let listen {
+            guard MirrorConfiguration.parseListen(listen) != nil else { throw ValidationError("--listen must be HOST:PORT, got \(listen)") }
+            configuration.listen = listen
         }
-        settings.host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        settings.port = port
-        settings.dataDirectory = data.dataDirectory
-        settings.zeroCopy = !noSendfile
+        if noSendfile { configuration.sendfile = false }
+        let logger = common.makeLogger("registry-mirror", configuration)
+        let settings = configuration.serveSettings
         let host = settings.host
         let app = try buildApplication(settings, logger: logger) { channel in
             let port = channel.localAddress?.port ?? 0
@@ -78,12 +89,12 @@ struct Import: AsyncParsableCommand {
     var reference: String?
     @Flag(help: "Pin the imported images so eviction never removes them.")
     var pin = false
-    @OptionGroup var data: DataOptions
-    @OptionGroup var log: LogOptions
+    @OptionGroup var common: CommonOptions
 
     func run() async throws {
-        let logger = try log.makeLogger("registry-mirror.import")
-        let dir = try DataDirectory(path: data.dataDirectory)
+        let configuration = try common.resolve()
+        let logger = common.makeLogger("registry-mirror.import", configuration)
+        let dir = try DataDirectory(path: configuration.dataDirectory)
         let importer = BundleImporter(store: dir.store, index: dir.index, logger: logger)
         do {
             let images = try importer.importBundle(at: path, options: .init(reference: reference, pin: pin))
@@ -102,10 +113,10 @@ struct Import: AsyncParsableCommand {
 struct List: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "ls", abstract: "List cached repositories, tags, digests and sizes.")
 
-    @OptionGroup var data: DataOptions
+    @OptionGroup var common: CommonOptions
 
     func run() async throws {
-        let dir = try DataDirectory(path: data.dataDirectory)
+        let dir = try DataDirectory(path: try common.resolve().dataDirectory)
         let rows = try dir.index.listing()
         guard !rows.isEmpty else {
             print("(the cache is empty)")
@@ -128,5 +139,26 @@ struct ByteCount: CustomStringConvertible {
         var value = Double(bytes), unit = 0
         while value >= 1024, unit < units.count - 1 { value /= 1024; unit += 1 }
         return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+    }
+}
+
+struct ConfigCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "config", abstract: "Work with configuration files.",
+                                                    subcommands: [Check.self])
+
+    struct Check: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Validate a configuration file and list every problem.")
+        @Argument(help: "The YAML file to check.")
+        var file: String
+
+        func run() async throws {
+            do {
+                _ = try MirrorConfiguration.load(file: file, environment: [:])
+                print("\(file): ok")
+            } catch {
+                FileHandle.standardError.write(Data("\(file): \(error.description)\n".utf8))
+                throw ExitCode(2)
+            }
+        }
     }
 }
