@@ -50,7 +50,7 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
         ]),
         .executableTarget(name: "registry-mirror", dependencies: [
-            "RegistryMirror", "OCI", "Mirror",
+            "RegistryMirror", "OCI", "Mirror", "Upstream",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

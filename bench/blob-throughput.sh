@@ -8,7 +8,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bin="$here/.build/release/registry-mirror"
 [ -x "$bin" ] || (cd "$here" && swift build -c release --product registry-mirror)
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# Servers start inside $(…) subshells, so they are tracked by pid file, not `jobs`.
+trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 digest=$(python3 "$here/bench/make-layout.py" "$work/layout" docker.io/bench/big:v1 256)
 "$bin" import "$work/layout" --data-dir "$work/data" >/dev/null
@@ -16,6 +17,7 @@ file="$work/data/blobs/sha256/${digest:7:2}/${digest:7}"
 
 start() { # $1: extra flags; prints the port
   "$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" --log-level warning $1 > "$work/out.$2" 2>&1 &
+  echo $! > "$work/$2.pid"
   for _ in $(seq 100); do grep -q listening "$work/out.$2" 2>/dev/null && break; sleep 0.1; done
   grep -o 'http://[^ ]*' "$work/out.$2" | sed 's/.*://'
 }

@@ -164,6 +164,15 @@ public final class MetadataIndex: Sendable {
 
     // MARK: Writes
 
+    /// Records that the upstream confirmed `tag` still points where it did.
+    public func touchTag(_ repository: RepositoryKey, _ tag: Tag, checkedAt: Int64) throws(IndexError) {
+        try db.query(
+            """
+            UPDATE tags SET checked_at = ? WHERE name = ? AND repository_id =
+              (SELECT r.id FROM repositories r JOIN upstreams u ON u.id = r.upstream_id WHERE u.name = ? AND r.name = ?)
+            """, [.integer(checkedAt), .text(tag.value), .text(repository.upstream), .text(repository.name.value)])
+    }
+
     /// Records verified content in one transaction: blobs, manifests, links, tags.
     /// Call only after every blob in the batch is published in the store.
     public func record(_ batch: ContentBatch, now: Int64 = Int64(Date().timeIntervalSince1970)) throws(IndexError) {
@@ -281,6 +290,18 @@ public struct ContentBatch: Sendable {
         public let references: [Digest]
         /// Index entries, in order.
         public let children: [Descriptor]
+
+        /// The same entry, recorded under the media type the upstream served it as.
+        public init(copying other: Manifest, mediaType: String) {
+            self.digest = other.digest
+            self.mediaType = mediaType
+            self.size = other.size
+            self.subject = other.subject
+            self.artifactType = other.artifactType
+            self.annotations = other.annotations
+            self.references = other.references
+            self.children = other.children
+        }
 
         public init(digest: Digest, size: Int64, document: ManifestDocument) {
             self.digest = digest

@@ -57,7 +57,12 @@ public struct LocalRegistry: RegistryContent {
         else {
             throw MirrorError(.blobUnknown, "\(digest) is not in the cache for \(repository)")
         }
-        return BlobContent(digest: digest, location: location)
+        return .stored(digest, location)
+    }
+
+    public func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64 {
+        guard case .stored(_, let location) = try await blob(repository, digest) else { return 0 }
+        return location.size
     }
 
     public func tags(_ repository: RepositoryKey) async throws(MirrorError) -> [String] {

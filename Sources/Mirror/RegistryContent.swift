@@ -12,6 +12,8 @@ public protocol RegistryContent: Sendable {
     func manifest(_ repository: RepositoryKey, _ reference: ManifestReference) async throws(MirrorError) -> ManifestContent
     /// A blob the repository may read. Throws `.blobUnknown` when absent or not linked.
     func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent
+    /// The size of a blob the repository may read, without downloading it.
+    func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64
     /// Sorted tag names. Throws `.nameUnknown` for an unknown repository.
     func tags(_ repository: RepositoryKey) async throws(MirrorError) -> [String]
     /// Manifests whose subject is `digest`.
@@ -34,16 +36,11 @@ public struct ManifestContent: Sendable {
     }
 }
 
-/// A blob ready to be streamed.
-public struct BlobContent: Sendable {
-    public let digest: Digest
-    public let location: BlobLocation
-    public var size: Int64 { location.size }
-
-    public init(digest: Digest, location: BlobLocation) {
-        self.digest = digest
-        self.location = location
-    }
+/// A blob ready to be streamed: stored, or still arriving from the upstream.
+public enum BlobContent: Sendable {
+    case stored(Digest, BlobLocation)
+    /// A shared download in progress; stream from its growing file.
+    case filling(BlobFill)
 }
 
 /// Errors of the mirror core, mapped to wire codes in one table by the HTTP front.
@@ -60,6 +57,8 @@ public struct MirrorError: Error, Sendable, CustomStringConvertible {
         public static let tooManyRequests = Code(raw: "too many requests")
         public static let unsupported = Code(raw: "unsupported")
         public static let invalidContent = Code(raw: "invalid content")
+        /// The upstream has no referrers API: clients should use the tag fallback.
+        public static let referrersUnsupported = Code(raw: "referrers unsupported")
         public static let `internal` = Code(raw: "internal error")
     }
 

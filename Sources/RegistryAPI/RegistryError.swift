@@ -66,6 +66,7 @@ public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertibl
         case .tooManyRequests: code = .tooManyRequests
         case .unsupported: code = .unsupported
         case .invalidContent: code = .badGateway
+        case .referrersUnsupported: code = .notFound
         default: code = .unknown
         }
         var headers: HTTPFields = [:]

@@ -143,13 +143,6 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
         } catch {
             throw RegistryError(.digestInvalid, error.message)
         }
-        let blob: BlobContent
-        do {
-            blob = try await content.blob(repository, digest)
-        } catch {
-            throw RegistryError(error)
-        }
-        let size = blob.size
         var headers: HTTPFields = [
             .contentType: "application/octet-stream",
             .dockerContentDigest: digest.description,
@@ -158,23 +151,96 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
             .cacheControl: "max-age=31536000",
         ]
         if let namespace { headers[.ociNamespace] = namespace }
-        let status: HTTPResponse.Status
-        let start: Int64, length: Int64
+        if head {
+            // A HEAD for an uncached blob asks the upstream for the size and downloads nothing.
+            let size: Int64
+            do {
+                size = try await content.blobSize(repository, digest)
+            } catch {
+                throw RegistryError(error)
+            }
+            let (status, _, length) = try Self.resolveRange(request, size: size, headers: &headers)
+            headers[.contentLength] = String(length)
+            return Response(status: status, headers: headers)
+        }
+        let blob: BlobContent
+        do {
+            blob = try await content.blob(repository, digest)
+        } catch {
+            throw RegistryError(error)
+        }
+        switch blob {
+        case .stored(_, .file(let path, let size)):
+            let (status, start, length) = try Self.resolveRange(request, size: size, headers: &headers)
+            headers[.contentLength] = String(length)
+            if length == 0 { return Response(status: status, headers: headers) }
+            return Response(status: status, headers: headers, body: fileBody(path: path, start: start, length: length, channel: context.channel, context: context))
+        case .filling(let fill):
+            // Headers go out as soon as the upstream's do; the body follows the download.
+            let size: Int64
+            do {
+                size = try await fill.size()
+            } catch {
+                throw RegistryError(error)
+            }
+            let (status, start, length) = try Self.resolveRange(request, size: size, headers: &headers)
+            headers[.contentLength] = String(length)
+            if length == 0 { return Response(status: status, headers: headers) }
+            return Response(status: status, headers: headers, body: Self.fillBody(fill, start: start, length: length))
+        }
+    }
+
+    /// Applies the request's `Range` to a blob of `size`: status, start and length, and `Content-Range`.
+    static func resolveRange(_ request: Request, size: Int64, headers: inout HTTPFields) throws -> (HTTPResponse.Status, Int64, Int64) {
         switch ByteRange.resolve(request.headers[.range], size: size) {
         case .full:
-            (status, start, length) = (.ok, 0, size)
+            return (.ok, 0, size)
         case .partial(let from, let to):
-            (status, start, length) = (.partialContent, from, to - from + 1)
             headers[.contentRange] = "bytes \(from)-\(to)/\(size)"
+            return (.partialContent, from, to - from + 1)
         case .unsatisfiable:
             throw RegistryError(.rangeInvalid, "range \(request.headers[.range]?.prefix(100) ?? "") cannot be satisfied for a blob of \(size) bytes",
                                 headers: [.contentRange: "bytes */\(size)"])
         }
-        headers[.contentLength] = String(length)
-        if head || length == 0 { return Response(status: status, headers: headers) }
-        switch blob.location {
-        case .file(let path, _):
-            return Response(status: status, headers: headers, body: fileBody(path: path, start: start, length: length, channel: context.channel, context: context))
+    }
+
+    /// Streams a blob that is still downloading from its growing file, at this reader's pace.
+    /// If the download fails, the body throws and the connection is cut: the client sees an
+    /// error, never wrong bytes.
+    static func fillBody(_ fill: BlobFill, start: Int64, length: Int64) -> ResponseBody {
+        ResponseBody(contentLength: Int(length)) { writer in
+            var descriptor = open(fill.temporaryPath, O_RDONLY | O_CLOEXEC)
+            if descriptor < 0, case .done(let path) = fill.snapshot.outcome {
+                descriptor = open(path, O_RDONLY | O_CLOEXEC)  // renamed into place meanwhile
+            }
+            guard descriptor >= 0 else {
+                if case .failed(let error) = fill.snapshot.outcome { throw RegistryError(error) }
+                throw RegistryError(.blobUnknown, "the download of \(fill.digest) went away")
+            }
+            defer { close(descriptor) }
+            let end = start + length
+            var offset = start
+            var buffer = ByteBufferAllocator().buffer(capacity: 256 << 10)
+            while offset < end {
+                let written: Int64
+                do throws(MirrorError) {
+                    written = try await fill.available(beyond: offset).written
+                } catch {
+                    throw RegistryError(error)
+                }
+                let limit = min(written, end)
+                while offset < limit {
+                    let count = Int(min(Int64(256 << 10), limit - offset))
+                    buffer.clear()
+                    let read = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
+                        max(0, pread(descriptor, raw.baseAddress!, count, off_t(offset)))
+                    }
+                    guard read > 0 else { throw RegistryError(.unknown, "reading the download of \(fill.digest) failed") }
+                    try await writer.write(buffer)
+                    offset += Int64(read)
+                }
+            }
+            try await writer.finish(nil)
         }
     }
 

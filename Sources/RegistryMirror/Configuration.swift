@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import OCI
+import Upstream
 import Yams
 
 /// The mirror's configuration: embedded defaults, then a YAML file, then `REGISTRY_MIRROR_*`
@@ -117,5 +118,39 @@ public struct ConfigurationError: Error, CustomStringConvertible {
     public let problems: [String]
     public var description: String {
         "invalid configuration (\(problems.count) problem\(problems.count == 1 ? "" : "s")):\n" + problems.map { "  - \($0)" }.joined(separator: "\n")
+    }
+}
+
+/// Parses the command line's upstream and duration forms.
+public enum UpstreamSpec {
+    /// `URL` or `NAME=URL`. Without a scheme, https. Without a name, the URL's host[:port]
+    /// (Docker Hub's API host is named `docker.io`).
+    public static func parse(_ text: String) throws(ConfigurationError) -> UpstreamConfiguration {
+        var name: String?
+        var target = Substring(text)
+        if let eq = text.firstIndex(of: "="), !text[..<eq].contains("/") {
+            name = String(text[..<eq])
+            target = text[text.index(after: eq)...]
+        }
+        let withScheme = target.contains("://") ? String(target) : "https://" + target
+        guard let url = URL(string: withScheme), let host = url.host, ["http", "https"].contains(url.scheme ?? "") else {
+            throw ConfigurationError(problems: ["upstream: not a registry URL: \"\(text)\""])
+        }
+        let derived = ImageReference.normalizeHost(url.port.map { "\(host):\($0)" } ?? host)
+        let finalName = name ?? derived
+        guard !finalName.isEmpty, !finalName.contains("/") else {
+            throw ConfigurationError(problems: ["upstream: invalid name \"\(finalName)\""])
+        }
+        return UpstreamConfiguration(name: finalName, url: url)
+    }
+
+    /// `500ms`, `30s`, `5m`, `2h`, or plain seconds.
+    public static func duration(_ text: String) -> Duration? {
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
+        for (suffix, millis) in units where text.hasSuffix(suffix) {
+            guard let value = Int64(text.dropLast(suffix.count)), value >= 0 else { return nil }
+            return .milliseconds(value * millis)
+        }
+        return Int64(text).flatMap { $0 >= 0 ? .seconds($0) : nil }
     }
 }

@@ -5,6 +5,7 @@ import Logging
 import Mirror
 import OCI
 import RegistryMirror
+import Upstream
 
 /// `registry-mirror`: a pull-through cache and mirror for container registries.
 @main
@@ -56,6 +57,14 @@ struct Serve: AsyncParsableCommand {
     var listen: String?
     @Flag(name: .customLong("no-sendfile"), help: "Read blob files through buffers instead of sendfile(2).")
     var noSendfile = false
+    @Option(name: .customLong("upstream"), help: ArgumentHelp(
+        "An upstream registry, URL or NAME=URL; repeatable. The first is the default. Default: Docker Hub.",
+        valueName: "[NAME=]URL"))
+    var upstreams: [String] = []
+    @Option(name: .customLong("tag-ttl"), help: "How long a cached tag is served without asking the upstream (30s, 5m, 1h). Default: 5m.")
+    var tagTTL: String?
+    @Flag(help: "Never contact an upstream; serve only what is cached.")
+    var offline = false
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
@@ -66,7 +75,22 @@ struct Serve: AsyncParsableCommand {
         }
         if noSendfile { configuration.sendfile = false }
         let logger = common.makeLogger("registry-mirror", configuration)
-        let settings = configuration.serveSettings
+        var settings = configuration.serveSettings
+        if !upstreams.isEmpty {
+            do {
+                settings.upstreams = try upstreams.map(UpstreamSpec.parse)
+            } catch {
+                throw ValidationError(error.description)
+            }
+            settings.defaultUpstream = settings.upstreams[0].name
+        }
+        if let tagTTL {
+            guard let ttl = UpstreamSpec.duration(tagTTL) else { throw ValidationError("--tag-ttl must look like 30s, 5m or 1h, got \(tagTTL)") }
+            var policy = UpstreamPolicy()
+            policy.tagTTL = ttl
+            for upstream in settings.upstreams { settings.policies[upstream.name] = policy }
+        }
+        settings.offline = offline
         let host = settings.host
         let app = try buildApplication(settings, logger: logger) { channel in
             let port = channel.localAddress?.port ?? 0

@@ -1,0 +1,366 @@
+import ContentStore
+import Foundation
+import Logging
+import MetadataIndex
+import OCI
+import Synchronization
+import Upstream
+
+/// Per-upstream caching policy.
+public struct UpstreamPolicy: Sendable {
+    /// Within this, a cached tag is served with no upstream request.
+    public var tagTTL: Duration = .seconds(300)
+    /// Serve the last known digest when the upstream fails (unreachable, 5xx, 429, timeout).
+    public var staleIfError = true
+
+    public init() {}
+}
+
+/// The pull-through cache: the local registry first, the upstream on a miss.
+///
+/// - Manifests by digest are immutable: a hit is served from the cache; a miss is fetched
+///   by digest and verified against it before anything is stored.
+/// - Manifests by tag: within the TTL the cached digest is served; after it, a HEAD
+///   revalidates (free against Docker Hub's pull limit). If the upstream fails, the last
+///   known digest is served with a `Warning: 110` (stale-if-error).
+/// - Blobs: one upstream download per (upstream, digest), however many clients ask; each
+///   streams from the growing file (`BlobFill`).
+/// - Repository scoping: a cached blob is served under repository R only if R is known to
+///   hold it; otherwise the upstream is asked (HEAD) first.
+public final class PullThroughRegistry: RegistryContent {
+    public let local: LocalRegistry
+    let upstreams: [String: UpstreamRegistry]
+    let policies: [String: UpstreamPolicy]
+    let offline: Bool
+    let logger: Logger
+    private let fills = Mutex<[String: BlobFill]>([:])
+    private let manifestFlights = SingleFlight<String, ManifestContent>()
+    private let referrerCache = Mutex<[String: [Descriptor]]>([:])
+    private let prefetchSlots = AsyncSemaphore(4)
+
+    public init(local: LocalRegistry, upstreams: [UpstreamRegistry], policies: [String: UpstreamPolicy] = [:],
+                offline: Bool = false, logger: Logger) {
+        self.local = local
+        self.upstreams = Dictionary(upstreams.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        self.policies = policies
+        self.offline = offline
+        self.logger = logger
+    }
+
+    var store: any BlobStore { local.store }
+    var index: MetadataIndex { local.index }
+
+    /// The upstream for a repository, or nil when offline or unknown.
+    func upstream(for repository: RepositoryKey) -> UpstreamRegistry? {
+        offline ? nil : upstreams[repository.upstream]
+    }
+
+    func policy(_ repository: RepositoryKey) -> UpstreamPolicy { policies[repository.upstream] ?? UpstreamPolicy() }
+
+    static var now: Int64 { Int64(Date().timeIntervalSince1970) }
+
+    // MARK: Manifests
+
+    public func manifest(_ repository: RepositoryKey, _ reference: ManifestReference) async throws(MirrorError) -> ManifestContent {
+        guard let upstream = upstream(for: repository) else { return try await local.manifest(repository, reference) }
+        switch reference {
+        case .digest(let digest):
+            return try await manifest(repository, digest: digest, upstream: upstream)
+        case .tag(let tag):
+            return try await manifest(repository, tag: tag, upstream: upstream)
+        }
+    }
+
+    func manifest(_ repository: RepositoryKey, tag: Tag, upstream: UpstreamRegistry) async throws(MirrorError) -> ManifestContent {
+        let cached = try local.wrap { () throws(IndexError) in try index.tag(repository, tag) }
+        let policy = policy(repository)
+        if let cached, Self.now - cached.checkedAt < Int64(policy.tagTTL.components.seconds),
+           let content = try? local.manifestContent(cached.digest, mediaType: cached.mediaType) {
+            return content
+        }
+        // Concurrent revalidations of one tag share one upstream round trip.
+        return try await manifestFlights.run("tag|\(repository)|\(tag)") { () throws(MirrorError) in
+            do {
+                let head = try await upstream.manifest(repository.name, .tag(tag), head: true)
+                if let digest = head.digest {
+                    if let cached, digest == cached.digest, let content = try? self.local.manifestContent(digest, mediaType: cached.mediaType) {
+                        try self.local.wrap { () throws(IndexError) in try self.index.touchTag(repository, tag, checkedAt: Self.now) }
+                        return content
+                    }
+                    return try await self.fetchManifest(repository, digest: digest, tag: tag, upstream: upstream)
+                }
+                // No digest in the HEAD answer: GET by tag and trust the bytes' own digest.
+                return try await self.fetchManifest(repository, digest: nil, tag: tag, upstream: upstream)
+            } catch let error as UpstreamError {
+                if error.isUpstreamFailure, let cached, policy.staleIfError,
+                   var content = try? self.local.manifestContent(cached.digest, mediaType: cached.mediaType) {
+                    self.logger.warning("serving a stale tag: the upstream failed", metadata: [
+                        "oci.repository": "\(repository)", "oci.tag": "\(tag)", "cache.result": "stale", "error": "\(error.message)"])
+                    content.warning = #"110 - "Response is Stale""#
+                    return content
+                }
+                throw Self.map(error, upstream: upstream, what: "\(repository):\(tag)", unknown: .manifestUnknown)
+            } catch let error as MirrorError {
+                throw error
+            } catch {
+                throw MirrorError(.internal, "\(error)")
+            }
+        }
+    }
+
+    func manifest(_ repository: RepositoryKey, digest: Digest, upstream: UpstreamRegistry) async throws(MirrorError) -> ManifestContent {
+        let known = try local.wrap { () throws(IndexError) in try index.manifest(digest) }
+        if let known, store.size(of: digest) != nil {
+            if try local.wrap({ () throws(IndexError) in try index.isLinked(repository, digest) }) {
+                return try local.manifestContent(digest, mediaType: known.mediaType)
+            }
+            // Cached through another repository: ask the upstream whether this one holds it.
+            do {
+                _ = try await upstream.manifest(repository.name, .digest(digest), head: true)
+            } catch {
+                throw Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .manifestUnknown)
+            }
+            var batch = ContentBatch()
+            batch.link(repository, digest)
+            try local.wrap { () throws(IndexError) in try index.record(batch) }
+            return try local.manifestContent(digest, mediaType: known.mediaType)
+        }
+        return try await manifestFlights.run("digest|\(repository)|\(digest)") { () throws(MirrorError) in
+            try await self.fetchManifest(repository, digest: digest, tag: nil, upstream: upstream)
+        }
+    }
+
+    /// GETs a manifest, verifies it against `digest` (or computes its digest for a tag GET
+    /// without one), stores it, and records links, children and the tag.
+    func fetchManifest(_ repository: RepositoryKey, digest expected: Digest?, tag: Tag?, upstream: UpstreamRegistry) async throws(MirrorError) -> ManifestContent {
+        let reference: ManifestReference = expected.map { .digest($0) } ?? .tag(tag!)
+        let response: UpstreamManifest
+        do {
+            response = try await upstream.manifest(repository.name, reference, head: false)
+        } catch {
+            throw Self.map(error, upstream: upstream, what: "\(repository):\(reference)", unknown: .manifestUnknown)
+        }
+        let bytes = response.bytes ?? []
+        let actual = DigestHasher.digest(of: bytes, algorithm: expected?.algorithm ?? .sha256)
+        if let expected, actual != expected {
+            throw MirrorError(.invalidContent, "\(upstream.name) sent a manifest for \(repository)@\(expected) whose bytes hash to \(actual)")
+        }
+        if expected == nil, let claimed = response.digest, claimed.algorithm == .sha256, claimed != actual {
+            throw MirrorError(.invalidContent, "\(upstream.name) sent a manifest for \(repository):\(reference) whose bytes hash to \(actual), not the \(claimed) it claimed")
+        }
+        let document: ManifestDocument
+        do {
+            document = try ManifestDocument(bytes: bytes, contentType: response.mediaType)
+        } catch {
+            throw MirrorError(.invalidContent, "\(upstream.name) sent an unreadable manifest for \(repository):\(reference): \(error.message)")
+        }
+        if MediaType.isSchema1(document.mediaType) {
+            throw MirrorError(.manifestUnknown, "\(repository):\(reference) is a Docker schema 1 manifest, which this mirror does not serve")
+        }
+        // The type the upstream served it as is the type we serve it as.
+        let mediaType = response.mediaType.flatMap { MediaType.isManifest($0) ? $0 : nil } ?? document.mediaType
+        do {
+            try store.write(bytes, as: actual)
+        } catch {
+            throw MirrorError(.internal, "storing manifest \(actual): \(error.message)")
+        }
+        var batch = ContentBatch()
+        batch.addBlob(actual, size: Int64(bytes.count))
+        var entry = ContentBatch.Manifest(digest: actual, size: Int64(bytes.count), document: document)
+        entry = ContentBatch.Manifest(copying: entry, mediaType: mediaType)
+        batch.manifests.append(entry)
+        batch.link(repository, actual)
+        // A manifest of R names its blobs and children: R is known to hold them.
+        for blob in document.blobs { batch.link(repository, blob.digest) }
+        for child in document.manifests { batch.link(repository, child.digest) }
+        if let tag { batch.tag(repository, tag, actual, mediaType: mediaType, checkedAt: Self.now) }
+        try local.wrap { () throws(IndexError) in try index.record(batch) }
+        let content = ManifestContent(digest: actual, mediaType: mediaType, bytes: bytes)
+        if document.isIndex { prefetchChildren(document.manifests, repository: repository, upstream: upstream) }
+        return content
+    }
+
+    /// Child manifests are small and a client asks for one right after the index: fetch
+    /// them in the background, a few at a time.
+    func prefetchChildren(_ children: [Descriptor], repository: RepositoryKey, upstream: UpstreamRegistry) {
+        let missing = children.filter { store.size(of: $0.digest) == nil && MediaType.isManifest($0.mediaType) }
+        guard !missing.isEmpty else { return }
+        Task.detached { [self] in
+            await withTaskGroup(of: Void.self) { group in
+                for child in missing {
+                    group.addTask {
+                        await self.prefetchSlots.wait()
+                        defer { self.prefetchSlots.signal() }
+                        do {
+                            _ = try await self.manifest(repository, digest: child.digest, upstream: upstream)
+                        } catch {
+                            self.logger.debug("prefetch of an index child failed", metadata: ["oci.digest": "\(child.digest)", "error": "\(error)"])
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: Blobs
+
+    public func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent {
+        guard let upstream = upstream(for: repository) else { return try await local.blob(repository, digest) }
+        if let location = store.location(of: digest) {
+            try await ensureLinked(repository, digest, upstream: upstream)
+            return .stored(digest, location)
+        }
+        return .filling(try startOrJoinFill(repository, digest, upstream: upstream))
+    }
+
+    public func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64 {
+        guard let upstream = upstream(for: repository) else { return try await local.blobSize(repository, digest) }
+        if let size = store.size(of: digest) {
+            try await ensureLinked(repository, digest, upstream: upstream)
+            return size
+        }
+        if let fill = fills.withLock({ $0[fillKey(upstream, digest)] }), let size = fill.snapshot.size { return size }
+        // HEAD upstream; download nothing.
+        let size: Int64?
+        do {
+            size = try await upstream.blobSize(repository.name, digest)
+        } catch {
+            throw Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .blobUnknown)
+        }
+        guard let size, size >= 0 else { throw MirrorError(.blobUnknown, "\(upstream.name) has no blob \(digest) in \(repository)") }
+        return size
+    }
+
+    /// Repository scoping: link R to a cached blob only after the upstream confirms R holds it.
+    func ensureLinked(_ repository: RepositoryKey, _ digest: Digest, upstream: UpstreamRegistry) async throws(MirrorError) {
+        if try local.wrap({ () throws(IndexError) in try index.isLinked(repository, digest) }) { return }
+        let size: Int64?
+        do {
+            size = try await upstream.blobSize(repository.name, digest)
+        } catch {
+            throw Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .blobUnknown)
+        }
+        guard size != nil else {
+            throw MirrorError(.blobUnknown, "\(repository) does not hold \(digest) on \(upstream.name)")
+        }
+        var batch = ContentBatch()
+        batch.link(repository, digest)
+        try local.wrap { () throws(IndexError) in try index.record(batch) }
+    }
+
+    func fillKey(_ upstream: UpstreamRegistry, _ digest: Digest) -> String { "\(upstream.name)|\(digest)" }
+
+    /// Joins the running download of `digest`, or starts one.
+    func startOrJoinFill(_ repository: RepositoryKey, _ digest: Digest, upstream: UpstreamRegistry) throws(MirrorError) -> BlobFill {
+        let key = fillKey(upstream, digest)
+        let started: (BlobFill, (any BlobWriter)?) = try fills.withLock { (fills) throws(MirrorError) in
+            if let fill = fills[key] { return (fill, nil) }
+            let writer: any BlobWriter
+            do throws(StoreError) {
+                writer = try store.makeWriter(expecting: digest, size: nil)
+            } catch {
+                throw MirrorError(.internal, "cannot start a download of \(digest): \(error.message)")
+            }
+            let fill = BlobFill(digest: digest, temporaryPath: writer.temporaryPath)
+            fills[key] = fill
+            return (fill, writer)
+        }
+        guard let writer = started.1 else {
+            logger.debug("joined a running download", metadata: ["oci.digest": "\(digest)", "cache.result": "join"])
+            return started.0
+        }
+        let fill = started.0
+        // Detached from the request: a client hanging up does not cancel the shared download.
+        Task.detached { [self] in
+            await runFill(fill, writer: writer, repository: repository, upstream: upstream, key: key)
+        }
+        return fill
+    }
+
+    func runFill(_ fill: BlobFill, writer: any BlobWriter, repository: RepositoryKey, upstream: UpstreamRegistry, key: String) async {
+        let digest = fill.digest
+        let outcome: BlobFill.Outcome
+        do {
+            let sink = FillSink(writer: writer, fill: fill, offset: 0)
+            _ = try await upstream.fetchBlob(repository.name, digest, sink: sink)
+            try writer.commit()
+            var batch = ContentBatch()
+            batch.addBlob(digest, size: writer.bytesWritten)
+            batch.link(repository, digest)
+            try index.record(batch)
+            outcome = .done(path: (store.location(of: digest)).map { if case .file(let path, _) = $0 { path } else { "" } } ?? "")
+            logger.info("blob cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "bytes": "\(writer.bytesWritten)", "cache.result": "fill"])
+        } catch let error as UpstreamError {
+            writer.abort()
+            outcome = .failed(Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .blobUnknown))
+        } catch let error as StoreError {
+            writer.abort()
+            outcome = .failed(MirrorError(.invalidContent, "\(upstream.name) sent a bad blob for \(repository)@\(digest): \(error.message)"))
+        } catch {
+            writer.abort()
+            outcome = .failed(MirrorError(.internal, "download of \(digest) failed: \(error)"))
+        }
+        if case .failed(let error) = outcome {
+            logger.warning("blob download failed; nothing was cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "error": "\(error.message)"])
+        }
+        fill.finished(outcome)
+        fills.withLock { fills in
+            if fills[key] === fill { fills[key] = nil }
+        }
+    }
+
+    // MARK: Tags and referrers
+
+    public func tags(_ repository: RepositoryKey) async throws(MirrorError) -> [String] {
+        guard let upstream = upstream(for: repository) else { return try await local.tags(repository) }
+        do {
+            return try await upstream.tags(repository.name).sorted()
+        } catch {
+            if error.isUpstreamFailure, let cached = try? await local.tags(repository) { return cached }
+            throw Self.map(error, upstream: upstream, what: "\(repository)", unknown: .nameUnknown)
+        }
+    }
+
+    public func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor] {
+        guard let upstream = upstream(for: repository) else { return try await local.referrers(repository, digest) }
+        let key = "\(repository)@\(digest)"
+        do {
+            guard let bytes = try await upstream.referrers(repository.name, digest) else {
+                throw MirrorError(.referrersUnsupported, "\(upstream.name) has no referrers API; use the tag fallback")
+            }
+            guard let index = try? JSONDecoder().decode(ImageIndex.self, from: Data(bytes)) else {
+                throw MirrorError(.invalidContent, "\(upstream.name) sent an unreadable referrers index")
+            }
+            referrerCache.withLock { $0[key] = index.manifests }
+            return index.manifests
+        } catch {
+            if (error as? UpstreamError)?.isUpstreamFailure == true {
+                if let cached = referrerCache.withLock({ $0[key] }) { return cached }
+                return try await local.referrers(repository, digest)
+            }
+            throw Self.map(error, upstream: upstream, what: key, unknown: .manifestUnknown)
+        }
+    }
+
+    // MARK: Errors
+
+    static func map(_ error: UpstreamError, upstream: UpstreamRegistry, what: String, unknown: MirrorError.Code) -> MirrorError {
+        switch error.code {
+        case .notFound: return MirrorError(unknown, "\(what) is not on \(upstream.name): \(error.message)")
+        case .denied: return MirrorError(.upstreamDenied, error.message)
+        case .tooManyRequests: return MirrorError(.tooManyRequests, error.message, retryAfter: error.retryAfter)
+        case .unavailable: return MirrorError(.upstreamUnavailable, "upstream \(upstream.name) is unavailable: \(error.message)")
+        case .invalidResponse: return MirrorError(.invalidContent, error.message)
+        }
+    }
+
+    static func map(_ error: any Error, upstream: UpstreamRegistry, what: String, unknown: MirrorError.Code) -> MirrorError {
+        if let error = error as? UpstreamError { return map(error, upstream: upstream, what: what, unknown: unknown) }
+        if let error = error as? MirrorError { return error }
+        return MirrorError(.internal, "\(error)")
+    }
+}
+
+extension MirrorError {
+    var isUpstreamFailure: Bool { code == .upstreamUnavailable || code == .tooManyRequests }
+}

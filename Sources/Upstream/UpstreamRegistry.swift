@@ -1,0 +1,332 @@
+import Foundation
+import Logging
+import OCI
+
+/// How to reach one upstream registry.
+public struct UpstreamConfiguration: Sendable {
+    /// The name requests route by and cache keys carry: `docker.io`, `ghcr.io`, `127.0.0.1:5001`.
+    public var name: String
+    /// Where its API is: `https://registry-1.docker.io`.
+    public var url: URL
+    public var credentials: Credentials?
+    public var limits = TransferLimits()
+    /// Attempts for a request that fails with a transport error, a 5xx or a 429.
+    public var attempts = 3
+    /// Pause before the first retry; doubled each time.
+    public var backoff: Duration = .milliseconds(250)
+    /// The longest `Retry-After` worth waiting for inside one client request.
+    public var maxRetryAfter: Duration = .seconds(10)
+
+    public init(name: String, url: URL) {
+        self.name = name
+        self.url = url
+    }
+
+    /// Docker Hub's API host for the `docker.io` name.
+    public static let dockerHub = UpstreamConfiguration(name: ImageReference.dockerHub, url: URL(string: "https://registry-1.docker.io")!)
+}
+
+/// Errors from an upstream, as the mirror core needs to tell them apart.
+public struct UpstreamError: Error, Sendable, CustomStringConvertible {
+    public enum Code: Sendable, Equatable {
+        /// The upstream says the repository or content does not exist (or, anonymously, hides it).
+        case notFound
+        /// The upstream refused the configured credentials.
+        case denied
+        case tooManyRequests
+        /// Unreachable, timed out, reset, or a 5xx after retries.
+        case unavailable
+        /// An answer that breaks the protocol: wrong digest, oversized manifest, redirect loop.
+        case invalidResponse
+    }
+    public let code: Code
+    public let message: String
+    public var retryAfter: Int?
+
+    public init(_ code: Code, _ message: String, retryAfter: Int? = nil) {
+        self.code = code
+        self.message = message
+        self.retryAfter = retryAfter
+    }
+
+    /// Errors that justify serving stale content.
+    public var isUpstreamFailure: Bool { code == .unavailable || code == .tooManyRequests }
+    public var description: String { message }
+}
+
+/// A manifest response: its head, and the bytes for a GET.
+public struct UpstreamManifest: Sendable {
+    public let digest: Digest?
+    public let mediaType: String?
+    public let size: Int64?
+    public let bytes: [UInt8]?
+}
+
+/// The client side of the Distribution API for one upstream, the way Docker's `pull_v2`
+/// does it: the modern Accept set, the Bearer token flow (anonymous or with credentials,
+/// tokens cached per scope), Basic, redirects that never carry credentials to another
+/// host, and retries.
+public final class UpstreamRegistry: Sendable {
+    public let configuration: UpstreamConfiguration
+    let transport: CurlTransport
+    let tokens = TokenCache()
+    let logger: Logger
+
+    public init(_ configuration: UpstreamConfiguration, transport: CurlTransport, logger: Logger) {
+        self.configuration = configuration
+        self.transport = transport
+        self.logger = logger
+    }
+
+    public var name: String { configuration.name }
+
+    // MARK: API calls
+
+    /// HEAD or GET of a manifest by tag or digest. GET bodies are capped at 4 MiB.
+    public func manifest(_ repository: RepositoryName, _ reference: ManifestReference, head: Bool) async throws(UpstreamError) -> UpstreamManifest {
+        let sink = BufferSink(limit: ManifestDocument.maxSize)
+        let response = try await send(head ? "HEAD" : "GET", "/v2/\(repository.value)/manifests/\(reference)", repository: repository,
+                                      accept: MediaType.manifestAccept.joined(separator: ", "), sink: sink)
+        if sink.overflow {
+            throw UpstreamError(.invalidResponse, "\(name) sent a manifest larger than \(ManifestDocument.maxSize) bytes for \(repository):\(reference)")
+        }
+        let digest = response.header("docker-content-digest").flatMap { try? Digest(parsing: $0) }
+        let type = response.header("content-type").map(ManifestDocument.stripParameters)
+        return UpstreamManifest(digest: digest, mediaType: type, size: response.contentLength, bytes: head ? nil : sink.bytes)
+    }
+
+    /// Size of a blob if the repository holds it upstream; nil for 404.
+    public func blobSize(_ repository: RepositoryName, _ digest: Digest) async throws(UpstreamError) -> Int64? {
+        do {
+            let response = try await send("HEAD", "/v2/\(repository.value)/blobs/\(digest)", repository: repository, accept: nil, sink: BufferSink(limit: 0))
+            return response.contentLength ?? -1
+        } catch where error.code == .notFound {
+            return nil
+        }
+    }
+
+    /// Streams a blob into `sink`. `sink.head` sees the final 2xx head first (with the size).
+    public func fetchBlob(_ repository: RepositoryName, _ digest: Digest, sink: any TransferSink, from offset: Int64 = 0) async throws(UpstreamError) -> ResponseHead {
+        let range = offset > 0 ? [("Range", "bytes=\(offset)-")] : []
+        return try await send("GET", "/v2/\(repository.value)/blobs/\(digest)", repository: repository, accept: nil, sink: sink, extraHeaders: range)
+    }
+
+    /// Every tag, following `Link` pagination (at most `maxPages` pages).
+    public func tags(_ repository: RepositoryName, maxPages: Int = 50) async throws(UpstreamError) -> [String] {
+        struct Page: Decodable { let tags: [String]? }
+        var path = "/v2/\(repository.value)/tags/list?n=1000"
+        var all: [String] = []
+        for _ in 0..<maxPages {
+            let sink = BufferSink(limit: 16 << 20)
+            let response = try await send("GET", path, repository: repository, accept: "application/json", sink: sink)
+            guard let page = try? JSONDecoder().decode(Page.self, from: Data(sink.bytes)) else {
+                throw UpstreamError(.invalidResponse, "\(name) sent an unreadable tag list for \(repository)")
+            }
+            all += page.tags ?? []
+            guard let link = response.header("link"), let next = Self.nextLink(link) else { break }
+            path = next
+        }
+        return all
+    }
+
+    /// The referrers index bytes, or nil when the upstream has no referrers API (404).
+    public func referrers(_ repository: RepositoryName, _ digest: Digest) async throws(UpstreamError) -> [UInt8]? {
+        let sink = BufferSink(limit: ManifestDocument.maxSize)
+        do {
+            _ = try await send("GET", "/v2/\(repository.value)/referrers/\(digest)", repository: repository, accept: MediaType.ociIndex, sink: sink)
+        } catch where error.code == .notFound {
+            return nil
+        }
+        return sink.bytes
+    }
+
+    /// `</v2/x/tags/list?n=2&last=b>; rel="next"` → `/v2/x/tags/list?n=2&last=b`
+    static func nextLink(_ header: String) -> String? {
+        for part in header.split(separator: ",") where part.contains("rel=\"next\"") || part.contains("rel=next") {
+            guard let open = part.firstIndex(of: "<"), let close = part.firstIndex(of: ">"), open < close else { continue }
+            let target = String(part[part.index(after: open)..<close])
+            if target.hasPrefix("/") { return target }
+            if let url = URL(string: target) { return url.path + (url.query.map { "?" + $0 } ?? "") }
+        }
+        return nil
+    }
+
+    // MARK: The exchange: auth, redirects, retries
+
+    func send(_ method: String, _ path: String, repository: RepositoryName, accept: String?, sink: any TransferSink,
+              extraHeaders: [(String, String)] = []) async throws(UpstreamError) -> ResponseHead {
+        let scope = "repository:\(repository.value):pull"
+        var delay = configuration.backoff
+        var lastError = UpstreamError(.unavailable, "\(name) did not answer")
+        for attempt in 1...max(1, configuration.attempts) {
+            let counting = CountingSink(sink)
+            do {
+                let head = try await exchange(method, path, scope: scope, accept: accept, sink: counting, extraHeaders: extraHeaders)
+                switch head.status {
+                case 200..<300:
+                    return head
+                case 404:
+                    throw UpstreamError(.notFound, "\(name) has no \(repository) \(path.contains("/blobs/") ? "blob" : "content") at \(path.split(separator: "/").last ?? "")")
+                case 401, 403:
+                    if configuration.credentials == nil {
+                        // Docker Hub answers 401 for repositories that do not exist.
+                        throw UpstreamError(.notFound, "\(name) denies anonymous access to \(repository): unknown or private")
+                    }
+                    throw UpstreamError(.denied, "\(name) refused the configured credentials for \(repository) (\(head.status))")
+                case 429:
+                    let retryAfter = head.header("retry-after").flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+                    lastError = UpstreamError(.tooManyRequests, "\(name) is rate-limiting this mirror (429)", retryAfter: retryAfter)
+                    let wait = Duration.seconds(retryAfter ?? 1)
+                    guard attempt < configuration.attempts, wait <= configuration.maxRetryAfter else { throw lastError }
+                    try? await Task.sleep(for: wait)
+                    continue
+                case 500..<600:
+                    lastError = UpstreamError(.unavailable, "\(name) answered \(head.status) for \(path)")
+                default:
+                    throw UpstreamError(.invalidResponse, "\(name) answered \(head.status) for \(path)")
+                }
+            } catch let error as UpstreamError {
+                throw error
+            } catch let error as TransportError {
+                lastError = UpstreamError(.unavailable, error.message)
+            } catch {
+                // The sink refused the body (a size or digest check): not worth a retry.
+                throw UpstreamError(.invalidResponse, "\(name): \(error)")
+            }
+            // A transfer that already delivered body bytes cannot be retried from here.
+            guard attempt < configuration.attempts, counting.received == 0, !Task.isCancelled else { break }
+            logger.debug("retrying upstream request", metadata: ["upstream": "\(name)", "attempt": "\(attempt)", "error": "\(lastError.message)"])
+            try? await Task.sleep(for: delay)
+            delay *= 2
+        }
+        throw lastError
+    }
+
+    /// One logical request: follows redirects (at most 5; `Authorization` only to the
+    /// upstream's own host) and answers one authentication challenge.
+    func exchange(_ method: String, _ path: String, scope: String, accept: String?, sink: any TransferSink,
+                  extraHeaders: [(String, String)]) async throws -> ResponseHead {
+        guard var url = URL(string: configuration.url.absoluteString.trimmingSuffix("/") + path) else {
+            throw UpstreamError(.invalidResponse, "cannot build a URL for \(path)")
+        }
+        let origin = Self.origin(of: url)
+        var authorization = authorizationHeader(scope: scope)
+        var answeredChallenge = false
+        var redirects = 0
+        while true {
+            var headers = extraHeaders
+            if let accept { headers.append(("Accept", accept)) }
+            if let authorization, Self.origin(of: url) == origin { headers.append(("Authorization", authorization)) }
+            let head = try await transport.perform(HTTPExchange(method: method, url: url, headers: headers), limits: configuration.limits, sink: sink)
+            if (300..<400).contains(head.status), head.status != 304, let location = head.header("location") {
+                redirects += 1
+                guard redirects <= 5, let next = URL(string: location, relativeTo: url)?.absoluteURL else {
+                    throw UpstreamError(.invalidResponse, "\(name) redirected more than 5 times for \(path)")
+                }
+                url = next
+                continue
+            }
+            if head.status == 401, !answeredChallenge, Self.origin(of: url) == origin,
+               let challenge = head.headers("www-authenticate").compactMap(AuthChallenge.parse).first {
+                answeredChallenge = true
+                if let answer = try await answer(challenge, scope: scope) {
+                    authorization = answer
+                    continue
+                }
+            }
+            return head
+        }
+    }
+
+    /// What to send before any challenge: a cached token for the scope.
+    func authorizationHeader(scope: String) -> String? {
+        tokens.token(for: tokenKey(scope)).map { "Bearer \($0)" }
+    }
+
+    func tokenKey(_ scope: String) -> String { "\(name)|\(scope)" }
+
+    /// Answers a challenge: fetches a Bearer token, or uses Basic credentials.
+    func answer(_ challenge: AuthChallenge, scope: String) async throws -> String? {
+        switch challenge.scheme {
+        case "basic":
+            return configuration.credentials?.basicHeader
+        case "bearer":
+            guard let realm = challenge.parameters["realm"], var components = URLComponents(string: realm) else {
+                throw UpstreamError(.invalidResponse, "\(name) sent a Bearer challenge without a realm")
+            }
+            tokens.drop(tokenKey(scope))
+            var query = components.queryItems ?? []
+            if let service = challenge.parameters["service"] { query.append(URLQueryItem(name: "service", value: service)) }
+            query.append(URLQueryItem(name: "scope", value: challenge.parameters["scope"] ?? scope))
+            components.queryItems = query
+            guard let tokenURL = components.url else { throw UpstreamError(.invalidResponse, "\(name) sent an unusable token realm") }
+            var headers: [(String, String)] = [("Accept", "application/json")]
+            if let credentials = configuration.credentials { headers.append(("Authorization", credentials.basicHeader)) }
+            let sink = BufferSink(limit: 1 << 20)
+            let head = try await transport.perform(HTTPExchange(method: "GET", url: tokenURL, headers: headers), limits: configuration.limits, sink: sink)
+            guard head.status == 200 else {
+                if head.status == 401 || head.status == 403 {
+                    throw UpstreamError(configuration.credentials == nil ? .notFound : .denied,
+                                        "the token service of \(name) refused a token for \(scope) (\(head.status))")
+                }
+                throw UpstreamError(.unavailable, "the token service of \(name) answered \(head.status)")
+            }
+            guard let response = try? JSONDecoder().decode(TokenResponse.self, from: Data(sink.bytes)), let token = response.bearer else {
+                throw UpstreamError(.invalidResponse, "the token service of \(name) sent no token")
+            }
+            tokens.store(token, scope: tokenKey(scope), expiresIn: response.expiresIn)
+            return "Bearer \(token)"
+        default:
+            return nil
+        }
+    }
+
+    static func origin(of url: URL) -> String {
+        "\(url.scheme ?? "")://\(url.host ?? ""):\(url.port ?? (url.scheme == "https" ? 443 : 80))"
+    }
+}
+
+/// Collects a small body in memory, up to a limit.
+public final class BufferSink: TransferSink, @unchecked Sendable {
+    // Written by the transfer thread, read after `perform` returns.
+    private(set) var bytes: [UInt8] = []
+    private(set) var overflow = false
+    let limit: Int
+    private var accepting = false
+
+    init(limit: Int) { self.limit = limit }
+
+    public func head(_ head: ResponseHead) -> Bool {
+        accepting = (200..<300).contains(head.status)
+        return accepting
+    }
+
+    public func body(_ chunk: UnsafeRawBufferPointer) throws {
+        guard bytes.count + chunk.count <= limit else {
+            overflow = true
+            throw UpstreamError(.invalidResponse, "response larger than \(limit) bytes")
+        }
+        bytes.append(contentsOf: chunk)
+    }
+}
+
+/// Counts body bytes a sink accepted, so `send` knows whether a retry is still clean.
+final class CountingSink: TransferSink, @unchecked Sendable {
+    let inner: any TransferSink
+    private(set) var received = 0
+
+    init(_ inner: any TransferSink) { self.inner = inner }
+
+    func head(_ head: ResponseHead) -> Bool { inner.head(head) }
+
+    func body(_ chunk: UnsafeRawBufferPointer) throws {
+        try inner.body(chunk)
+        received += chunk.count
+    }
+}
+
+extension String {
+    func trimmingSuffix(_ suffix: String) -> String {
+        hasSuffix(suffix) ? String(dropLast(suffix.count)) : self
+    }
+}
