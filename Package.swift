@@ -61,6 +61,7 @@ let package = Package(
         ]),
         .testTarget(name: "EndToEndTests", dependencies: [
             "OCI", "Upstream",
+            .product(name: "Hummingbird", package: "hummingbird"),
         ]),
     ],
     swiftLanguageModes: [.v6]

@@ -44,6 +44,7 @@ struct ServedFixture {
         settings.host = "127.0.0.1"
         settings.port = 0
         settings.dataDirectory = harness.dir.path + "/data"
+        settings.offline = true  // the serving side alone; pull-through has its own tests
         return try buildApplication(settings, logger: Logger(label: "test"))
     }
 

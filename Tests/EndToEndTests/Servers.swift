@@ -1,0 +1,143 @@
+import Foundation
+
+/// Polls `probe` every 50 ms until it returns true, the process dies, or `timeout` passes.
+func waitUntil(
+    _ what: String, timeout: Duration = .seconds(30), process: ChildProcess? = nil,
+    probe: () throws -> Bool
+) async throws {
+    let clock = ContinuousClock()
+    let deadline = clock.now + timeout
+    var lastError: (any Error)?
+    while clock.now < deadline {
+        do {
+            if try probe() { return }
+        } catch {
+            lastError = error
+        }
+        if let process, !process.isRunning {
+            throw E2EError("\(process.name) exited (status \(process.terminationStatus.map(String.init) ?? "?")) while waiting for \(what)\n--- stdout ---\n\(process.stdout.suffix(3000))\n--- stderr ---\n\(process.stderr.suffix(3000))")
+        }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    var message = "timed out after \(timeout) waiting for \(what)"
+    if let lastError { message += " (last error: \(lastError))" }
+    if let process { message += "\n--- stderr ---\n\(process.stderr.suffix(3000))" }
+    throw E2EError(message)
+}
+
+/// A real CNCF Distribution registry (`docker-registry serve`), with its own config (Debian's
+/// default turns on htpasswd auth), filesystem storage in a temporary directory, on a free
+/// loopback port. Stopped by `stop()` or on deinit, whichever comes first.
+final class DistributionRegistry: @unchecked Sendable {
+    let port: Int
+    let directory: TemporaryDirectory
+    private let process: ChildProcess
+
+    var host: String { "127.0.0.1:\(port)" }
+
+    private init(port: Int, directory: TemporaryDirectory, process: ChildProcess) {
+        self.port = port
+        self.directory = directory
+        self.process = process
+    }
+
+    static func start() async throws -> DistributionRegistry {
+        let program = try TestPaths.executable("docker-registry")
+        var failures: [String] = []
+        // The free port can be taken between probing and binding; try a few.
+        for attempt in 1...3 {
+            let directory = try TemporaryDirectory(prefix: "registry-mirror-e2e-distribution")
+            let storage = try directory.subdirectory("storage")
+            let port = try Ports.free()
+            let config = directory.url.appendingPathComponent("config.yml")
+            let yaml = """
+                version: 0.1
+                log: {level: warn, accesslog: {disabled: true}}
+                storage: {filesystem: {rootdirectory: \(storage.path)}, delete: {enabled: true}}
+                http: {addr: 127.0.0.1:\(port)}
+
+                """
+            try yaml.write(to: config, atomically: true, encoding: .utf8)
+            let process = try ChildProcess(
+                name: "docker-registry", program: program, arguments: ["serve", config.path],
+                logDirectory: directory.url)
+            let registry = DistributionRegistry(port: port, directory: directory, process: process)
+            do {
+                try await waitUntil("docker-registry to answer GET /v2/ on \(registry.host)", process: process) {
+                    try RawHTTP.get(port: port, path: "/v2/").status == 200
+                }
+                return registry
+            } catch {
+                failures.append("attempt \(attempt): \(error)")
+                await registry.stop()
+            }
+        }
+        throw E2EError("docker-registry did not start:\n" + failures.joined(separator: "\n"))
+    }
+
+    func stop() async { await process.stop() }
+}
+
+/// `registry-mirror serve --listen 127.0.0.1:0 --data-dir DIR`, its port read from the
+/// "registry-mirror listening on http://127.0.0.1:PORT" line it prints once it is up.
+final class MirrorProcess: @unchecked Sendable {
+    let port: Int
+    private let process: ChildProcess
+
+    var host: String { "127.0.0.1:\(port)" }
+    var stderr: String { process.stderr }
+
+    private init(port: Int, process: ChildProcess) {
+        self.port = port
+        self.process = process
+    }
+
+    static let listeningPrefix = "registry-mirror listening on http://127.0.0.1:"
+
+    /// `--offline` by default: the mirror serves only what was imported and never reaches for an
+    /// upstream (without it, it would try Docker Hub, which a sandbox cannot reach).
+    static func start(dataDirectory: URL, logDirectory: URL, extraArguments: [String] = ["--offline"]) async throws -> MirrorProcess {
+        let binary = try TestPaths.requireMirrorBinary()
+        let process = try ChildProcess(
+            name: "registry-mirror-serve", program: binary,
+            arguments: ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDirectory.path] + extraArguments,
+            logDirectory: logDirectory)
+        var port: Int?
+        do {
+            try await waitUntil("registry-mirror to print its listening line", process: process) {
+                for line in process.stdout.split(separator: "\n") where line.hasPrefix(listeningPrefix) {
+                    port = Int(line.dropFirst(listeningPrefix.count).trimmingCharacters(in: .whitespaces))
+                    if port != nil { return true }
+                }
+                return false
+            }
+            guard let port, port > 0 else { throw E2EError("registry-mirror printed no usable port: \(process.stdout)") }
+            try await waitUntil("registry-mirror to answer GET /v2/", process: process) {
+                try RawHTTP.get(port: port, path: "/v2/").status == 200
+            }
+            return MirrorProcess(port: port, process: process)
+        } catch {
+            await process.stop()
+            throw error
+        }
+    }
+
+    func stop() async { await process.stop() }
+}
+
+/// The registry-mirror CLI's one-shot subcommands.
+enum MirrorCLI {
+    static func run(_ arguments: [String]) async throws -> CommandResult {
+        try await Command.run(try TestPaths.requireMirrorBinary(), arguments)
+    }
+
+    static func importBundle(_ path: String, as reference: String?, dataDirectory: URL) async throws -> CommandResult {
+        var arguments = ["import", path, "--data-dir", dataDirectory.path]
+        if let reference { arguments += ["--as", reference] }
+        return try await run(arguments)
+    }
+
+    static func list(dataDirectory: URL) async throws -> CommandResult {
+        try await run(["ls", "--data-dir", dataDirectory.path])
+    }
+}
