@@ -67,15 +67,25 @@ public final class BlobFill: Sendable {
         }
     }
 
-    /// Waits until more than `offset` bytes are written, or the fill ended.
-    /// Returns the bytes available to read, or throws the fill's failure.
+    /// Waits until more than `offset` bytes may be sent, or the fill ended. Returns how many
+    /// may be sent, or throws the fill's failure.
+    ///
+    /// While the download runs, the blob's last byte is held back: it goes out only after the
+    /// digest was verified, so a client never receives a complete body of wrong bytes. A
+    /// failed fill cuts the response short instead, and the client sees an error.
     public func available(beyond offset: Int64) async throws(MirrorError) -> (written: Int64, outcome: Outcome) {
         while true {
-            let (_, written, outcome) = snapshot
+            let (size, written, outcome) = snapshot
             if case .failed(let error) = outcome { throw error }
-            if written > offset || !outcome.isRunning { return (written, outcome) }
-            await waitForChange { $0.written <= offset && $0.isRunning }
+            let sendable = Self.sendable(size: size, written: written, outcome: outcome)
+            if sendable > offset || !outcome.isRunning { return (sendable, outcome) }
+            await waitForChange { Self.sendable(size: $0.size, written: $0.written, outcome: $0.outcome) <= offset && $0.isRunning }
         }
+    }
+
+    static func sendable(size: Int64?, written: Int64, outcome: Outcome) -> Int64 {
+        guard outcome.isRunning else { return written }
+        return min(written, (size ?? .max) - 1)
     }
 
     private func waitForChange(while condition: @escaping (State) -> Bool) async {

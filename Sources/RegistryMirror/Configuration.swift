@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Mirror
 import OCI
 import Upstream
 import Yams
@@ -16,6 +17,37 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var logLevel = Logger.Level.info
     /// `http.sendfile`: send blob files with sendfile(2).
     public var sendfile = true
+    /// `upstreams`: every upstream, in order. The embedded default is Docker Hub alone.
+    public var upstreams: [Upstream] = [Upstream(name: "docker.io", url: "https://registry-1.docker.io")]
+    /// `default_upstream`: the upstream for requests that name none. Default: the first.
+    public var defaultUpstream: String?
+    /// `offline`: never contact an upstream.
+    public var offline = false
+
+    /// One entry of `upstreams`. Printing it never shows the password.
+    public struct Upstream: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
+        public var description: String {
+            "Upstream(name: \(name), url: \(url), username: \(username ?? "-"), password: \(password == nil ? "-" : "<redacted>"), tagTTL: \(tagTTL), insecure: \(insecure))"
+        }
+        public var debugDescription: String { description }
+
+        public var name: String
+        public var url: String
+        public var username: String?
+        /// Read from `password_file`, or from the variable `password_env` names. Never logged.
+        public var password: String?
+        public var tagTTL: Duration = .seconds(300)
+        public var caFile: String?
+        public var insecure = false
+        public var staleIfError = true
+
+        public init(name: String, url: String) {
+            self.name = name
+            self.url = url
+        }
+
+        public static let keys: Set<String> = ["name", "url", "username", "password_file", "password_env", "tag_ttl", "ca_file", "insecure", "stale_if_error"]
+    }
 
     public init() {}
 
@@ -25,18 +57,25 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("data_dir", "REGISTRY_MIRROR_DATA_DIR"),
         ("log.level", "REGISTRY_MIRROR_LOG_LEVEL"),
         ("http.sendfile", "REGISTRY_MIRROR_HTTP_SENDFILE"),
+        ("default_upstream", "REGISTRY_MIRROR_DEFAULT_UPSTREAM"),
+        ("offline", "REGISTRY_MIRROR_OFFLINE"),
     ]
 
     /// Loads `file` (if given) over the defaults, then the environment over that.
     public static func load(file: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> MirrorConfiguration {
         var values: [String: String] = [:]
         var problems: [String] = []
+        var upstreamNodes: Any?
         if let file {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
                 throw ConfigurationError(problems: ["\(file): cannot be read"])
             }
             do {
-                let node = try Yams.load(yaml: text)
+                var node = try Yams.load(yaml: text)
+                if var mapping = node as? [String: Any], let list = mapping.removeValue(forKey: "upstreams") {
+                    upstreamNodes = list
+                    node = mapping
+                }
                 if let node { flatten(node, path: "", into: &values, problems: &problems) }
             } catch {
                 throw ConfigurationError(problems: ["\(file): not valid YAML: \(error)"])
@@ -47,6 +86,10 @@ public struct MirrorConfiguration: Sendable, Equatable {
         }
         var config = MirrorConfiguration()
         config.apply(values, problems: &problems)
+        if let upstreamNodes { config.upstreams = parseUpstreams(upstreamNodes, environment: environment, problems: &problems) }
+        if let name = config.defaultUpstream, !config.upstreams.isEmpty, !config.upstreams.contains(where: { $0.name == name }) {
+            problems.append("default_upstream: \"\(name)\" is not one of the upstreams")
+        }
         guard problems.isEmpty else { throw ConfigurationError(problems: problems) }
         return config
     }
@@ -82,13 +125,69 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 problems.append("log.level: must be one of trace, debug, info, notice, warning, error, critical; got \"\(v)\"")
             }
         }
-        if let v = values["http.sendfile"] {
-            switch v.lowercased() {
-            case "true", "yes", "1": sendfile = true
-            case "false", "no", "0": sendfile = false
-            default: problems.append("http.sendfile: must be true or false, got \"\(v)\"")
-            }
+        if let v = values["http.sendfile"] { sendfile = Self.bool(v, "http.sendfile", &problems) ?? sendfile }
+        if let v = values["offline"] { offline = Self.bool(v, "offline", &problems) ?? offline }
+        if let v = values["default_upstream"] { defaultUpstream = v }
+    }
+
+    static func bool(_ v: String, _ path: String, _ problems: inout [String]) -> Bool? {
+        switch v.lowercased() {
+        case "true", "yes", "1": return true
+        case "false", "no", "0": return false
+        default:
+            problems.append("\(path): must be true or false, got \"\(v)\"")
+            return nil
         }
+    }
+
+    static func parseUpstreams(_ node: Any, environment: [String: String], problems: inout [String]) -> [Upstream] {
+        guard let list = node as? [Any] else {
+            problems.append("upstreams: must be a list")
+            return []
+        }
+        var out: [Upstream] = []
+        for (i, item) in list.enumerated() {
+            let at = "upstreams[\(i)]"
+            guard let map = item as? [String: Any] else {
+                problems.append("\(at): must be a mapping with name and url")
+                continue
+            }
+            for key in map.keys.sorted() where !Upstream.keys.contains(key) { problems.append("\(at).\(key): unknown key") }
+            let text = { (key: String) in map[key].map { "\($0)" } }
+            guard let url = text("url") else {
+                problems.append("\(at).url: required")
+                continue
+            }
+            guard let parsed = try? UpstreamSpec.parse(url) else {
+                problems.append("\(at).url: not a registry URL: \"\(url)\"")
+                continue
+            }
+            var upstream = Upstream(name: text("name") ?? parsed.name, url: parsed.url.absoluteString)
+            if upstream.name.isEmpty || upstream.name.contains("/") { problems.append("\(at).name: invalid name \"\(upstream.name)\"") }
+            if out.contains(where: { $0.name == upstream.name }) { problems.append("\(at).name: \"\(upstream.name)\" is listed twice") }
+            upstream.username = text("username")
+            if let file = text("password_file") {
+                if let secret = try? String(contentsOfFile: file, encoding: .utf8) {
+                    upstream.password = secret.trimmingCharacters(in: .newlines)
+                } else {
+                    problems.append("\(at).password_file: cannot read \(file)")
+                }
+            } else if let variable = text("password_env") {
+                if let secret = environment[variable] { upstream.password = secret } else { problems.append("\(at).password_env: $\(variable) is not set") }
+            }
+            if (upstream.username == nil) != (upstream.password == nil) {
+                problems.append("\(at): username and password_file (or password_env) go together")
+            }
+            if let ttl = text("tag_ttl") {
+                if let d = UpstreamSpec.duration(ttl) { upstream.tagTTL = d } else { problems.append("\(at).tag_ttl: must look like 30s, 5m or 1h, got \"\(ttl)\"") }
+            }
+            upstream.caFile = text("ca_file")
+            if let ca = upstream.caFile, !FileManager.default.fileExists(atPath: ca) { problems.append("\(at).ca_file: \(ca) does not exist") }
+            if let v = text("insecure") { upstream.insecure = bool(v, "\(at).insecure", &problems) ?? false }
+            if let v = text("stale_if_error") { upstream.staleIfError = bool(v, "\(at).stale_if_error", &problems) ?? true }
+            out.append(upstream)
+        }
+        return out
     }
 
     /// `HOST:PORT` (IPv6 hosts in brackets) → host and port.
@@ -109,6 +208,27 @@ public struct MirrorConfiguration: Sendable, Equatable {
         }
         settings.dataDirectory = dataDirectory
         settings.zeroCopy = sendfile
+        settings.offline = offline
+        if !upstreams.isEmpty {
+            settings.upstreams = upstreams.map { entry in
+                var upstream = UpstreamConfiguration(name: entry.name, url: URL(string: entry.url)!)
+                if let username = entry.username, let password = entry.password {
+                    upstream.credentials = Credentials(username: username, password: password)
+                }
+                upstream.limits.caFile = entry.caFile
+                upstream.limits.verifyTLS = !entry.insecure
+                return upstream
+            }
+            settings.defaultUpstream = defaultUpstream ?? upstreams[0].name
+            for entry in upstreams {
+                var policy = UpstreamPolicy()
+                policy.tagTTL = entry.tagTTL
+                policy.staleIfError = entry.staleIfError
+                settings.policies[entry.name] = policy
+            }
+        } else if let defaultUpstream {
+            settings.defaultUpstream = defaultUpstream
+        }
         return settings
     }
 }
