@@ -62,6 +62,9 @@ let package = Package(
         .testTarget(name: "EndToEndTests", dependencies: [
             "OCI", "Upstream",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
     ],
     swiftLanguageModes: [.v6]
