@@ -41,7 +41,9 @@ final class DistributionRegistry: @unchecked Sendable {
         self.process = process
     }
 
-    static func start() async throws -> DistributionRegistry {
+    /// `extraConfig` is appended to the YAML config (an `auth:` section, say). The access log
+    /// is on, so tests can count what the registry was asked (`requests(since:)`).
+    static func start(extraConfig: String = "") async throws -> DistributionRegistry {
         let program = try TestPaths.executable("docker-registry")
         var failures: [String] = []
         // The free port can be taken between probing and binding; try a few.
@@ -52,9 +54,10 @@ final class DistributionRegistry: @unchecked Sendable {
             let config = directory.url.appendingPathComponent("config.yml")
             let yaml = """
                 version: 0.1
-                log: {level: warn, accesslog: {disabled: true}}
+                log: {level: warn, accesslog: {disabled: false}}
                 storage: {filesystem: {rootdirectory: \(storage.path)}, delete: {enabled: true}}
                 http: {addr: 127.0.0.1:\(port)}
+                \(extraConfig)
 
                 """
             try yaml.write(to: config, atomically: true, encoding: .utf8)
@@ -76,6 +79,31 @@ final class DistributionRegistry: @unchecked Sendable {
     }
 
     func stop() async { await process.stop() }
+
+    /// One access-log line: what the registry was asked and what it answered.
+    struct Request: Sendable, Equatable, CustomStringConvertible {
+        let method: String
+        let path: String
+        let status: Int
+        var description: String { "\(method) \(path) \(status)" }
+    }
+
+    /// Every request logged so far (the access log goes to stdout, one combined-format line each).
+    var requests: [Request] {
+        process.stdout.split(separator: "\n").compactMap { line in
+            guard let open = line.firstIndex(of: "\""), let close = line[line.index(after: open)...].firstIndex(of: "\"") else { return nil }
+            let request = line[line.index(after: open)..<close].split(separator: " ")
+            let after = line[line.index(after: close)...].split(separator: " ")
+            guard request.count >= 2, let status = after.first.flatMap({ Int($0) }) else { return nil }
+            return Request(method: String(request[0]), path: String(request[1]), status: status)
+        }
+    }
+
+    /// Requests logged after `mark` (a previous `requests.count`), waiting briefly for the log to flush.
+    func requests(since mark: Int) async -> [Request] {
+        try? await Task.sleep(for: .milliseconds(200))
+        return Array(requests.dropFirst(mark))
+    }
 }
 
 /// `registry-mirror serve --listen 127.0.0.1:0 --data-dir DIR`, its port read from the
