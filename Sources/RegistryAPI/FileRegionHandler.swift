@@ -20,7 +20,7 @@ final class FileRegionHandler: ChannelOutboundHandler, RemovableChannelHandler {
     /// The body part that stands for "the next queued region".
     static let marker = ByteBuffer(bytes: Array("\u{0}registry-mirror-file-region\u{0}".utf8))
 
-    private var pending: [(region: FileRegion, handle: NIOFileHandle)] = []
+    private var pending: [(region: FileRegion, handle: NIOFileHandle, completion: EventLoopPromise<Void>?)] = []
     private var codecContext: ChannelHandlerContext?
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -28,15 +28,19 @@ final class FileRegionHandler: ChannelOutboundHandler, RemovableChannelHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        for entry in pending { try? entry.handle.close() }
+        for entry in pending {
+            try? entry.handle.close()
+            entry.completion?.fail(ChannelError.ioOnClosedChannel)
+        }
         pending.removeAll()
     }
 
     /// Queues a region of an open file; the handler owns and closes the descriptor.
-    func enqueue(descriptor: Int32, offset: Int64, length: Int64) {
+    /// `completion` is completed when the region has been written (or failed).
+    func enqueue(descriptor: Int32, offset: Int64, length: Int64, completion: EventLoopPromise<Void>?) {
         let handle = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: descriptor)
         let region = FileRegion(fileHandle: handle, readerIndex: Int(offset), endIndex: Int(offset + length))
-        pending.append((region, handle))
+        pending.append((region, handle, completion))
     }
 
     var isUsable: Bool { codecContext != nil }
@@ -45,7 +49,10 @@ final class FileRegionHandler: ChannelOutboundHandler, RemovableChannelHandler {
         if !pending.isEmpty, let codec = codecContext, case .body(let buffer) = unwrapOutboundIn(data), buffer == Self.marker {
             let entry = pending.removeFirst()
             let done = promise ?? context.eventLoop.makePromise()
-            done.futureResult.whenComplete { _ in try? entry.handle.close() }
+            done.futureResult.whenComplete { result in
+                try? entry.handle.close()
+                entry.completion?.completeWith(result)
+            }
             codec.write(NIOAny(HTTPServerResponsePart.body(.fileRegion(entry.region))), promise: done)
             return
         }
@@ -55,15 +62,17 @@ final class FileRegionHandler: ChannelOutboundHandler, RemovableChannelHandler {
 
 extension Channel {
     /// Queues a file region for the next marker body part, if this channel can send files.
-    /// Returns false (and closes nothing) when it cannot, e.g. under a test harness.
-    func enqueueFileRegion(descriptor: Int32, offset: Int64, length: Int64) async -> Bool {
-        let result = try? await eventLoop.submit { () -> Bool in
+    /// Returns a future that completes when the region is written, or nil (closing nothing)
+    /// when the channel cannot send files, e.g. under a test harness.
+    func enqueueFileRegion(descriptor: Int32, offset: Int64, length: Int64) async -> EventLoopFuture<Void>? {
+        let result = try? await eventLoop.submit { () -> EventLoopFuture<Void>? in
             guard let handler = try? self.pipeline.syncOperations.handler(type: FileRegionHandler.self), handler.isUsable else {
-                return false
+                return nil
             }
-            handler.enqueue(descriptor: descriptor, offset: offset, length: length)
-            return true
+            let completion = self.eventLoop.makePromise(of: Void.self)
+            handler.enqueue(descriptor: descriptor, offset: offset, length: length, completion: completion)
+            return completion.futureResult
         }.get()
-        return result ?? false
+        return result ?? nil
     }
 }

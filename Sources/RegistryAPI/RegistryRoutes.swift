@@ -186,7 +186,7 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
             let (status, start, length) = try Self.resolveRange(request, size: size, headers: &headers)
             headers[.contentLength] = String(length)
             if length == 0 { return Response(status: status, headers: headers) }
-            return Response(status: status, headers: headers, body: Self.fillBody(fill, start: start, length: length))
+            return Response(status: status, headers: headers, body: Self.fillBody(fill, start: start, length: length, channel: context.channel))
         }
     }
 
@@ -207,7 +207,12 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
     /// Streams a blob that is still downloading from its growing file, at this reader's pace.
     /// If the download fails, the body throws and the connection is cut: the client sees an
     /// error, never wrong bytes.
-    static func fillBody(_ fill: BlobFill, start: Int64, length: Int64) -> ResponseBody {
+    ///
+    /// Where the connection can send files, each newly written stretch goes out as a file
+    /// region (sendfile), and the next is queued only once the one before it was written, so
+    /// a reader holds no data in memory and waits on its own socket. Otherwise it falls back
+    /// to small buffered reads.
+    static func fillBody(_ fill: BlobFill, start: Int64, length: Int64, channel: any Channel) -> ResponseBody {
         ResponseBody(contentLength: Int(length)) { writer in
             var descriptor = open(fill.temporaryPath, O_RDONLY | O_CLOEXEC)
             if descriptor < 0, case .done(let path) = fill.snapshot.outcome {
@@ -220,26 +225,41 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
             defer { close(descriptor) }
             let end = start + length
             var offset = start
-            var buffer = ByteBufferAllocator().buffer(capacity: 256 << 10)
+            var inflight: [EventLoopFuture<Void>] = []
+            var buffer: ByteBuffer?
             while offset < end {
-                let written: Int64
+                let sendable: Int64
                 do throws(MirrorError) {
-                    written = try await fill.available(beyond: offset).written
+                    sendable = try await fill.available(beyond: offset).written
                 } catch {
                     throw RegistryError(error)
                 }
-                let limit = min(written, end)
+                let limit = min(sendable, end)
+                if buffer == nil, let region = dup(descriptor) as Int32?, region >= 0 {
+                    if let written = await channel.enqueueFileRegion(descriptor: region, offset: offset, length: limit - offset) {
+                        try await writer.write(FileRegionHandler.marker)
+                        offset = limit
+                        inflight.append(written)
+                        // At most two regions queued: the socket's pace is the reader's pace.
+                        if inflight.count >= 2 { try await inflight.removeFirst().get() }
+                        continue
+                    }
+                    close(region)
+                }
+                var chunk = buffer ?? ByteBufferAllocator().buffer(capacity: 64 << 10)
                 while offset < limit {
-                    let count = Int(min(Int64(256 << 10), limit - offset))
-                    buffer.clear()
-                    let read = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
+                    let count = Int(min(Int64(64 << 10), limit - offset))
+                    chunk.clear()
+                    let read = chunk.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
                         max(0, pread(descriptor, raw.baseAddress!, count, off_t(offset)))
                     }
                     guard read > 0 else { throw RegistryError(.unknown, "reading the download of \(fill.digest) failed") }
-                    try await writer.write(buffer)
+                    try await writer.write(chunk)
                     offset += Int64(read)
                 }
+                buffer = chunk
             }
+            for written in inflight { try await written.get() }
             try await writer.finish(nil)
         }
     }
@@ -251,7 +271,7 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
             // Opened now: a blob evicted after this point stays readable through the descriptor.
             let fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { throw RegistryError(.blobUnknown, "blob file disappeared") }
-            if await channel.enqueueFileRegion(descriptor: fd, offset: start, length: length) {
+            if await channel.enqueueFileRegion(descriptor: fd, offset: start, length: length) != nil {
                 try await writer.write(FileRegionHandler.marker)
             } else {
                 close(fd)
