@@ -12,6 +12,9 @@ public struct UpstreamPolicy: Sendable {
     public var tagTTL: Duration = .seconds(300)
     /// Serve the last known digest when the upstream fails (unreachable, 5xx, 429, timeout).
     public var staleIfError = true
+    /// When an index is fetched, also download the blobs of these platforms' images in the
+    /// background, so the first pull of a fleet's platform finds them cached.
+    public var prefetchPlatforms: [Platform] = []
 
     public init() {}
 }
@@ -183,7 +186,12 @@ public final class PullThroughRegistry: RegistryContent {
     /// Child manifests are small and a client asks for one right after the index: fetch
     /// them in the background, a few at a time.
     func prefetchChildren(_ children: [Descriptor], repository: RepositoryKey, upstream: UpstreamRegistry) {
-        let missing = children.filter { store.size(of: $0.digest) == nil && MediaType.isManifest($0.mediaType) }
+        let platforms = policy(repository).prefetchPlatforms
+        let missing = children.filter { child in
+            guard MediaType.isManifest(child.mediaType) else { return false }
+            // Cached children are revisited only when their blobs are wanted too.
+            return store.size(of: child.digest) == nil || (child.platform.map { p in platforms.contains { $0.matches(p) } } ?? false)
+        }
         guard !missing.isEmpty else { return }
         Task.detached { [self] in
             await withTaskGroup(of: Void.self) { group in
@@ -192,13 +200,24 @@ public final class PullThroughRegistry: RegistryContent {
                         await self.prefetchSlots.wait()
                         defer { self.prefetchSlots.signal() }
                         do {
-                            _ = try await self.manifest(repository, digest: child.digest, upstream: upstream)
+                            let content = try await self.manifest(repository, digest: child.digest, upstream: upstream)
+                            if let platform = child.platform, self.policy(repository).prefetchPlatforms.contains(where: { $0.matches(platform) }) {
+                                try self.prefetchBlobs(of: content, repository: repository, upstream: upstream)
+                            }
                         } catch {
                             self.logger.debug("prefetch of an index child failed", metadata: ["oci.digest": "\(child.digest)", "error": "\(error)"])
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Starts (or joins) downloads of an image manifest's blobs that are not cached yet.
+    func prefetchBlobs(of manifest: ManifestContent, repository: RepositoryKey, upstream: UpstreamRegistry) throws {
+        let document = try ManifestDocument(bytes: manifest.bytes, contentType: manifest.mediaType)
+        for blob in document.blobs where store.size(of: blob.digest) == nil {
+            _ = try startOrJoinFill(repository, blob.digest, upstream: upstream)
         }
     }
 

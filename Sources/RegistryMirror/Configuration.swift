@@ -40,13 +40,15 @@ public struct MirrorConfiguration: Sendable, Equatable {
         public var caFile: String?
         public var insecure = false
         public var staleIfError = true
+        /// `prefetch_platforms`: fetch these platforms' blobs in the background when an index arrives.
+        public var prefetchPlatforms: [Platform] = []
 
         public init(name: String, url: String) {
             self.name = name
             self.url = url
         }
 
-        public static let keys: Set<String> = ["name", "url", "username", "password_file", "password_env", "tag_ttl", "ca_file", "insecure", "stale_if_error"]
+        public static let keys: Set<String> = ["name", "url", "username", "password_file", "password_env", "tag_ttl", "ca_file", "insecure", "stale_if_error", "prefetch_platforms"]
     }
 
     public init() {}
@@ -185,6 +187,13 @@ public struct MirrorConfiguration: Sendable, Equatable {
             if let ca = upstream.caFile, !FileManager.default.fileExists(atPath: ca) { problems.append("\(at).ca_file: \(ca) does not exist") }
             if let v = text("insecure") { upstream.insecure = bool(v, "\(at).insecure", &problems) ?? false }
             if let v = text("stale_if_error") { upstream.staleIfError = bool(v, "\(at).stale_if_error", &problems) ?? true }
+            if let platforms = map["prefetch_platforms"] {
+                for (j, item) in ((platforms as? [Any]) ?? [platforms]).enumerated() {
+                    if let p = try? Platform(parsing: "\(item)") { upstream.prefetchPlatforms.append(p) } else {
+                        problems.append("\(at).prefetch_platforms[\(j)]: must be os/arch[/variant], got \"\(item)\"")
+                    }
+                }
+            }
             out.append(upstream)
         }
         return out
@@ -224,6 +233,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 var policy = UpstreamPolicy()
                 policy.tagTTL = entry.tagTTL
                 policy.staleIfError = entry.staleIfError
+                policy.prefetchPlatforms = entry.prefetchPlatforms
                 settings.policies[entry.name] = policy
             }
         } else if let defaultUpstream {

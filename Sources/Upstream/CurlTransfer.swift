@@ -37,8 +37,9 @@ public struct ResponseHead: Sendable {
 public struct TransferLimits: Sendable {
     /// Connecting (TCP and TLS) must finish within this.
     public var connectTimeout: Duration = .seconds(10)
-    /// The response head must arrive within this after the request starts.
-    public var headerTimeout: Duration = .seconds(30)
+    /// The response head must arrive within this after the request starts. Below
+    /// containerd's 30 s, so a hung upstream fails the request before the client gives up.
+    public var headerTimeout: Duration = .seconds(15)
     /// A body slower than `lowSpeedBytes` per second for `lowSpeedTime` is abandoned.
     public var lowSpeedBytes = 1024
     public var lowSpeedTime: Duration = .seconds(30)
