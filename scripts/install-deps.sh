@@ -4,7 +4,7 @@
 # distribution's registry, skopeo and podman.
 set -euo pipefail
 packages=(libcurl4-openssl-dev libsqlite3-dev libssl-dev)
-if [ "${1:-}" = "--test" ]; then packages+=(docker-registry skopeo podman curl tar); fi
+if [ "${1:-}" = "--test" ]; then packages+=(docker-registry skopeo podman curl tar openssl); fi
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

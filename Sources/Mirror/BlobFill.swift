@@ -1,5 +1,8 @@
 import ContentStore
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import OCI
 import Synchronization
 import Upstream
@@ -55,6 +58,26 @@ public final class BlobFill: Sendable {
 
     public var snapshot: (size: Int64?, written: Int64, outcome: Outcome) {
         state.withLock { ($0.size, $0.written, $0.outcome) }
+    }
+
+    /// Opens the blob for reading: the growing file while the download runs, else the
+    /// published file. Between the store's rename and the fill reporting `done`, the temp
+    /// path is gone but the outcome not yet known: wait for it rather than fail.
+    public func openForReading() async throws(MirrorError) -> Int32 {
+        let descriptor = open(temporaryPath, O_RDONLY | O_CLOEXEC)
+        if descriptor >= 0 { return descriptor }
+        // Progress updates wake waiters too: wait for the outcome itself.
+        while snapshot.outcome.isRunning { await waitForChange { $0.isRunning } }
+        switch snapshot.outcome {
+        case .done(let path):
+            let published = open(path, O_RDONLY | O_CLOEXEC)
+            if published >= 0 { return published }
+            throw MirrorError(.blobUnknown, "\(digest) was published but cannot be opened")
+        case .failed(let error):
+            throw error
+        case .running:
+            throw MirrorError(.internal, "the download of \(digest) lost its file")
+        }
     }
 
     /// Waits until the size is known (the upstream's headers arrived) or the fill ended.

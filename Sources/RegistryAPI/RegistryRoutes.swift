@@ -186,7 +186,14 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
             let (status, start, length) = try Self.resolveRange(request, size: size, headers: &headers)
             headers[.contentLength] = String(length)
             if length == 0 { return Response(status: status, headers: headers) }
-            return Response(status: status, headers: headers, body: Self.fillBody(fill, start: start, length: length, channel: context.channel))
+            // Opened before the headers go out, so a failure here is still a proper error status.
+            let descriptor: Int32
+            do {
+                descriptor = try await fill.openForReading()
+            } catch {
+                throw RegistryError(error)
+            }
+            return Response(status: status, headers: headers, body: Self.fillBody(fill, descriptor: descriptor, start: start, length: length, channel: context.channel))
         }
     }
 
@@ -212,16 +219,8 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
     /// region (sendfile), and the next is queued only once the one before it was written, so
     /// a reader holds no data in memory and waits on its own socket. Otherwise it falls back
     /// to small buffered reads.
-    static func fillBody(_ fill: BlobFill, start: Int64, length: Int64, channel: any Channel) -> ResponseBody {
+    static func fillBody(_ fill: BlobFill, descriptor: Int32, start: Int64, length: Int64, channel: any Channel) -> ResponseBody {
         ResponseBody(contentLength: Int(length)) { writer in
-            var descriptor = open(fill.temporaryPath, O_RDONLY | O_CLOEXEC)
-            if descriptor < 0, case .done(let path) = fill.snapshot.outcome {
-                descriptor = open(path, O_RDONLY | O_CLOEXEC)  // renamed into place meanwhile
-            }
-            guard descriptor >= 0 else {
-                if case .failed(let error) = fill.snapshot.outcome { throw RegistryError(error) }
-                throw RegistryError(.blobUnknown, "the download of \(fill.digest) went away")
-            }
             defer { close(descriptor) }
             let end = start + length
             var offset = start

@@ -54,7 +54,8 @@ public struct Credentials: Sendable, CustomStringConvertible {
 }
 
 /// Bearer tokens per scope, kept until they expire (`expires_in`, 60 s when absent, as
-/// the token spec says), with a small margin so a token never expires in flight.
+/// the token spec says), less a margin (up to 5 s, a quarter of short lifetimes) so a
+/// token does not expire in flight.
 final class TokenCache: Sendable {
     private struct Entry { let token: String; let expires: ContinuousClock.Instant }
     private let entries = Mutex<[String: Entry]>([:])
@@ -71,8 +72,9 @@ final class TokenCache: Sendable {
     }
 
     func store(_ token: String, scope: String, expiresIn: Int?) {
-        let lifetime = max(10, (expiresIn ?? 60) - 5)
-        entries.withLock { $0[scope] = Entry(token: token, expires: .now + .seconds(lifetime)) }
+        let seconds = max(1, expiresIn ?? 60)
+        let lifetime = Duration.milliseconds(Int64(seconds) * 1000 - Int64(min(5000, seconds * 250)))
+        entries.withLock { $0[scope] = Entry(token: token, expires: .now + lifetime) }
     }
 
     func drop(_ scope: String) { _ = entries.withLock { $0.removeValue(forKey: scope) } }
