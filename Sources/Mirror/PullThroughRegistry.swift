@@ -322,10 +322,12 @@ public final class PullThroughRegistry: RegistryContent {
         if case .failed(let error) = outcome {
             logger.warning("blob download failed; nothing was cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "error": "\(error.message)"])
         }
-        fill.finished(outcome)
+        // Leave the in-flight map first: a request arriving now starts afresh (or finds the
+        // published blob) instead of joining a download that already failed.
         fills.withLock { fills in
             if fills[key] === fill { fills[key] = nil }
         }
+        fill.finished(outcome)
     }
 
     // MARK: Tags and referrers

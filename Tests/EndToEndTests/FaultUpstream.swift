@@ -1,0 +1,397 @@
+import Foundation
+import OCI
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// How the fake upstream misbehaves for one reference (a blob digest, or a manifest digest).
+enum FaultMode: Sendable, Equatable, CustomStringConvertible {
+    /// Serve the right bytes.
+    case none
+    /// Same length, different bytes (one byte in the middle flipped).
+    case wrongBytes
+    /// The full `Content-Length`, half the bytes, then a clean close (FIN).
+    case truncate
+    /// The full `Content-Length`, a quarter of the bytes, then an RST (SO_LINGER 0 + close).
+    case reset
+    /// Bytes that do not hash to the requested digest (the real JSON plus a newline); the
+    /// `Docker-Content-Digest` header still claims the requested digest.
+    case manifestWrongDigest
+    /// Answer `code` (with an error envelope) to the next `times` requests, then behave as `.none`.
+    case status(Int, times: Int)
+    /// Close the next `times` connections after reading the request, without any answer; then `.none`.
+    case dropConnection(times: Int)
+    /// For the next `times` requests: the response head (full `Content-Length`), no body byte,
+    /// then an RST; then `.none`.
+    case resetAfterHeaders(times: Int)
+
+    var description: String {
+        switch self {
+        case .none: "none"
+        case .wrongBytes: "wrongBytes"
+        case .truncate: "truncate"
+        case .reset: "reset"
+        case .manifestWrongDigest: "manifestWrongDigest"
+        case .status(let code, let times): "status(\(code), times: \(times))"
+        case .dropConnection(let times): "dropConnection(times: \(times))"
+        case .resetAfterHeaders(let times): "resetAfterHeaders(times: \(times))"
+        }
+    }
+}
+
+/// A small synthetic single-platform OCI image: a config, uncompressed tar layers of random
+/// content, and the manifest over them.
+struct FaultImage: Sendable {
+    static let repository = "test/img"
+    static let tag = "v1"
+    static let layerType = "application/vnd.oci.image.layer.v1.tar"
+    static let configType = "application/vnd.oci.image.config.v1+json"
+
+    let manifest: [UInt8]
+    let manifestDigest: Digest
+    let config: [UInt8]
+    let configDigest: Digest
+    let layers: [(digest: Digest, bytes: [UInt8])]
+
+    /// Every blob (config and layers) by digest.
+    var blobs: [Digest: [UInt8]] {
+        var out = [configDigest: config]
+        for layer in layers { out[layer.digest] = layer.bytes }
+        return out
+    }
+
+    /// `layerSizes` are the sizes of the random file inside each layer's tar.
+    static func make(layerSizes: [Int], seed: UInt64 = UInt64.random(in: 1...UInt64.max)) -> FaultImage {
+        var rng = SeededGenerator(seed: seed)
+        var layers: [(digest: Digest, bytes: [UInt8])] = []
+        for (i, size) in layerSizes.enumerated() {
+            let tar = Ustar.archive([("fault-layer\(i).bin", rng.bytes(size))])
+            layers.append((tar.sha256, tar))
+        }
+        let diffIDs = layers.map { "\"\($0.digest)\"" }.joined(separator: ",")
+        let config = Array(#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[\#(diffIDs)]},"config":{}}"#.utf8)
+        let configDigest = config.sha256
+        let layerDescriptors = layers.map { #"{"mediaType":"\#(layerType)","digest":"\#($0.digest)","size":\#($0.bytes.count)}"# }
+        let manifestText = #"{"schemaVersion":2,"mediaType":"\#(MediaType.ociManifest)","config":{"mediaType":"\#(configType)","digest":"\#(configDigest)","size":\#(config.count)},"layers":[\#(layerDescriptors.joined(separator: ","))]}"#
+        let manifest = Array(manifestText.utf8)
+        return FaultImage(manifest: manifest, manifestDigest: manifest.sha256, config: config, configDigest: configDigest, layers: layers)
+    }
+}
+
+/// A fake upstream registry on a plain POSIX socket (one thread per connection, one request
+/// per connection, `Connection: close`), serving one `FaultImage` under `test/img`:
+///
+/// - `GET /v2/` → 200 `{}`
+/// - `HEAD/GET /v2/test/img/manifests/<v1|digest>` → the manifest
+/// - `HEAD/GET /v2/test/img/blobs/<digest>` → the blob
+///
+/// Faults are set per reference (the last path component: a digest, or the tag) and can be
+/// switched at runtime. Every request is counted per "METHOD /path".
+final class FaultUpstream: Sendable {
+    let port: Int
+    let image: FaultImage
+    private let blobs: [Digest: [UInt8]]
+    private let listener: Int32
+
+    private struct State {
+        var faults: [String: FaultMode] = [:]
+        var counts: [String: Int] = [:]
+        var log: [String] = []
+        /// While set, a `.truncate` response waits after its partial body, before closing.
+        var holdTruncation = false
+        var stopping = false
+        var activeHandlers = 0
+        var acceptLoopRunning = true
+    }
+    private let state = Mutex(State())
+
+    var host: String { "127.0.0.1:\(port)" }
+
+    private init(port: Int, listener: Int32, image: FaultImage) {
+        self.port = port
+        self.listener = listener
+        self.image = image
+        self.blobs = image.blobs
+    }
+
+    static func start(image: FaultImage) throws -> FaultUpstream {
+        #if canImport(Glibc)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #else
+        let fd = socket(AF_INET, SOCK_STREAM, 0)
+        #endif
+        guard fd >= 0 else { throw E2EError("fake upstream: socket() failed: errno \(errno)") }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = 0
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 64) == 0 else {
+            let code = errno
+            close(fd)
+            throw E2EError("fake upstream: bind/listen on 127.0.0.1:0 failed: errno \(code)")
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else {
+            close(fd)
+            throw E2EError("fake upstream: getsockname failed: errno \(errno)")
+        }
+        let server = FaultUpstream(port: Int(UInt16(bigEndian: addr.sin_port)), listener: fd, image: image)
+        let thread = Thread { server.acceptLoop() }
+        thread.name = "fault-upstream-accept"
+        thread.start()
+        return server
+    }
+
+    // MARK: Control
+
+    func setFault(_ mode: FaultMode, for reference: String) {
+        state.withLock { $0.faults[reference] = mode }
+    }
+
+    func setFault(_ mode: FaultMode, for digest: Digest) { setFault(mode, for: digest.description) }
+
+    var holdTruncation: Bool {
+        get { state.withLock { $0.holdTruncation } }
+        set { state.withLock { $0.holdTruncation = newValue } }
+    }
+
+    /// How many `method path` requests arrived (path without query).
+    func count(_ method: String, _ path: String) -> Int {
+        state.withLock { $0.counts["\(method) \(path)"] ?? 0 }
+    }
+
+    /// Every request so far, "METHOD /path -> what was done", for failure messages.
+    var log: [String] { state.withLock { $0.log } }
+
+    /// Stops accepting, wakes held responses, and waits (up to 10 s) for handlers to finish.
+    func stop() async {
+        let first = state.withLock { s -> Bool in
+            defer { s.stopping = true }
+            return !s.stopping
+        }
+        guard first else { return }
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(10)
+        while clock.now < deadline {
+            let busy = state.withLock { $0.activeHandlers > 0 || $0.acceptLoopRunning }
+            if !busy { break }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        close(listener)
+    }
+
+    // MARK: Serving
+
+    private var stopping: Bool { state.withLock { $0.stopping } }
+
+    private func acceptLoop() {
+        defer { state.withLock { $0.acceptLoopRunning = false } }
+        while !stopping {
+            var pfd = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&pfd, 1, 100)
+            if ready <= 0 { continue }
+            let client = accept(listener, nil, nil)
+            if client < 0 { continue }
+            state.withLock { $0.activeHandlers += 1 }
+            let thread = Thread { [self] in
+                defer { state.withLock { $0.activeHandlers -= 1 } }
+                handle(client)
+            }
+            thread.name = "fault-upstream-conn"
+            thread.start()
+        }
+    }
+
+    private func handle(_ fd: Int32) {
+        var closed = false
+        defer { if !closed { close(fd) } }
+        var tv = timeval(tv_sec: 15, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+
+        // The request head (no request bodies here).
+        var raw: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 8192)
+        while raw.firstRange(of: [13, 10, 13, 10]) == nil {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0, raw.count < 64 * 1024 else { return }
+            raw.append(contentsOf: buffer[0..<n])
+        }
+        let firstLine = String(decoding: raw.prefix { $0 != 13 }, as: UTF8.self)
+        let parts = firstLine.split(separator: " ")
+        guard parts.count >= 2 else { return }
+        let method = String(parts[0])
+        let target = String(parts[1])
+        let path = String(target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
+        let head = method == "HEAD"
+        state.withLock { $0.counts["\(method) \(path)", default: 0] += 1 }
+
+        func note(_ what: String) { state.withLock { $0.log.append("\(method) \(path) -> \(what)") } }
+
+        if path == "/v2/" || path == "/v2" {
+            note("200 base")
+            _ = respond(fd, status: 200, headers: [("Content-Type", "application/json")], body: Array("{}".utf8), head: head)
+            return
+        }
+        guard method == "GET" || head else {
+            note("405")
+            _ = respond(fd, status: 405, headers: [("Content-Type", "application/json")], body: Self.envelope("UNSUPPORTED", "read-only"), head: head)
+            return
+        }
+
+        let manifestPrefix = "/v2/\(FaultImage.repository)/manifests/"
+        let blobPrefix = "/v2/\(FaultImage.repository)/blobs/"
+        let reference: String
+        let content: [UInt8]
+        let contentType: String
+        let digest: Digest
+        if path.hasPrefix(manifestPrefix) {
+            reference = String(path.dropFirst(manifestPrefix.count))
+            guard reference == FaultImage.tag || reference == image.manifestDigest.description else {
+                note("404 manifest")
+                _ = respond(fd, status: 404, headers: [("Content-Type", "application/json")], body: Self.envelope("MANIFEST_UNKNOWN", "manifest unknown"), head: head)
+                return
+            }
+            content = image.manifest
+            contentType = MediaType.ociManifest
+            digest = image.manifestDigest
+        } else if path.hasPrefix(blobPrefix) {
+            reference = String(path.dropFirst(blobPrefix.count))
+            guard let parsed = try? Digest(parsing: reference), let bytes = blobs[parsed] else {
+                note("404 blob")
+                _ = respond(fd, status: 404, headers: [("Content-Type", "application/json")], body: Self.envelope("BLOB_UNKNOWN", "blob unknown"), head: head)
+                return
+            }
+            content = bytes
+            contentType = "application/octet-stream"
+            digest = parsed
+        } else {
+            note("404 endpoint")
+            _ = respond(fd, status: 404, headers: [("Content-Type", "application/json")], body: Self.envelope("NOT_FOUND", "no such endpoint"), head: head)
+            return
+        }
+
+        // The fault for this reference; a `.status` fault counts down here.
+        let mode = state.withLock { s -> FaultMode in
+            let mode = s.faults[reference] ?? .none
+            let next: FaultMode? = switch mode {
+            case .status(let code, let times): times <= 1 ? FaultMode.none : .status(code, times: times - 1)
+            case .dropConnection(let times): times <= 1 ? FaultMode.none : .dropConnection(times: times - 1)
+            case .resetAfterHeaders(let times): times <= 1 ? FaultMode.none : .resetAfterHeaders(times: times - 1)
+            default: nil
+            }
+            if let next { s.faults[reference] = next }
+            return mode
+        }
+        let baseHeaders = [("Content-Type", contentType), ("Docker-Content-Digest", digest.description)]
+
+        if case .status(let code, _) = mode {
+            note("\(code) (injected)")
+            _ = respond(fd, status: code, headers: [("Content-Type", "application/json")], body: Self.envelope("UNKNOWN", "injected failure"), head: head)
+            return
+        }
+        if case .dropConnection = mode {
+            note("closed without an answer (injected)")
+            return
+        }
+        if head || mode == .none {
+            note("200 \(content.count) B\(head ? " (HEAD)" : "")")
+            _ = respond(fd, status: 200, headers: baseHeaders, body: content, head: head)
+            return
+        }
+        switch mode {
+        case .none, .status, .dropConnection:
+            break  // handled above
+        case .resetAfterHeaders:
+            guard respond(fd, status: 200, headers: baseHeaders, body: [], contentLength: content.count, head: false) else {
+                note("resetAfterHeaders: sending failed")
+                return
+            }
+            usleep(100_000)
+            var lingerOption = linger(l_onoff: 1, l_linger: 0)
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lingerOption, socklen_t(MemoryLayout<linger>.size))
+            close(fd)
+            closed = true
+            note("200 head (Content-Length \(content.count)), no body, then RST (injected)")
+        case .wrongBytes:
+            var wrong = content
+            wrong[wrong.count / 2] ^= 0xFF
+            note("200 wrong bytes (\(wrong.count) B)")
+            _ = respond(fd, status: 200, headers: baseHeaders, body: wrong, head: false)
+        case .manifestWrongDigest:
+            let wrong = content + Array("\n".utf8)
+            note("200 bytes hashing to \(wrong.sha256), claiming \(digest)")
+            _ = respond(fd, status: 200, headers: baseHeaders, body: wrong, head: false)
+        case .truncate:
+            let half = content.count / 2
+            guard respond(fd, status: 200, headers: baseHeaders, body: Array(content[..<half]), contentLength: content.count, head: false) else {
+                note("truncate: sending failed")
+                return
+            }
+            // Held open (for the concurrency test) until released, the server stops, or 20 s.
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(20)
+            var held = false
+            while state.withLock({ $0.holdTruncation && !$0.stopping }), clock.now < deadline {
+                held = true
+                usleep(10_000)
+            }
+            note("200, \(half) of \(content.count) B, then FIN\(held ? " (after a hold)" : "")")
+            shutdown(fd, Int32(SHUT_WR))
+        case .reset:
+            let quarter = content.count / 4
+            guard respond(fd, status: 200, headers: baseHeaders, body: Array(content[..<quarter]), contentLength: content.count, head: false) else {
+                note("reset: sending failed")
+                return
+            }
+            usleep(200_000)  // let the peer read what was sent
+            var lingerOption = linger(l_onoff: 1, l_linger: 0)
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lingerOption, socklen_t(MemoryLayout<linger>.size))
+            close(fd)
+            closed = true
+            note("200, \(quarter) of \(content.count) B, then RST")
+        }
+    }
+
+    /// Writes a response head (`Content-Length` = `contentLength ?? body.count`) and, unless
+    /// `head`, the body. False if sending failed.
+    private func respond(_ fd: Int32, status: Int, headers: [(String, String)], body: [UInt8],
+                         contentLength: Int? = nil, head: Bool) -> Bool {
+        let reason = [200: "OK", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
+                      502: "Bad Gateway", 503: "Service Unavailable"][status] ?? "Status"
+        var text = "HTTP/1.1 \(status) \(reason)\r\n"
+        for (name, value) in headers { text += "\(name): \(value)\r\n" }
+        text += "Content-Length: \(contentLength ?? body.count)\r\n"
+        text += "Docker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n"
+        guard Self.sendAll(fd, Array(text.utf8)) else { return false }
+        if head || body.isEmpty { return true }
+        return Self.sendAll(fd, body)
+    }
+
+    private static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, min($0.count, 256 << 10), Int32(MSG_NOSIGNAL)) }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { return false }
+            sent += n
+        }
+        return true
+    }
+
+    static func envelope(_ code: String, _ message: String) -> [UInt8] {
+        Array(#"{"errors":[{"code":"\#(code)","message":"\#(message)","detail":null}]}"#.utf8)
+    }
+}
