@@ -19,7 +19,7 @@ final class PullThroughScope: Sendable {
     let work: TemporaryDirectory
     let name: String
     private let registries = Mutex<[DistributionRegistry]>([])
-    private let authRegistries = Mutex<[PullThroughAuthRegistry]>([])
+    private let authRegistries = Mutex<[DistributionRegistry]>([])
     private let mirrors = Mutex<[MirrorProcess]>([])
     private let counter = Mutex(0)
 
@@ -68,8 +68,8 @@ final class PullThroughScope: Sendable {
     }
 
     /// A docker-registry with htpasswd Basic auth, stopped with the scope.
-    func authRegistry(htpasswdLine: String) async throws -> PullThroughAuthRegistry {
-        let registry = try await PullThroughAuthRegistry.start(htpasswdLine: htpasswdLine)
+    func authRegistry(htpasswdLine: String) async throws -> DistributionRegistry {
+        let registry = try await PullThroughAuthRegistry.start(htpasswdLine: htpasswdLine, in: work.url)
         authRegistries.withLock { $0.append(registry) }
         return registry
     }
@@ -355,58 +355,11 @@ enum PullThroughBcrypt {
     }
 }
 
-/// A docker-registry with htpasswd Basic auth. `DistributionRegistry.start` cannot be used for
-/// that: it waits for `GET /v2/` to answer 200, and with auth on it answers 401.
-final class PullThroughAuthRegistry: @unchecked Sendable {
-    let port: Int
-    let directory: TemporaryDirectory
-    private let process: ChildProcess
-
-    var host: String { "127.0.0.1:\(port)" }
-
-    private init(port: Int, directory: TemporaryDirectory, process: ChildProcess) {
-        self.port = port
-        self.directory = directory
-        self.process = process
+/// A docker-registry with htpasswd Basic auth.
+enum PullThroughAuthRegistry {
+    static func start(htpasswdLine: String, in directory: URL) async throws -> DistributionRegistry {
+        let htpasswd = directory.appendingPathComponent("htpasswd-\(UUID().uuidString)")
+        try (htpasswdLine + "\n").write(to: htpasswd, atomically: true, encoding: .utf8)
+        return try await DistributionRegistry.start(extraConfig: "auth: {htpasswd: {realm: test, path: \(htpasswd.path)}}", challenge: "basic")
     }
-
-    static func start(htpasswdLine: String) async throws -> PullThroughAuthRegistry {
-        let program = try TestPaths.executable("docker-registry")
-        var failures: [String] = []
-        for attempt in 1...3 {
-            let directory = try TemporaryDirectory(prefix: "registry-mirror-e2e-pullthrough-auth")
-            let storage = try directory.subdirectory("storage")
-            let htpasswd = directory.url.appendingPathComponent("htpasswd")
-            try (htpasswdLine + "\n").write(to: htpasswd, atomically: true, encoding: .utf8)
-            let port = try Ports.free()
-            let config = directory.url.appendingPathComponent("config.yml")
-            let yaml = """
-                version: 0.1
-                log: {level: warn, accesslog: {disabled: false}}
-                storage: {filesystem: {rootdirectory: \(storage.path)}, delete: {enabled: true}}
-                http: {addr: 127.0.0.1:\(port)}
-                auth: {htpasswd: {realm: test, path: \(htpasswd.path)}}
-
-                """
-            try yaml.write(to: config, atomically: true, encoding: .utf8)
-            let process = try ChildProcess(name: "docker-registry-auth", program: program, arguments: ["serve", config.path],
-                                           logDirectory: directory.url)
-            let registry = PullThroughAuthRegistry(port: port, directory: directory, process: process)
-            do {
-                try await waitUntil("docker-registry (htpasswd) to answer GET /v2/ with 401 on \(registry.host)", process: process) {
-                    let response = try RawHTTP.get(port: port, path: "/v2/")
-                    return response.status == 401 && (response.header("WWW-Authenticate") ?? "").lowercased().hasPrefix("basic")
-                }
-                return registry
-            } catch {
-                failures.append("attempt \(attempt): \(error)")
-                await registry.stop()
-            }
-        }
-        throw E2EError("docker-registry with htpasswd did not start:\n" + failures.joined(separator: "\n"))
-    }
-
-    func stop() async { await process.stop() }
-
-    var stderr: String { process.stderr }
 }

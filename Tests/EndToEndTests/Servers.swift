@@ -43,7 +43,9 @@ final class DistributionRegistry: @unchecked Sendable {
 
     /// `extraConfig` is appended to the YAML config (an `auth:` section, say). The access log
     /// is on, so tests can count what the registry was asked (`requests(since:)`).
-    static func start(extraConfig: String = "") async throws -> DistributionRegistry {
+    /// With auth on, `GET /v2/` answers 401: pass the challenge scheme (`basic`, `bearer`)
+    /// to count that answer as "up".
+    static func start(extraConfig: String = "", challenge: String? = nil) async throws -> DistributionRegistry {
         let program = try TestPaths.executable("docker-registry")
         var failures: [String] = []
         // The free port can be taken between probing and binding; try a few.
@@ -67,7 +69,11 @@ final class DistributionRegistry: @unchecked Sendable {
             let registry = DistributionRegistry(port: port, directory: directory, process: process)
             do {
                 try await waitUntil("docker-registry to answer GET /v2/ on \(registry.host)", process: process) {
-                    try RawHTTP.get(port: port, path: "/v2/").status == 200
+                    let response = try RawHTTP.get(port: port, path: "/v2/")
+                    if let challenge {
+                        return response.status == 401 && (response.header("WWW-Authenticate") ?? "").lowercased().hasPrefix(challenge.lowercased())
+                    }
+                    return response.status == 200
                 }
                 return registry
             } catch {
@@ -79,6 +85,8 @@ final class DistributionRegistry: @unchecked Sendable {
     }
 
     func stop() async { await process.stop() }
+
+    var stderr: String { process.stderr }
 
     /// One access-log line: what the registry was asked and what it answered.
     struct Request: Sendable, Equatable, CustomStringConvertible {

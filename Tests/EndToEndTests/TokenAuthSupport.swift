@@ -278,80 +278,16 @@ final class TokenAuthIssuer: Sendable {
 // MARK: - docker-registry behind token auth
 
 /// A real docker-registry whose `auth: token:` section trusts `TokenAuthIssuer`.
-///
-/// (Not `DistributionRegistry.start(extraConfig:)`: that waits for `GET /v2/` to answer 200,
-/// which a registry behind token auth never does — it answers 401 with the challenge.)
-final class TokenAuthRegistry: @unchecked Sendable {
-    let port: Int
-    let directory: TemporaryDirectory
-    private let process: ChildProcess
-
-    var host: String { "127.0.0.1:\(port)" }
-    var stderr: String { process.stderr }
-
-    private init(port: Int, directory: TemporaryDirectory, process: ChildProcess) {
-        self.port = port
-        self.directory = directory
-        self.process = process
-    }
-
-    static func start(issuer: TokenAuthIssuer) async throws -> TokenAuthRegistry {
-        let program = try TestPaths.executable("docker-registry")
-        var failures: [String] = []
-        for attempt in 1...3 {
-            let directory = try TemporaryDirectory(prefix: "registry-mirror-e2e-tokenauth-registry")
-            let storage = try directory.subdirectory("storage")
-            let port = try Ports.free()
-            let config = directory.url.appendingPathComponent("config.yml")
-            let yaml = """
-                version: 0.1
-                log: {level: info, accesslog: {disabled: false}}
-                storage: {filesystem: {rootdirectory: \(storage.path)}, delete: {enabled: true}}
-                http: {addr: 127.0.0.1:\(port)}
-                auth:
-                  token:
-                    realm: \(issuer.realm)
-                    service: \(TokenAuthIssuer.service)
-                    issuer: \(TokenAuthIssuer.issuerName)
-                    rootcertbundle: \(issuer.signer.certificatePath)
-
-                """
-            try yaml.write(to: config, atomically: true, encoding: .utf8)
-            let process = try ChildProcess(
-                name: "docker-registry", program: program, arguments: ["serve", config.path], logDirectory: directory.url)
-            let registry = TokenAuthRegistry(port: port, directory: directory, process: process)
-            do {
-                try await waitUntil("docker-registry to challenge GET /v2/ on \(registry.host)", process: process) {
-                    let response = try RawHTTP.get(port: port, path: "/v2/")
-                    return response.status == 401 && (response.header("WWW-Authenticate") ?? "").hasPrefix("Bearer ")
-                }
-                return registry
-            } catch {
-                failures.append("attempt \(attempt): \(error)")
-                await registry.stop()
-            }
-        }
-        throw E2EError("docker-registry (token auth) did not start:\n" + failures.joined(separator: "\n"))
-    }
-
-    func stop() async { await process.stop() }
-
-    /// Every request in the access log (combined format on stdout): method, path, status.
-    var requests: [DistributionRegistry.Request] {
-        process.stdout.split(separator: "\n").compactMap { line in
-            guard let open = line.firstIndex(of: "\""), let close = line[line.index(after: open)...].firstIndex(of: "\"") else { return nil }
-            let request = line[line.index(after: open)..<close].split(separator: " ")
-            let after = line[line.index(after: close)...].split(separator: " ")
-            guard request.count >= 2, request[1].hasPrefix("/"), request[0].allSatisfy(\.isUppercase),
-                  let status = after.first.flatMap({ Int($0) }) else { return nil }
-            return DistributionRegistry.Request(method: String(request[0]), path: String(request[1]), status: status)
-        }
-    }
-
-    /// Requests logged after `mark` (a previous `requests.count`), waiting briefly for the log to flush.
-    func requests(since mark: Int) async -> [DistributionRegistry.Request] {
-        try? await Task.sleep(for: .milliseconds(300))
-        return Array(requests.dropFirst(mark))
+enum TokenAuthRegistry {
+    static func start(issuer: TokenAuthIssuer) async throws -> DistributionRegistry {
+        try await DistributionRegistry.start(extraConfig: """
+            auth:
+              token:
+                realm: \(issuer.realm)
+                service: \(TokenAuthIssuer.service)
+                issuer: \(TokenAuthIssuer.issuerName)
+                rootcertbundle: \(issuer.signer.certificatePath)
+            """, challenge: "bearer")
     }
 }
 
@@ -365,12 +301,12 @@ final class TokenAuthFixture: Sendable {
 
     let work: TemporaryDirectory
     let issuer: TokenAuthIssuer
-    let upstream: TokenAuthRegistry
+    let upstream: DistributionRegistry
     let publicImage: SyntheticImage
     let privateImage: SyntheticImage
     let seed: UInt64
 
-    private init(work: TemporaryDirectory, issuer: TokenAuthIssuer, upstream: TokenAuthRegistry,
+    private init(work: TemporaryDirectory, issuer: TokenAuthIssuer, upstream: DistributionRegistry,
                  publicImage: SyntheticImage, privateImage: SyntheticImage, seed: UInt64) {
         self.work = work
         self.issuer = issuer
@@ -389,7 +325,7 @@ final class TokenAuthFixture: Sendable {
         let signer = try await TokenAuthSigner.make(in: work.url)
         let issuer = try await TokenAuthIssuer.start(signer: signer)
         Progress.step("tokenauth: issuer on 127.0.0.1:\(issuer.port); starting docker-registry")
-        let upstream: TokenAuthRegistry
+        let upstream: DistributionRegistry
         do {
             upstream = try await TokenAuthRegistry.start(issuer: issuer)
         } catch {
