@@ -55,7 +55,10 @@ public protocol BlobWriter: AnyObject, Sendable {
     /// The temporary file being written, readable while the write goes on (for progressive fills).
     var temporaryPath: String { get }
     func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError)
-    /// Verifies digest and size, makes the data durable, and publishes the blob atomically.
+    /// Checks digest and size of everything written; on a mismatch the write is aborted.
+    /// After it succeeds the bytes are known good, though not yet durable or visible.
+    func verify() throws(StoreError)
+    /// Verifies (if not done yet), makes the data durable, and publishes the blob atomically.
     func commit() throws(StoreError)
     /// Discards the temporary file. Safe to call more than once, and after `commit`.
     func abort()

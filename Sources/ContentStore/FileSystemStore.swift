@@ -162,6 +162,7 @@ final class FileBlobWriter: BlobWriter, @unchecked Sendable {
     private var descriptor: Int32
     private let written = Atomic<Int64>(0)
     private var finished = false
+    private var verified = false
 
     init(store: FileSystemStore, digest: Digest, expectedSize: Int64?, temporaryPath: String) throws(StoreError) {
         self.store = store
@@ -197,14 +198,21 @@ final class FileBlobWriter: BlobWriter, @unchecked Sendable {
         written.add(Int64(buffer.count), ordering: .releasing)
     }
 
-    func commit() throws(StoreError) {
-        guard !finished, let verifier = verifier.take() else { throw StoreError(.io, "commit after finish") }
+    func verify() throws(StoreError) {
+        guard !finished else { throw StoreError(.io, "verify after finish") }
+        guard let verifier = verifier.take() else { return }  // already verified
         do {
             try verifier.verify()
+            verified = true
         } catch {
             abort()
             throw StoreError(.verification, error.message)
         }
+    }
+
+    func commit() throws(StoreError) {
+        try verify()
+        guard verified else { throw StoreError(.io, "commit after finish") }
         do {
             try store.publish(temporaryPath: temporaryPath, descriptor: descriptor, digest: digest)
         } catch {

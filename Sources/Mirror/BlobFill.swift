@@ -25,6 +25,8 @@ public final class BlobFill: Sendable {
     struct State {
         var size: Int64?
         var written: Int64 = 0
+        /// Digest and size checked: the last byte may go out before the fsync and rename.
+        var verified = false
         var outcome: Outcome = .running
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
@@ -43,6 +45,7 @@ public final class BlobFill: Sendable {
 
     func started(size: Int64) { update { $0.size = size } }
     func advanced(to written: Int64) { update { $0.written = written } }
+    func verified() { update { $0.verified = true } }
     func finished(_ outcome: Outcome) { update { $0.outcome = outcome } }
 
     private func update(_ change: (inout State) -> Void) {
@@ -58,6 +61,10 @@ public final class BlobFill: Sendable {
 
     public var snapshot: (size: Int64?, written: Int64, outcome: Outcome) {
         state.withLock { ($0.size, $0.written, $0.outcome) }
+    }
+
+    private var verifiedSnapshot: (size: Int64?, written: Int64, outcome: Outcome, verified: Bool) {
+        state.withLock { ($0.size, $0.written, $0.outcome, $0.verified) }
     }
 
     /// Opens the blob for reading: the growing file while the download runs, else the
@@ -95,19 +102,22 @@ public final class BlobFill: Sendable {
     ///
     /// While the download runs, the blob's last byte is held back: it goes out only after the
     /// digest was verified, so a client never receives a complete body of wrong bytes. A
-    /// failed fill cuts the response short instead, and the client sees an error.
+    /// failed fill cuts the response short instead, and the client sees an error. The fsync
+    /// and rename that publish the blob come after, off the client's critical path.
     public func available(beyond offset: Int64) async throws(MirrorError) -> (written: Int64, outcome: Outcome) {
         while true {
-            let (size, written, outcome) = snapshot
+            let (size, written, outcome, verified) = verifiedSnapshot
             if case .failed(let error) = outcome { throw error }
-            let sendable = Self.sendable(size: size, written: written, outcome: outcome)
+            let sendable = Self.sendable(size: size, written: written, outcome: outcome, verified: verified)
             if sendable > offset || !outcome.isRunning { return (sendable, outcome) }
-            await waitForChange { Self.sendable(size: $0.size, written: $0.written, outcome: $0.outcome) <= offset && $0.isRunning }
+            await waitForChange {
+                Self.sendable(size: $0.size, written: $0.written, outcome: $0.outcome, verified: $0.verified) <= offset && $0.isRunning
+            }
         }
     }
 
-    static func sendable(size: Int64?, written: Int64, outcome: Outcome) -> Int64 {
-        guard outcome.isRunning else { return written }
+    static func sendable(size: Int64?, written: Int64, outcome: Outcome, verified: Bool) -> Int64 {
+        guard outcome.isRunning, !verified else { return written }
         return min(written, (size ?? .max) - 1)
     }
 

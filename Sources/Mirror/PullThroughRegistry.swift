@@ -302,6 +302,9 @@ public final class PullThroughRegistry: RegistryContent {
         do {
             let sink = FillSink(writer: writer, fill: fill, offset: 0)
             _ = try await upstream.fetchBlob(repository.name, digest, sink: sink)
+            // Verified bytes may be sent in full now; durability (fsync, rename) follows.
+            try writer.verify()
+            fill.verified()
             try writer.commit()
             var batch = ContentBatch()
             batch.addBlob(digest, size: writer.bytesWritten)

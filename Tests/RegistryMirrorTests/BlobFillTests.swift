@@ -21,6 +21,18 @@ import Testing
         if case .done(let path) = outcome { #expect(path == "/published") } else { Issue.record("expected done") }
     }
 
+    @Test func verificationReleasesTheLastByteBeforePublishing() async throws {
+        let fill = BlobFill(digest: digest, temporaryPath: "/nonexistent")
+        fill.started(size: 10)
+        fill.advanced(to: 10)
+        async let waiting = fill.available(beyond: 9)
+        try await Task.sleep(for: .milliseconds(50))
+        fill.verified()
+        let (written, outcome) = try await waiting
+        #expect(written == 10, "verified bytes may all be sent while fsync and rename run")
+        #expect(outcome.isRunning)
+    }
+
     @Test func failureWakesEveryReaderWithTheError() async throws {
         let fill = BlobFill(digest: digest, temporaryPath: "/nonexistent")
         fill.started(size: 100)
