@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --test
 # The end-to-end tests run the built registry-mirror binary, so build everything first.
 swift build --build-tests
-swift test --skip-build
+# Suites run one at a time: the machine has 2 cores, and several suites run servers and
+# skopeo/podman processes; in parallel they only compete and stretch timeouts.
+swift test --skip-build --no-parallel

@@ -17,7 +17,9 @@ struct FaultInjectionTests {
                              sourceLocation: SourceLocation = #_sourceLocation) async {
         let leftovers = await env.settledPartFiles()
         #expect(leftovers.isEmpty, "\(context): .part files left under DATA/tmp: \(leftovers)", sourceLocation: sourceLocation)
-        #expect(!env.blobFileExists(digest), "\(context): an unverified blob was cached at \(env.blobFile(digest).path)\n\(env.diagnostics)",
+        // Bound to locals: an #expect over `env.…` would print the whole environment (megabytes of image bytes) on failure.
+        let cached = env.blobFileExists(digest)
+        #expect(!cached, "\(context): an unverified blob was cached at \(env.blobFile(digest).path)\n\(env.diagnostics)",
                 sourceLocation: sourceLocation)
         let named = env.blobFiles.filter { $0.hasSuffix(digest.hex) }
         #expect(named.isEmpty, "\(context): files named after \(digest) under DATA/blobs: \(named)", sourceLocation: sourceLocation)
@@ -75,8 +77,10 @@ struct FaultInjectionTests {
             expectDelivered(good, layer.bytes, digest: layer.digest, "\(mode): GET after clearing the fault\n\(env.diagnostics)")
             let after = env.upstream.count("GET", path)
             #expect(after == before + 1, "\(mode): after clearing, the fake saw \(after - before) more GETs, expected exactly 1")
-            #expect(env.blobFileExists(layer.digest), "\(mode): the verified blob is not at \(env.blobFile(layer.digest).path)")
-            if env.blobFileExists(layer.digest) {
+            // The fill hands out the last byte once verified, before fsync and rename: the file may land just after the 200.
+            let cachedFile = await env.awaitBlobFile(layer.digest)
+            #expect(cachedFile, "\(mode): the verified blob is not at \(env.blobFile(layer.digest).path)")
+            if cachedFile {
                 #expect(try Files.read(env.blobFile(layer.digest)).sha256 == layer.digest)
             }
             #expect(await env.settledPartFiles().isEmpty)
@@ -124,7 +128,8 @@ struct FaultInjectionTests {
             let good = try await FaultRequest.get(port: env.port, path: path)
             expectDelivered(good, layer.bytes, digest: layer.digest, "GET after clearing the fault\n\(env.diagnostics)")
             #expect(env.upstream.count("GET", path) == before + 1, "after clearing, the fake saw \(env.upstream.count("GET", path) - before) more GETs, expected 1")
-            #expect(env.blobFileExists(layer.digest))
+            let cachedFile = await env.awaitBlobFile(layer.digest)
+            #expect(cachedFile, "the verified blob is not at \(env.blobFile(layer.digest).path)")
         }
     }
 
@@ -157,7 +162,8 @@ struct FaultInjectionTests {
             #expect(good.header("Docker-Content-Digest") == digest.description, "\(good)")
             #expect(good.header("Content-Type") == MediaType.ociManifest, "\(good)")
             #expect(env.upstream.count("GET", path) == 3)
-            #expect(env.blobFileExists(digest), "the verified manifest is not stored: \(env.blobFiles)")
+            let stored = env.blobFileExists(digest)
+            #expect(stored, "the verified manifest is not stored: \(env.blobFiles)")
         }
     }
 
@@ -176,7 +182,8 @@ struct FaultInjectionTests {
             #expect(env.upstream.count("GET", path) == 3, "the fake saw \(env.upstream.count("GET", path)) GETs, expected 3\n\(env.diagnostics)")
             // Backoff 250 ms, then 500 ms.
             #expect(elapsed >= .milliseconds(700), "two retries took only \(elapsed): no backoff?")
-            #expect(env.blobFileExists(layer.digest))
+            let cachedFile = await env.awaitBlobFile(layer.digest)
+            #expect(cachedFile, "the verified blob is not at \(env.blobFile(layer.digest).path)")
         }
     }
 
@@ -192,7 +199,8 @@ struct FaultInjectionTests {
             Progress.step("fault: \(mode): client saw \(response)")
             expectDelivered(response, layer.bytes, digest: layer.digest, "\(mode)\n\(env.diagnostics)")
             #expect(env.upstream.count("GET", path) == 3, "\(mode): the fake saw \(env.upstream.count("GET", path)) GETs, expected 3\n\(env.diagnostics)")
-            #expect(env.blobFileExists(layer.digest), "\(mode): the blob was not cached")
+            let cachedFile = await env.awaitBlobFile(layer.digest)
+            #expect(cachedFile, "\(mode): the blob was not cached at \(env.blobFile(layer.digest).path)")
             #expect(await env.settledPartFiles().isEmpty)
         }
     }
@@ -242,7 +250,8 @@ struct FaultInjectionTests {
                 let same = copied == bytes
                 #expect(same, "blob \(digest) in the copied layout differs or is missing (\(copied?.count ?? -1) of \(bytes.count) bytes); blobs: \(copiedFiles)")
             }
-            #expect(env.blobFileExists(bad.digest), "the repaired layer was not cached")
+            let repairedCached = await env.awaitBlobFile(bad.digest)
+            #expect(repairedCached, "the repaired layer was not cached")
         }
     }
 }

@@ -153,7 +153,10 @@ struct FaultEnvironment: Sendable {
     let mirror: MirrorProcess
     let dataDirectory: URL
 
-    static func with(layerSizes: [Int], _ body: (FaultEnvironment) async throws -> Void) async throws {
+    /// With `credentials`, the mirror runs with `--config` naming the fake as its only upstream
+    /// (`up`), with `username` and a `password_file`; otherwise with `--upstream`.
+    static func with(layerSizes: [Int], credentials: (username: String, password: String)? = nil,
+                     _ body: (FaultEnvironment) async throws -> Void) async throws {
         _ = try TestPaths.requireMirrorBinary()
         let work = try TemporaryDirectory(prefix: "registry-mirror-e2e-fault")
         defer { work.remove() }
@@ -162,9 +165,24 @@ struct FaultEnvironment: Sendable {
         let dataDirectory = work.url.appendingPathComponent("data")
         let mirror: MirrorProcess
         do {
+            var upstreamArguments = ["--upstream", "http://\(upstream.host)"]
+            if let credentials {
+                let passwordFile = work.url.appendingPathComponent("upstream-password")
+                try Data((credentials.password + "\n").utf8).write(to: passwordFile)
+                let config = work.url.appendingPathComponent("mirror.yaml")
+                try Data("""
+                    upstreams:
+                      - name: up
+                        url: http://\(upstream.host)
+                        username: \(credentials.username)
+                        password_file: \(passwordFile.path)
+
+                    """.utf8).write(to: config)
+                upstreamArguments = ["--config", config.path]
+            }
             mirror = try await MirrorProcess.start(
                 dataDirectory: dataDirectory, logDirectory: try work.subdirectory("logs"),
-                extraArguments: ["--upstream", "http://\(upstream.host)", "--log-level", "debug"])
+                extraArguments: upstreamArguments + ["--log-level", "debug"])
         } catch {
             await upstream.stop()
             throw error
@@ -193,6 +211,18 @@ struct FaultEnvironment: Sendable {
 
     func blobFileExists(_ digest: Digest) -> Bool { FileManager.default.fileExists(atPath: blobFile(digest).path) }
 
+    /// Waits (up to `timeout`) for the blob file: a fill hands out its last byte once the digest
+    /// is verified, before fsync and rename, so the file may land just after the client's 200.
+    func awaitBlobFile(_ digest: Digest, timeout: Duration = .seconds(5)) async -> Bool {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        while clock.now < deadline {
+            if blobFileExists(digest) { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return blobFileExists(digest)
+    }
+
     /// Every file under DATA/blobs.
     var blobFiles: [String] { Files.regularFiles(under: dataDirectory.appendingPathComponent("blobs")) }
 
@@ -213,5 +243,18 @@ struct FaultEnvironment: Sendable {
     /// For failure messages: what the fake was asked, and the tail of the mirror's log.
     var diagnostics: String {
         "--- fake upstream log ---\n\(upstream.log.suffix(30).joined(separator: "\n"))\n--- mirror stderr (tail) ---\n\(mirror.stderr.suffix(3000))"
+    }
+}
+
+// Short descriptions: an #expect over `env.…` or `image.…` prints its operands when it
+// fails, and the default reflection would spell out every byte of the image (megabytes,
+// which take Swift Testing tens of seconds to format).
+extension FaultEnvironment: CustomStringConvertible {
+    var description: String { "FaultEnvironment(mirror 127.0.0.1:\(port), upstream \(upstream.host), data \(dataDirectory.path))" }
+}
+
+extension FaultImage: CustomStringConvertible {
+    var description: String {
+        "FaultImage(manifest \(manifestDigest), config \(configDigest), layers \(layers.map { "\($0.digest) (\($0.bytes.count) B)" }))"
     }
 }

@@ -28,6 +28,9 @@ enum FaultMode: Sendable, Equatable, CustomStringConvertible {
     /// For the next `times` requests: the response head (full `Content-Length`), no body byte,
     /// then an RST; then `.none`.
     case resetAfterHeaders(times: Int)
+    /// Answer 429 with `Retry-After: retryAfter` (and an error envelope) to the next `times`
+    /// requests, then behave as `.none`.
+    case rateLimited(retryAfter: String, times: Int)
 
     var description: String {
         switch self {
@@ -39,6 +42,7 @@ enum FaultMode: Sendable, Equatable, CustomStringConvertible {
         case .status(let code, let times): "status(\(code), times: \(times))"
         case .dropConnection(let times): "dropConnection(times: \(times))"
         case .resetAfterHeaders(let times): "resetAfterHeaders(times: \(times))"
+        case .rateLimited(let retryAfter, let times): "rateLimited(retryAfter: \(retryAfter), times: \(times))"
         }
     }
 }
@@ -82,6 +86,30 @@ struct FaultImage: Sendable {
     }
 }
 
+/// A fixed answer for one exact path, checked before the registry endpoints (and after the
+/// Basic-auth check, when one is required).
+enum FaultRoute: Sendable {
+    /// `status` (a 3xx) with `Location: location` and an empty body.
+    case redirect(String, status: Int = 307)
+    /// 200 with these bytes; `Docker-Content-Digest` when `digest` is given.
+    case content([UInt8], contentType: String, digest: Digest? = nil)
+}
+
+/// One request as the fake received it.
+struct FaultRecordedRequest: Sendable, CustomStringConvertible {
+    let method: String
+    let path: String
+    let headers: [(name: String, value: String)]
+
+    func header(_ name: String) -> String? {
+        headers.first { $0.name.caseInsensitiveCompare(name) == .orderedSame }?.value
+    }
+
+    var description: String {
+        "\(method) \(path) [\(headers.map { "\($0.name): \($0.value)" }.joined(separator: "; "))]"
+    }
+}
+
 /// A fake upstream registry on a plain POSIX socket (one thread per connection, one request
 /// per connection, `Connection: close`), serving one `FaultImage` under `test/img`:
 ///
@@ -90,7 +118,9 @@ struct FaultImage: Sendable {
 /// - `HEAD/GET /v2/test/img/blobs/<digest>` → the blob
 ///
 /// Faults are set per reference (the last path component: a digest, or the tag) and can be
-/// switched at runtime. Every request is counted per "METHOD /path".
+/// switched at runtime. Every request is counted per "METHOD /path" and recorded with its
+/// headers. Optionally it requires Basic auth (`requiredAuthorization`), and fixed answers
+/// (redirects, arbitrary content) can be set per exact path (`setRoute`).
 final class FaultUpstream: Sendable {
     let port: Int
     let image: FaultImage
@@ -99,6 +129,10 @@ final class FaultUpstream: Sendable {
 
     private struct State {
         var faults: [String: FaultMode] = [:]
+        var routes: [String: FaultRoute] = [:]
+        /// When set, every request without exactly this `Authorization` gets a Basic 401.
+        var requiredAuthorization: String?
+        var requests: [FaultRecordedRequest] = []
         var counts: [String: Int] = [:]
         var log: [String] = []
         /// While set, a `.truncate` response waits after its partial body, before closing.
@@ -161,6 +195,23 @@ final class FaultUpstream: Sendable {
     }
 
     func setFault(_ mode: FaultMode, for digest: Digest) { setFault(mode, for: digest.description) }
+
+    /// A fixed answer for `path` (exact, without query); nil removes it.
+    func setRoute(_ route: FaultRoute?, for path: String) {
+        state.withLock { $0.routes[path] = route }
+    }
+
+    /// When set, requests without exactly this `Authorization` value are answered
+    /// `401` with `WWW-Authenticate: Basic realm="fake"`.
+    var requiredAuthorization: String? {
+        get { state.withLock { $0.requiredAuthorization } }
+        set { state.withLock { $0.requiredAuthorization = newValue } }
+    }
+
+    /// Every request so far, with its headers, optionally only those for `path`.
+    func requests(_ path: String? = nil) -> [FaultRecordedRequest] {
+        state.withLock { s in path.map { p in s.requests.filter { $0.path == p } } ?? s.requests }
+    }
 
     var holdTruncation: Bool {
         get { state.withLock { $0.holdTruncation } }
@@ -236,9 +287,41 @@ final class FaultUpstream: Sendable {
         let target = String(parts[1])
         let path = String(target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
         let head = method == "HEAD"
-        state.withLock { $0.counts["\(method) \(path)", default: 0] += 1 }
+        var headers: [(name: String, value: String)] = []
+        let headText = String(decoding: raw[..<(raw.firstRange(of: [13, 10, 13, 10])!.lowerBound)], as: UTF8.self)
+        for line in headText.components(separatedBy: "\r\n").dropFirst() {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers.append((String(line[..<colon]), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)))
+        }
+        let recorded = FaultRecordedRequest(method: method, path: path, headers: headers)
+        let (route, required) = state.withLock { s -> (FaultRoute?, String?) in
+            s.counts["\(method) \(path)", default: 0] += 1
+            s.requests.append(recorded)
+            return (s.routes[path], s.requiredAuthorization)
+        }
 
         func note(_ what: String) { state.withLock { $0.log.append("\(method) \(path) -> \(what)") } }
+
+        if let required, recorded.header("Authorization") != required {
+            note("401 (\(recorded.header("Authorization") == nil ? "no" : "wrong") Authorization)")
+            _ = respond(fd, status: 401, headers: [("Content-Type", "application/json"), ("WWW-Authenticate", #"Basic realm="fake""#)],
+                        body: Self.envelope("UNAUTHORIZED", "authentication required"), head: head)
+            return
+        }
+        switch route {
+        case .redirect(let location, let status):
+            note("\(status) Location: \(location)")
+            _ = respond(fd, status: status, headers: [("Location", location)], body: [], head: head)
+            return
+        case .content(let bytes, let contentType, let digest):
+            note("200 route, \(bytes.count) B\(head ? " (HEAD)" : "")")
+            var headers = [("Content-Type", contentType)]
+            if let digest { headers.append(("Docker-Content-Digest", digest.description)) }
+            _ = respond(fd, status: 200, headers: headers, body: bytes, head: head)
+            return
+        case nil:
+            break
+        }
 
         if path == "/v2/" || path == "/v2" {
             note("200 base")
@@ -290,6 +373,7 @@ final class FaultUpstream: Sendable {
             case .status(let code, let times): times <= 1 ? FaultMode.none : .status(code, times: times - 1)
             case .dropConnection(let times): times <= 1 ? FaultMode.none : .dropConnection(times: times - 1)
             case .resetAfterHeaders(let times): times <= 1 ? FaultMode.none : .resetAfterHeaders(times: times - 1)
+            case .rateLimited(let retryAfter, let times): times <= 1 ? FaultMode.none : .rateLimited(retryAfter: retryAfter, times: times - 1)
             default: nil
             }
             if let next { s.faults[reference] = next }
@@ -302,6 +386,12 @@ final class FaultUpstream: Sendable {
             _ = respond(fd, status: code, headers: [("Content-Type", "application/json")], body: Self.envelope("UNKNOWN", "injected failure"), head: head)
             return
         }
+        if case .rateLimited(let retryAfter, _) = mode {
+            note("429 Retry-After: \(retryAfter) (injected)")
+            _ = respond(fd, status: 429, headers: [("Content-Type", "application/json"), ("Retry-After", retryAfter)],
+                        body: Self.envelope("TOOMANYREQUESTS", "injected rate limit"), head: head)
+            return
+        }
         if case .dropConnection = mode {
             note("closed without an answer (injected)")
             return
@@ -312,7 +402,7 @@ final class FaultUpstream: Sendable {
             return
         }
         switch mode {
-        case .none, .status, .dropConnection:
+        case .none, .status, .dropConnection, .rateLimited:
             break  // handled above
         case .resetAfterHeaders:
             guard respond(fd, status: 200, headers: baseHeaders, body: [], contentLength: content.count, head: false) else {
@@ -369,7 +459,8 @@ final class FaultUpstream: Sendable {
     /// `head`, the body. False if sending failed.
     private func respond(_ fd: Int32, status: Int, headers: [(String, String)], body: [UInt8],
                          contentLength: Int? = nil, head: Bool) -> Bool {
-        let reason = [200: "OK", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
+        let reason = [200: "OK", 301: "Moved Permanently", 302: "Found", 303: "See Other", 307: "Temporary Redirect",
+                      308: "Permanent Redirect", 401: "Unauthorized", 429: "Too Many Requests", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
                       502: "Bad Gateway", 503: "Service Unavailable"][status] ?? "Status"
         var text = "HTTP/1.1 \(status) \(reason)\r\n"
         for (name, value) in headers { text += "\(name): \(value)\r\n" }

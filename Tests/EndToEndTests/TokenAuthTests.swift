@@ -152,6 +152,12 @@ struct TokenAuthTests {
                     "token requests not made as alice: \(tokens)")
             #expect(env.issuer.log.dropFirst(issuerMark).allSatisfy { $0.user == "alice" },
                     "anonymous token requests from a mirror with credentials: \(Array(env.issuer.log.dropFirst(issuerMark)))")
+            // This mirror runs at the default log level (info; no --log-level, none in the
+            // config): neither the password nor its Basic form may appear in its log.
+            let mirrorLog = mirror.stderr
+            #expect(!mirrorLog.contains("secret"), "the mirror logged the upstream password")
+            let basic = Data("alice:secret".utf8).base64EncodedString()
+            #expect(!mirrorLog.contains(basic), "the mirror logged the Basic credentials (\(basic))")
         }
     }
 
