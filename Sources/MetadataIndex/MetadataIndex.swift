@@ -356,3 +356,24 @@ public struct IndexError: Error, Sendable, CustomStringConvertible {
     }
     public var description: String { "\(code.raw): \(message)" }
 }
+
+extension MetadataIndex {
+    /// Every blob row: digest and recorded size, for `verify`.
+    public func allBlobs() throws(IndexError) -> [(digest: Digest, size: Int64)] {
+        var out: [(Digest, Int64)] = []
+        try db.query("SELECT digest, size FROM blobs ORDER BY digest") { row in
+            out.append((try Digest(parsing: row.text(0)), row.int(1)))
+        }
+        return out
+    }
+}
+
+extension MetadataIndex {
+    /// Drops blob rows (not manifests, tags or links), for blobs removed from the store; a
+    /// later fill records them again.
+    public func forgetBlobs(_ digests: [Digest]) throws(IndexError) {
+        try db.transaction { tx in
+            for digest in digests { try tx.run("DELETE FROM blobs WHERE digest = ?", [.text(digest.description)]) }
+        }
+    }
+}

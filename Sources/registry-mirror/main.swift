@@ -13,7 +13,7 @@ struct RegistryMirrorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "registry-mirror",
         abstract: "A pull-through cache and mirror for container registries.",
-        subcommands: [Serve.self, Import.self, List.self, ConfigCommand.self]
+        subcommands: [Serve.self, Import.self, List.self, Verify.self, ConfigCommand.self]
     )
 }
 
@@ -184,5 +184,27 @@ struct ConfigCommand: AsyncParsableCommand {
                 throw ExitCode(2)
             }
         }
+    }
+}
+
+struct Verify: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Re-hash every cached blob and report corrupt and missing ones.",
+        discussion: "With --repair, corrupt blobs are removed and the index forgets removed and missing blobs; a pull-through mirror fetches them again on the next request. Without --repair, exits 1 if anything is wrong."
+    )
+
+    @Flag(help: "Remove corrupt blobs so they are fetched again.")
+    var repair = false
+    @OptionGroup var common: CommonOptions
+
+    func run() async throws {
+        let dir = try DataDirectory(path: try common.resolve().dataDirectory)
+        let report = try StoreVerifier(store: dir.store, index: dir.index).run(repair: repair)
+        for (digest, reason) in report.corrupt {
+            print("corrupt \(digest): \(reason)\(report.removed.contains(digest) ? " (removed)" : "")")
+        }
+        for digest in report.missing { print("missing \(digest): indexed, but not in the store") }
+        print("checked \(report.checked) blobs, \(ByteCount(report.bytes)): \(report.corrupt.count) corrupt, \(report.missing.count) missing\(repair ? ", \(report.removed.count) removed" : "")")
+        if !repair, !report.isClean { throw ExitCode(1) }
     }
 }

@@ -1,0 +1,57 @@
+import Foundation
+import OCI
+import Testing
+
+/// `registry-mirror verify`: a corrupted cached blob is found, `--repair` removes it, and the
+/// next pull through the mirror fetches it again from the upstream, intact.
+@Suite("registry-mirror verify and repair", .serialized)
+struct PullThroughVerifyTests {
+    @Test("verify finds a corrupted cached blob; --repair plus a pull heals it")
+    func verifyRepairHeals() async throws {
+        try await PullThroughScope.run("verify") { scope in
+            let upstream = try await scope.registry()
+            try await scope.push(try scope.singleImage(seed: PullThroughTests.seed()), to: upstream.host, "test/img", tag: "v1")
+            let image = try PullThroughHTTP.upstreamImage(port: upstream.port, "test/img", tag: "v1")
+            let victim = try #require(image.layers.first)
+
+            let base = scope.unique("verify-mirror")
+            let data = base.appendingPathComponent("data")
+            let mirror = try await MirrorProcess.start(
+                dataDirectory: data, logDirectory: base.appendingPathComponent("logs"),
+                extraArguments: ["--upstream", "http://\(upstream.host)"])
+            do {
+                let first = try await scope.pull("\(mirror.host)/test/img:v1")
+                try #require(first.result.succeeded, "\(first.result.summary)")
+                let blobFile = data.appendingPathComponent("blobs/sha256/\(victim.hex.prefix(2))/\(victim.hex)")
+                try await waitUntil("the layer to be published in the cache") { FileManager.default.fileExists(atPath: blobFile.path) }
+                #expect(try await MirrorCLI.run(["verify", "--data-dir", data.path]).succeeded, "a fresh cache verifies clean")
+
+                var bytes = try Files.read(blobFile)
+                bytes[bytes.count / 2] ^= 0xFF
+                try Files.write(bytes, to: blobFile)
+
+                let check = try await MirrorCLI.run(["verify", "--data-dir", data.path])
+                #expect(check.status == 1, "\(check.summary)")
+                #expect(check.stdout.contains("corrupt \(victim)"), "\(check.summary)")
+
+                let repair = try await MirrorCLI.run(["verify", "--repair", "--data-dir", data.path])
+                #expect(repair.succeeded, "\(repair.summary)")
+                #expect(!FileManager.default.fileExists(atPath: blobFile.path))
+
+                let mark = await PullThroughTests.mark(upstream)
+                let second = try await scope.pull("\(mirror.host)/test/img:v1")
+                try #require(second.result.succeeded, "\(second.result.summary)")
+                let gets = PullThroughLog.blobGets(await upstream.requests(since: mark))
+                #expect(gets["/v2/test/img/blobs/\(victim)"]?.count == 1, "the removed layer was fetched again, once")
+                #expect(gets.count == 1, "nothing else was fetched: \(gets.keys.sorted())")
+                try await waitUntil("the healed layer to be published") { FileManager.default.fileExists(atPath: blobFile.path) }
+                #expect(try Files.read(blobFile).sha256 == victim)
+                #expect(try await MirrorCLI.run(["verify", "--data-dir", data.path]).succeeded, "healed cache verifies clean")
+            } catch {
+                await mirror.stop()
+                throw error
+            }
+            await mirror.stop()
+        }
+    }
+}
