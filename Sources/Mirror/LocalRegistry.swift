@@ -53,11 +53,25 @@ public struct LocalRegistry: RegistryContent {
 
     public func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent {
         guard try wrap({ () throws(IndexError) in try index.isLinked(repository, digest) }),
-            let location = store.location(of: digest)
+            let location = try intactLocation(of: digest)
         else {
             throw MirrorError(.blobUnknown, "\(digest) is not in the cache for \(repository)")
         }
         return .stored(digest, location)
+    }
+
+    /// A stored blob whose file has the size the index recorded. A file of another size
+    /// (truncated on disk, say) is removed and reported absent, so it is never served and a
+    /// pull-through mirror fetches it again.
+    public func intactLocation(of digest: Digest) throws(MirrorError) -> BlobLocation? {
+        guard let location = store.location(of: digest) else { return nil }
+        guard let recorded = try wrap({ () throws(IndexError) in try index.blobSize(digest) }), recorded != location.size else {
+            return location
+        }
+        Logger(label: "registry-mirror").warning("a cached blob has the wrong size; removed, it will be fetched again",
+            metadata: ["oci.digest": "\(digest)", "bytes": "\(location.size)", "expected": "\(recorded)"])
+        try? store.delete(digest)
+        return nil
     }
 
     public func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64 {

@@ -225,16 +225,17 @@ public final class PullThroughRegistry: RegistryContent {
 
     public func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent {
         guard let upstream = upstream(for: repository) else { return try await local.blob(repository, digest) }
-        if let location = store.location(of: digest) {
+        if let location = try local.intactLocation(of: digest) {
             try await ensureLinked(repository, digest, upstream: upstream)
             return .stored(digest, location)
         }
+        // Not cached, or damaged (and removed): fetch it again.
         return .filling(try startOrJoinFill(repository, digest, upstream: upstream))
     }
 
     public func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64 {
         guard let upstream = upstream(for: repository) else { return try await local.blobSize(repository, digest) }
-        if let size = store.size(of: digest) {
+        if let size = try local.intactLocation(of: digest)?.size {
             try await ensureLinked(repository, digest, upstream: upstream)
             return size
         }

@@ -54,4 +54,43 @@ struct PullThroughVerifyTests {
             await mirror.stop()
         }
     }
+
+    @Test("a cached blob truncated on disk is fetched again on the next pull, not served")
+    func truncatedCacheFileHealsOnPull() async throws {
+        try await PullThroughScope.run("truncated") { scope in
+            let upstream = try await scope.registry()
+            try await scope.push(try scope.singleImage(seed: PullThroughTests.seed()), to: upstream.host, "test/img", tag: "v1")
+            let image = try PullThroughHTTP.upstreamImage(port: upstream.port, "test/img", tag: "v1")
+            let victim = try #require(image.layers.first)
+
+            let base = scope.unique("truncated-mirror")
+            let data = base.appendingPathComponent("data")
+            let mirror = try await MirrorProcess.start(
+                dataDirectory: data, logDirectory: base.appendingPathComponent("logs"),
+                extraArguments: ["--upstream", "http://\(upstream.host)"])
+            do {
+                let first = try await scope.pull("\(mirror.host)/test/img:v1")
+                try #require(first.result.succeeded, "\(first.result.summary)")
+                let blobFile = data.appendingPathComponent("blobs/sha256/\(victim.hex.prefix(2))/\(victim.hex)")
+                try await waitUntil("the layer to be published in the cache") { FileManager.default.fileExists(atPath: blobFile.path) }
+                let bytes = try Files.read(blobFile)
+                try Files.write(Array(bytes.prefix(bytes.count / 2)), to: blobFile)
+
+                let mark = await PullThroughTests.mark(upstream)
+                let response = try RawHTTP.request("GET", port: mirror.port, path: "/v2/test/img/blobs/\(victim)")
+                #expect(response.status == 200)
+                #expect(response.body.sha256 == victim, "the client gets the whole blob, not the truncated file")
+                let gets = PullThroughLog.blobGets(await upstream.requests(since: mark))
+                #expect(gets["/v2/test/img/blobs/\(victim)"]?.count == 1, "the damaged layer was fetched again")
+                try await waitUntil("the healed layer to be published") {
+                    (try? Files.read(blobFile).count) == bytes.count
+                }
+                #expect(try Files.read(blobFile).sha256 == victim)
+            } catch {
+                await mirror.stop()
+                throw error
+            }
+            await mirror.stop()
+        }
+    }
 }
