@@ -54,6 +54,8 @@ public protocol BlobWriter: AnyObject, Sendable {
     var bytesWritten: Int64 { get }
     /// The temporary file being written, readable while the write goes on (for progressive fills).
     var temporaryPath: String { get }
+    /// Where the blob is readable once `commit()` succeeded.
+    var publishedPath: String { get }
     func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError)
     /// Checks digest and size of everything written; on a mismatch the write is aborted.
     /// After it succeeds the bytes are known good, though not yet durable or visible.

@@ -178,6 +178,7 @@ final class FileBlobWriter: BlobWriter, @unchecked Sendable {
     deinit { abort() }
 
     var bytesWritten: Int64 { written.load(ordering: .acquiring) }
+    var publishedPath: String { store.path(of: digest) }
 
     func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError) {
         guard !finished, verifier != nil else { throw StoreError(.io, "write after finish") }

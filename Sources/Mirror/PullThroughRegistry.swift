@@ -311,7 +311,7 @@ public final class PullThroughRegistry: RegistryContent {
             batch.addBlob(digest, size: writer.bytesWritten)
             batch.link(repository, digest)
             try index.record(batch)
-            outcome = .done(path: (store.location(of: digest)).map { if case .file(let path, _) = $0 { path } else { "" } } ?? "")
+            outcome = .done(path: writer.publishedPath)
             logger.info("blob cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "bytes": "\(writer.bytesWritten)", "cache.result": "fill"])
         } catch let error as UpstreamError {
             writer.abort()

@@ -20,6 +20,18 @@ struct ImportHarness {
     }
 
     var storedBlobs: [String] { regularFiles(under: dir.path + "/data/blobs") }
+
+    /// `tar -cf` of a layout directory, as `skopeo copy … oci-archive:` would make it.
+    func tar(_ root: String) throws -> String {
+        let tar = dir.path + "/bundle.tar"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/tar")
+        process.arguments = ["-cf", tar, "-C", root, "."]
+        try process.run()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        return tar
+    }
 }
 
 @Suite struct ImportTests {
@@ -123,13 +135,7 @@ struct ImportHarness {
         var layout = try LayoutFixture(root: h.dir.path + "/layout")
         let image = try layout.image(layers: [3000, 70_000])
         try layout.add(image.manifest, refName: "docker.io/test/tarred:v1")
-        let tar = h.dir.path + "/bundle.tar"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/tar")
-        process.arguments = ["-cf", tar, "-C", layout.root, "."]
-        try process.run()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        let tar = try h.tar(layout.root)
         let imported = try h.importer.importBundle(at: tar)
         #expect(imported.first?.digest == image.manifest.digest)
         for blob in image.blobs { #expect(h.data.store.size(of: blob.digest) == blob.size) }
@@ -141,12 +147,7 @@ struct ImportHarness {
         var layout = try LayoutFixture(root: h.dir.path + "/layout")
         let image = try layout.image(layers: [100_000])
         try layout.add(image.manifest, refName: "docker.io/test/tarred:v1")
-        let tar = h.dir.path + "/bundle.tar"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/tar")
-        process.arguments = ["-cf", tar, "-C", layout.root, "."]
-        try process.run()
-        process.waitUntilExit()
+        let tar = try h.tar(layout.root)
         let full = try Data(contentsOf: URL(fileURLWithPath: tar))
         try full.prefix(full.count / 2).write(to: URL(fileURLWithPath: tar))
         #expect(throws: BundleError.self) { try h.importer.importBundle(at: tar) }
