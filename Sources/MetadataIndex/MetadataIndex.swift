@@ -176,13 +176,18 @@ public final class MetadataIndex: Sendable {
     /// Records verified content in one transaction: blobs, manifests, links, tags.
     /// Call only after every blob in the batch is published in the store.
     public func record(_ batch: ContentBatch, now: Int64 = Int64(Date().timeIntervalSince1970)) throws(IndexError) {
+        let nowMilliseconds = now * 1000
         try db.transaction { tx in
             for blob in batch.blobs {
                 try tx.run(
                     """
-                    INSERT INTO blobs(digest, size, added_at, last_access, pinned) VALUES (?, ?, ?, ?, ?)
+                    INSERT INTO blobs(digest, size, added_at, last_access_ms, pinned) VALUES (?, ?, ?, ?, ?)
                     ON CONFLICT(digest) DO UPDATE SET pinned = MAX(pinned, excluded.pinned)
-                    """, [.text(blob.digest.description), .integer(blob.size), .integer(now), .integer(now), .integer(batch.pin ? 1 : 0)])
+                    """, [.text(blob.digest.description), .integer(blob.size), .integer(now), .integer(nowMilliseconds),
+                          .integer(batch.pinned.contains(blob.digest) ? 1 : 0)])
+            }
+            for root in batch.pinned {
+                try tx.run("UPDATE blobs SET pinned = 1 WHERE digest = ?", [.text(root.description)])
             }
             for m in batch.manifests {
                 var annotations: SQLValue = .null
@@ -329,8 +334,9 @@ public struct ContentBatch: Sendable {
     public var manifests: [Manifest] = []
     public var links: [Link] = []
     public var tags: [TagEntry] = []
-    /// Pinned content is never evicted.
-    public var pin = false
+    /// Images (root manifests) to pin. Eviction never removes a pinned image, nor the
+    /// children, configs and layers it references; pinning the root alone keeps `unpin` exact.
+    public var pinned: Set<Digest> = []
 
     public init() {}
 

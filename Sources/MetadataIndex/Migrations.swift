@@ -52,6 +52,12 @@ enum Migrations {
           PRIMARY KEY(repository_id, digest)) WITHOUT ROWID;
         CREATE INDEX repository_blobs_digest ON repository_blobs(digest);
         """,
+        // 2: access times in milliseconds, so LRU order holds within a second
+        """
+        ALTER TABLE blobs RENAME COLUMN last_access TO last_access_ms;
+        UPDATE blobs SET last_access_ms = last_access_ms * 1000;
+        CREATE INDEX index_children_child ON index_children(child);
+        """,
     ]
 
     static func apply(to db: SQLiteConnection) throws(IndexError) {

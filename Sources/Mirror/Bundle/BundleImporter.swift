@@ -14,7 +14,7 @@ public struct BundleImporter: Sendable {
     public struct Options: Sendable {
         /// `[host/]name[:tag]` to import as, overriding the layout's ref-name annotations.
         public var reference: String?
-        /// Registry host for references without one (`docker.io` normalization applies).
+        /// Pin the imported images so eviction never removes them.
         public var pin: Bool
 
         public init(reference: String? = nil, pin: Bool = false) {
@@ -139,7 +139,6 @@ public struct BundleImporter: Sendable {
         guard !layout.index.manifests.isEmpty else { throw BundleError("the bundle's index.json lists no images") }
         var results: [Imported] = []
         var batch = ContentBatch()
-        batch.pin = options.pin
         for entry in layout.index.manifests {
             let reference = try reference(for: entry, options: options, entries: layout.index.manifests.count)
             let repository = RepositoryKey(upstream: reference.host, name: reference.repository)
@@ -149,6 +148,7 @@ public struct BundleImporter: Sendable {
             if let tag = reference.tag {
                 batch.tag(repository, tag, entry.digest, mediaType: walk.rootMediaType ?? entry.mediaType)
             }
+            if options.pin { batch.pinned.insert(entry.digest) }
             results.append(Imported(
                 reference: reference, digest: entry.digest, mediaType: walk.rootMediaType ?? entry.mediaType,
                 platformsPresent: walk.childrenPresent, platformsListed: walk.childrenListed, bytes: walk.bytes))
