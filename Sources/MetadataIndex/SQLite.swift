@@ -92,14 +92,15 @@ final class SQLiteConnection: @unchecked Sendable {
         }
     }
 
-    /// Runs `body` inside `BEGIN IMMEDIATE … COMMIT`, rolling back if it throws.
-    func transaction<T>(_ body: (Transaction) throws -> T) throws(IndexError) -> T {
+    /// Runs `body` inside `BEGIN IMMEDIATE … COMMIT`, rolling back if it throws. With
+    /// `commit: false` it always rolls back: a dry run that sees its own writes.
+    func transaction<T>(commit: Bool = true, _ body: (Transaction) throws -> T) throws(IndexError) -> T {
         lock.lock()
         defer { lock.unlock() }
         try executeLocked("BEGIN IMMEDIATE")
         do {
             let result = try body(Transaction(connection: self))
-            try executeLocked("COMMIT")
+            try executeLocked(commit ? "COMMIT" : "ROLLBACK")
             return result
         } catch {
             try? executeLocked("ROLLBACK")

@@ -93,6 +93,11 @@ public struct LocalRegistry: RegistryContent {
     }
 
     func wrap<T>(_ body: () throws(IndexError) -> T) throws(MirrorError) -> T {
+        try Self.wrapIndex(body)
+    }
+
+    /// An index failure, as the mirror core reports it.
+    public static func wrapIndex<T>(_ body: () throws(IndexError) -> T) throws(MirrorError) -> T {
         do {
             return try body()
         } catch {

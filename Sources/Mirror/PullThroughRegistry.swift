@@ -35,6 +35,10 @@ public final class PullThroughRegistry: RegistryContent {
     let upstreams: [String: UpstreamRegistry]
     let policies: [String: UpstreamPolicy]
     let offline: Bool
+    let maintenance: CacheMaintenance?
+    /// Fetch an index's child manifests in the background when the index arrives. Off for
+    /// `seed`, which copies exactly the instances chosen.
+    let prefetchChildManifests: Bool
     let logger: Logger
     private let fills = Mutex<[String: BlobFill]>([:])
     private let manifestFlights = SingleFlight<String, ManifestContent>()
@@ -42,11 +46,13 @@ public final class PullThroughRegistry: RegistryContent {
     private let prefetchSlots = AsyncSemaphore(4)
 
     public init(local: LocalRegistry, upstreams: [UpstreamRegistry], policies: [String: UpstreamPolicy] = [:],
-                offline: Bool = false, logger: Logger) {
+                offline: Bool = false, maintenance: CacheMaintenance? = nil, prefetchChildManifests: Bool = true, logger: Logger) {
         self.local = local
         self.upstreams = Dictionary(upstreams.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         self.policies = policies
         self.offline = offline
+        self.maintenance = maintenance
+        self.prefetchChildManifests = prefetchChildManifests
         self.logger = logger
     }
 
@@ -179,7 +185,7 @@ public final class PullThroughRegistry: RegistryContent {
         if let tag { batch.tag(repository, tag, actual, mediaType: mediaType, checkedAt: Self.now) }
         try local.wrap { () throws(IndexError) in try index.record(batch) }
         let content = ManifestContent(digest: actual, mediaType: mediaType, bytes: bytes)
-        if document.isIndex { prefetchChildren(document.manifests, repository: repository, upstream: upstream) }
+        if document.isIndex, prefetchChildManifests { prefetchChildren(document.manifests, repository: repository, upstream: upstream) }
         return content
     }
 
@@ -311,6 +317,7 @@ public final class PullThroughRegistry: RegistryContent {
             batch.addBlob(digest, size: writer.bytesWritten)
             batch.link(repository, digest)
             try index.record(batch)
+            maintenance?.nudge()
             outcome = .done(path: writer.publishedPath)
             logger.info("blob cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "bytes": "\(writer.bytesWritten)", "cache.result": "fill"])
         } catch let error as UpstreamError {

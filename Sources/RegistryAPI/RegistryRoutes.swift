@@ -32,7 +32,12 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
     let router: UpstreamRouter
     let fileIO = FileIO()
 
-    public init(content: Content, router: UpstreamRouter) {
+    /// Told of every manifest and blob served (access times for LRU) and holds a lease on
+    /// each stored blob while its response streams.
+    let maintenance: CacheMaintenance?
+
+    public init(content: Content, router: UpstreamRouter, maintenance: CacheMaintenance? = nil) {
+        self.maintenance = maintenance
         self.content = content
         self.router = router
     }
@@ -110,6 +115,7 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
         guard accept.accepts(manifest.mediaType) else {
             throw RegistryError(.manifestUnknown, "the manifest is \(manifest.mediaType), which the request's Accept header does not include")
         }
+        maintenance?.touch(manifest.digest)
         let etag = "\"\(manifest.digest)\""
         var headers: HTTPFields = [
             .contentType: manifest.mediaType,
@@ -169,12 +175,15 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
         } catch {
             throw RegistryError(error)
         }
+        maintenance?.touch(digest)
         switch blob {
         case .stored(_, .file(let path, let size)):
             let (status, start, length) = try Self.resolveRange(request, size: size, headers: &headers)
             headers[.contentLength] = String(length)
             if length == 0 { return Response(status: status, headers: headers) }
-            return Response(status: status, headers: headers, body: fileBody(path: path, start: start, length: length, channel: context.channel, context: context))
+            // Held by the body until the response is gone, so eviction leaves the file be.
+            let lease = maintenance?.lease(digest)
+            return Response(status: status, headers: headers, body: fileBody(path: path, start: start, length: length, lease: lease, channel: context.channel, context: context))
         case .filling(let fill):
             // Headers go out as soon as the upstream's do; the body follows the download.
             let size: Int64
@@ -264,14 +273,17 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
     }
 
     /// A body that sends the file zero-copy where the connection allows, else through buffers.
-    func fileBody(path: String, start: Int64, length: Int64, channel: any Channel, context: RegistryRequestContext) -> ResponseBody {
+    func fileBody(path: String, start: Int64, length: Int64, lease: BlobLease?, channel: any Channel, context: RegistryRequestContext) -> ResponseBody {
         let fileIO = self.fileIO
         return ResponseBody(contentLength: Int(length)) { writer in
+            defer { withExtendedLifetime(lease) {} }
             // Opened now: a blob evicted after this point stays readable through the descriptor.
             let fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { throw RegistryError(.blobUnknown, "blob file disappeared") }
-            if await channel.enqueueFileRegion(descriptor: fd, offset: start, length: length) != nil {
+            if let written = await channel.enqueueFileRegion(descriptor: fd, offset: start, length: length) {
                 try await writer.write(FileRegionHandler.marker)
+                // The lease lasts until the file is on the wire, not just queued.
+                try await written.get()
             } else {
                 close(fd)
                 let body = try await fileIO.loadFile(path: path, range: Int(start)...Int(start + length - 1), context: context)

@@ -23,6 +23,10 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var defaultUpstream: String?
     /// `offline`: never contact an upstream.
     public var offline = false
+    /// `storage.max_size`: evict least recently used content above this many bytes. Nil: no cap.
+    public var maxSize: Int64?
+    /// `storage.eviction_interval`: how often the store size is checked (also after each fill).
+    public var evictionInterval: Duration = .seconds(30)
 
     /// One entry of `upstreams`. Printing it never shows the password.
     public struct Upstream: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
@@ -61,6 +65,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("http.sendfile", "REGISTRY_MIRROR_HTTP_SENDFILE"),
         ("default_upstream", "REGISTRY_MIRROR_DEFAULT_UPSTREAM"),
         ("offline", "REGISTRY_MIRROR_OFFLINE"),
+        ("storage.max_size", "REGISTRY_MIRROR_STORAGE_MAX_SIZE"),
+        ("storage.eviction_interval", "REGISTRY_MIRROR_STORAGE_EVICTION_INTERVAL"),
     ]
 
     /// Loads `file` (if given) over the defaults, then the environment over that.
@@ -130,6 +136,16 @@ public struct MirrorConfiguration: Sendable, Equatable {
         if let v = values["http.sendfile"] { sendfile = Self.bool(v, "http.sendfile", &problems) ?? sendfile }
         if let v = values["offline"] { offline = Self.bool(v, "offline", &problems) ?? offline }
         if let v = values["default_upstream"] { defaultUpstream = v }
+        if let v = values["storage.max_size"] {
+            if let size = ByteSize.parse(v), size > 0 { maxSize = size } else {
+                problems.append("storage.max_size: must be a size like 500MiB, 20GiB or 1TB; got \"\(v)\"")
+            }
+        }
+        if let v = values["storage.eviction_interval"] {
+            if let d = UpstreamSpec.duration(v), d > .zero { evictionInterval = d } else {
+                problems.append("storage.eviction_interval: must be a duration like 30s or 5m; got \"\(v)\"")
+            }
+        }
     }
 
     static func bool(_ v: String, _ path: String, _ problems: inout [String]) -> Bool? {
@@ -218,6 +234,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
         settings.dataDirectory = dataDirectory
         settings.zeroCopy = sendfile
         settings.offline = offline
+        settings.maxBytes = maxSize
+        settings.evictionInterval = evictionInterval
         if !upstreams.isEmpty {
             settings.upstreams = upstreams.map { entry in
                 var upstream = UpstreamConfiguration(name: entry.name, url: URL(string: entry.url)!)
@@ -282,5 +300,33 @@ public enum UpstreamSpec {
             return .milliseconds(value * millis)
         }
         return Int64(text).flatMap { $0 >= 0 ? .seconds($0) : nil }
+    }
+}
+
+/// Sizes as operators write them: `500MiB`, `20GiB`, `1.5TB`, `4096` (bytes). Binary units
+/// (KiB, MiB, GiB, TiB, and the bare K, M, G, T as Docker and Kubernetes read them) are
+/// powers of 1024; KB, MB, GB, TB are powers of 1000.
+public enum ByteSize {
+    public static func parse(_ text: String) -> Int64? {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        let digits = trimmed.prefix { $0.isNumber || $0 == "." }
+        guard !digits.isEmpty, let value = Double(digits), value >= 0 else { return nil }
+        let unit = trimmed.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()
+        let scale: Double
+        switch unit {
+        case "", "b": scale = 1
+        case "k", "ki", "kib": scale = 0x400
+        case "m", "mi", "mib": scale = 0x10_0000
+        case "g", "gi", "gib": scale = 0x4000_0000
+        case "t", "ti", "tib": scale = 0x100_0000_0000
+        case "kb": scale = 1e3
+        case "mb": scale = 1e6
+        case "gb": scale = 1e9
+        case "tb": scale = 1e12
+        default: return nil
+        }
+        let bytes = value * scale
+        guard bytes < 9e18 else { return nil }
+        return Int64(bytes)
     }
 }

@@ -13,7 +13,7 @@ struct RegistryMirrorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "registry-mirror",
         abstract: "A pull-through cache and mirror for container registries.",
-        subcommands: [Serve.self, Import.self, List.self, Verify.self, ConfigCommand.self]
+        subcommands: [Serve.self, Seed.self, Import.self, List.self, GC.self, Pin.self, Unpin.self, Verify.self, ConfigCommand.self]
     )
 }
 
@@ -57,14 +57,11 @@ struct Serve: AsyncParsableCommand {
     var listen: String?
     @Flag(name: .customLong("no-sendfile"), help: "Read blob files through buffers instead of sendfile(2).")
     var noSendfile = false
-    @Option(name: .customLong("upstream"), help: ArgumentHelp(
-        "An upstream registry, URL or NAME=URL; repeatable. The first is the default. Default: Docker Hub.",
-        valueName: "[NAME=]URL"))
-    var upstreams: [String] = []
-    @Option(name: .customLong("tag-ttl"), help: "How long a cached tag is served without asking the upstream (30s, 5m, 1h). Default: 5m.")
-    var tagTTL: String?
     @Flag(help: "Never contact an upstream; serve only what is cached.")
     var offline = false
+    @Option(name: .customLong("max-size"), help: "Cap the store (500MiB, 20GiB): least recently used, unpinned images are evicted above it. Default: no cap.")
+    var maxSize: String?
+    @OptionGroup var upstream: UpstreamOptions
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
@@ -75,6 +72,30 @@ struct Serve: AsyncParsableCommand {
         }
         if noSendfile { configuration.sendfile = false }
         let logger = common.makeLogger("registry-mirror", configuration)
+        var settings = try upstream.settings(configuration)
+        if offline { settings.offline = true }
+        if let maxSize { settings.maxBytes = try parseMaxSize(maxSize) }
+        let host = settings.host
+        let app = try buildApplication(settings, logger: logger) { channel in
+            let port = channel.localAddress?.port ?? 0
+            // Tests and scripts read this line to learn the port when listening on :0.
+            FileHandle.standardOutput.write(Data("registry-mirror listening on http://\(host):\(port)\n".utf8))
+        }
+        try await app.runService()
+    }
+}
+
+/// Upstream flags shared by `serve` and `seed`.
+struct UpstreamOptions: ParsableArguments {
+    @Option(name: .customLong("upstream"), help: ArgumentHelp(
+        "An upstream registry, URL or NAME=URL; repeatable. The first is the default. Default: Docker Hub.",
+        valueName: "[NAME=]URL"))
+    var upstreams: [String] = []
+    @Option(name: .customLong("tag-ttl"), help: "How long a cached tag is served without asking the upstream (30s, 5m, 1h). Default: 5m.")
+    var tagTTL: String?
+
+    /// The configuration's serve settings with these flags applied over them.
+    func settings(_ configuration: MirrorConfiguration) throws -> ServeSettings {
         var settings = configuration.serveSettings
         if !upstreams.isEmpty {
             do {
@@ -90,15 +111,13 @@ struct Serve: AsyncParsableCommand {
             policy.tagTTL = ttl
             for upstream in settings.upstreams { settings.policies[upstream.name] = policy }
         }
-        settings.offline = offline
-        let host = settings.host
-        let app = try buildApplication(settings, logger: logger) { channel in
-            let port = channel.localAddress?.port ?? 0
-            // Tests and scripts read this line to learn the port when listening on :0.
-            FileHandle.standardOutput.write(Data("registry-mirror listening on http://\(host):\(port)\n".utf8))
-        }
-        try await app.runService()
+        return settings
     }
+}
+
+func parseMaxSize(_ text: String) throws -> Int64 {
+    guard let size = ByteSize.parse(text), size > 0 else { throw ValidationError("--max-size must look like 500MiB or 20GiB, got \(text)") }
+    return size
 }
 
 struct Import: AsyncParsableCommand {

@@ -76,9 +76,13 @@ final class PullThroughScope: Sendable {
 
     /// `registry-mirror serve` with its own data directory and `arguments` (upstreams, TTL, …).
     func mirror(_ arguments: [String]) async throws -> MirrorProcess {
-        let base = unique("mirror")
+        try await mirrorOn(unique("mirror").appendingPathComponent("data"), arguments)
+    }
+
+    /// `registry-mirror serve` on a given data directory, stopped with the scope.
+    func mirrorOn(_ data: URL, _ arguments: [String]) async throws -> MirrorProcess {
         let mirror = try await MirrorProcess.start(
-            dataDirectory: base.appendingPathComponent("data"), logDirectory: base.appendingPathComponent("logs"),
+            dataDirectory: data, logDirectory: unique("mirror-logs"),
             extraArguments: arguments + ["--log-level", "debug"])
         mirrors.withLock { $0.append(mirror) }
         Progress.step("pull-through \(name): mirror on \(mirror.host) with \(arguments.joined(separator: " "))")

@@ -1,0 +1,171 @@
+import ContentStore
+import Foundation
+import Logging
+import MetadataIndex
+import OCI
+import Synchronization
+
+/// Keeps the cache under its size cap: records access times cheaply and evicts least
+/// recently used images when the store is over `maxBytes`.
+///
+/// - Access times are kept in memory and written in one transaction per flush (every
+///   `flushInterval`, before each eviction pass, and at shutdown), never a SQLite write
+///   per request.
+/// - Blobs an open response is streaming hold a `BlobLease`; eviction skips them, and a
+///   later pass takes them once the response is done.
+/// - A pass runs every `checkInterval`, and soon after a fill adds content (`nudge()`).
+public final class CacheMaintenance: Sendable {
+    public let store: any BlobStore
+    public let index: MetadataIndex
+    /// The cap; nil means no eviction (access times are still recorded).
+    public let maxBytes: Int64?
+    let logger: Logger
+    let checkInterval: Duration
+    private let accessed = Mutex<[Digest: Int64]>([:])
+    private let leases = Mutex<[Digest: Int]>([:])
+    private struct Wakeup {
+        var pending = false
+        var sleeper: CheckedContinuation<Void, Never>?
+    }
+    private let wakeup = Mutex(Wakeup())
+
+    public init(store: any BlobStore, index: MetadataIndex, maxBytes: Int64?, checkInterval: Duration = .seconds(30), logger: Logger) {
+        self.store = store
+        self.index = index
+        self.maxBytes = maxBytes
+        self.checkInterval = checkInterval
+        self.logger = logger
+    }
+
+    // MARK: Access and leases (request path: a lock and a dictionary write)
+
+    /// Marks `digest` as used now.
+    public func touch(_ digest: Digest) {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        accessed.withLock { $0[digest] = now }
+    }
+
+    /// Holds `digest` against eviction until the returned lease is released (deinit).
+    public func lease(_ digest: Digest) -> BlobLease {
+        leases.withLock { $0[digest, default: 0] += 1 }
+        return BlobLease(digest: digest, owner: self)
+    }
+
+    fileprivate func release(_ digest: Digest) {
+        leases.withLock { leases in
+            if let count = leases[digest], count > 1 { leases[digest] = count - 1 } else { leases[digest] = nil }
+        }
+    }
+
+    public func isLeased(_ digest: Digest) -> Bool { leases.withLock { $0[digest] != nil } }
+
+    /// Writes the batched access times.
+    public func flush() {
+        let batch = accessed.withLock { a -> [Digest: Int64] in
+            defer { a.removeAll(keepingCapacity: true) }
+            return a
+        }
+        do {
+            try index.recordAccess(batch)
+        } catch {
+            logger.warning("recording access times failed", metadata: ["error": "\(error.message)"])
+            // Keep them for the next flush, unless newer ones arrived.
+            accessed.withLock { a in a.merge(batch) { new, _ in new } }
+        }
+    }
+
+    // MARK: Eviction
+
+    /// One pass: flush access times, evict to the cap (or to `target`), delete the files.
+    @discardableResult
+    public func evict(toAtMost target: Int64? = nil, dryRun: Bool = false) throws(IndexError) -> EvictionPlan {
+        flush()
+        guard let limit = target ?? maxBytes else {
+            let usage = try index.usage()
+            var plan = EvictionPlan()
+            plan.bytesBefore = usage.bytes
+            plan.bytesAfter = usage.bytes
+            return plan
+        }
+        let plan = try index.evict(toAtMost: limit, dryRun: dryRun, inUse: isLeased)
+        guard !dryRun else { return plan }
+        for blob in plan.blobs {
+            do {
+                try store.delete(blob.digest)
+            } catch where error.code != .notFound {
+                logger.warning("deleting an evicted blob failed", metadata: ["oci.digest": "\(blob.digest)", "error": "\(error.message)"])
+            } catch {}
+        }
+        if !plan.blobs.isEmpty {
+            logger.info("evicted least recently used content", metadata: [
+                "images": "\(plan.images.count)", "blobs": "\(plan.blobs.count)", "bytes": "\(plan.bytesFreed)",
+                "store.bytes": "\(plan.bytesAfter)", "store.max_bytes": "\(limit)",
+            ])
+        }
+        if plan.bytesAfter > limit {
+            logger.warning("the store is still over its cap: the rest is pinned or in use", metadata: [
+                "store.bytes": "\(plan.bytesAfter)", "store.max_bytes": "\(limit)"])
+        }
+        return plan
+    }
+
+    /// Asks for a pass soon (after a fill added content).
+    public func nudge() {
+        guard maxBytes != nil else { return }
+        wakeup.withLock { w -> CheckedContinuation<Void, Never>? in
+            w.pending = true
+            return w.sleeper.take()
+        }?.resume()
+    }
+
+    /// The background loop, until cancelled: flush and evict every `checkInterval`, or
+    /// when nudged. Flushes once more on the way out.
+    public func run() async {
+        defer { flush() }
+        while !Task.isCancelled {
+            await sleepOrNudge()
+            guard !Task.isCancelled else { return }
+            wakeup.withLock { $0.pending = false }
+            do {
+                try evict()
+            } catch {
+                logger.error("eviction pass failed", metadata: ["error": "\(error.message)"])
+            }
+        }
+    }
+
+    private func sleepOrNudge() async {
+        let interval = checkInterval
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await Task.sleep(for: interval) }
+            group.addTask { [self] in
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        // One lock for the check and the store, so a nudge or cancel cannot slip between.
+                        let parked = wakeup.withLock { w -> Bool in
+                            guard !w.pending, !Task.isCancelled else { return false }
+                            w.sleeper = continuation
+                            return true
+                        }
+                        if !parked { continuation.resume() }
+                    }
+                } onCancel: {
+                    wakeup.withLock { $0.sleeper.take() }?.resume()
+                }
+            }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+}
+
+/// Keeps a blob from eviction while it lives; a response holds one while it streams.
+public final class BlobLease: Sendable {
+    let digest: Digest
+    let owner: CacheMaintenance
+    init(digest: Digest, owner: CacheMaintenance) {
+        self.digest = digest
+        self.owner = owner
+    }
+    deinit { owner.release(digest) }
+}

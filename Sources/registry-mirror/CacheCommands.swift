@@ -1,0 +1,200 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MetadataIndex
+import Mirror
+import OCI
+import RegistryMirror
+
+/// Platform flags shared by `seed` and `export`.
+struct PlatformOptions: ParsableArguments {
+    @Option(name: .customLong("platform"), help: ArgumentHelp("Copy this instance of a multi-platform image; repeatable.", valueName: "os/arch[/variant]"))
+    var platforms: [String] = []
+    @Flag(name: .customLong("all-platforms"), help: "Copy every instance of a multi-platform image.")
+    var allPlatforms = false
+
+    func selection(default fallback: PlatformSelection) throws -> PlatformSelection {
+        if allPlatforms {
+            guard platforms.isEmpty else { throw ValidationError("--platform and --all-platforms exclude each other") }
+            return .all
+        }
+        guard !platforms.isEmpty else { return fallback }
+        do {
+            return .specific(try platforms.map { (text) throws(OCIError) in try Platform(parsing: text) })
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+}
+
+struct Seed: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Pull images into the cache through the upstream, verified, for pre-seeding.",
+        discussion: """
+            Images are pulled exactly as a client's pull through the mirror would, and pinned (never \
+            evicted) unless --no-pin is given. For a multi-platform image, only this machine's platform \
+            is copied unless --platform or --all-platforms says otherwise; the index itself is always \
+            kept byte-exact. Safe to run while `serve` uses the same data directory. Exits 1 if any \
+            image failed, listing the failures at the end.
+            """
+    )
+
+    @Argument(help: "Images to seed: [host/]name[:tag|@digest].")
+    var references: [String] = []
+    @Option(name: .customLong("file"), help: "Read more references from this file, one per line; # starts a comment.")
+    var file: String?
+    @Flag(name: .customLong("no-pin"), help: "Do not pin the seeded images: they may be evicted like any pulled image.")
+    var noPin = false
+    @OptionGroup var platform: PlatformOptions
+    @OptionGroup var upstream: UpstreamOptions
+    @OptionGroup var common: CommonOptions
+
+    func run() async throws {
+        var wanted = references
+        if let file {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ValidationError("cannot read \(file)") }
+            for line in text.split(whereSeparator: \.isNewline) {
+                let entry = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0].trimmingCharacters(in: .whitespaces)
+                if !entry.isEmpty { wanted.append(entry) }
+            }
+        }
+        guard !wanted.isEmpty else { throw ValidationError("name at least one image, or --file LIST") }
+        let selection = try platform.selection(default: .system)
+        var configuration = try common.resolve()
+        // Progress goes to stdout; keep the per-blob info logs out of its way unless asked.
+        if common.logLevel == nil { configuration.logLevel = .warning }
+        let logger = common.makeLogger("registry-mirror.seed", configuration)
+        let settings = try upstream.settings(configuration)
+        guard !settings.offline else { throw ValidationError("seed needs an upstream, but the configuration says offline") }
+        let (_, content, _) = try settings.makeCache(logger: logger, seeding: true)
+        let seeder = Seeder(registry: content)
+        let reporter = ProgressReporter(verb: "seed")
+        var failures: [(String, String)] = []
+        var seeded = 0
+        var total: Int64 = 0
+        for text in wanted {
+            do throws(MirrorError) {
+                let (repository, reference, name) = try settings.resolve(text)
+                let result = try await seeder.seed(repository, reference, platforms: selection, pin: !noPin, name: name, progress: reporter.handler)
+                reporter.handle(.imageFinished(image: name, error: nil))
+                var line = "seeded \(name) \(result.digest) \(ByteCount(result.bytes))"
+                if MediaType.isIndex(result.mediaType) { line += " (\(result.instances)/\(result.listed) platforms)" }
+                if !noPin { line += ", pinned" }
+                print(line)
+                seeded += 1
+                total += result.bytes
+            } catch {
+                reporter.handle(.imageFinished(image: text, error: error.message))
+                failures.append((text, error.message))
+            }
+        }
+        print("seed: \(seeded) of \(wanted.count) images, \(ByteCount(total))")
+        guard failures.isEmpty else {
+            FileHandle.standardError.write(Data("seed: \(failures.count) image(s) failed:\n".utf8))
+            for (name, message) in failures { FileHandle.standardError.write(Data("  \(name): \(message)\n".utf8)) }
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct GC: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gc",
+        abstract: "Evict least recently used, unpinned images now, down to the size cap.",
+        discussion: """
+            The same pass `serve` runs in the background when storage.max_size is set: images go \
+            least recently used first, with their tags; a blob goes only when no remaining image \
+            references it. Pinned images stay. With --dry-run, reports what would be freed and \
+            changes nothing. Safe beside a running server: a response already streaming a blob \
+            keeps its open file.
+            """
+    )
+
+    @Flag(name: .customLong("dry-run"), help: "Report what would be evicted; change nothing.")
+    var dryRun = false
+    @Option(name: .customLong("max-size"), help: "Cap to evict down to (500MiB, 20GiB). Default: storage.max_size.")
+    var maxSize: String?
+    @OptionGroup var common: CommonOptions
+
+    func run() async throws {
+        let configuration = try common.resolve()
+        let logger = common.makeLogger("registry-mirror.gc", configuration)
+        guard let cap = try maxSize.map(parseMaxSize) ?? configuration.maxSize else {
+            throw ValidationError("no size cap: give --max-size SIZE or set storage.max_size")
+        }
+        let data = try DataDirectory(path: configuration.dataDirectory)
+        let maintenance = CacheMaintenance(store: data.store, index: data.index, maxBytes: cap, logger: logger)
+        let plan = try maintenance.evict(dryRun: dryRun)
+        let verb = dryRun ? "would evict" : "evicted"
+        for image in plan.images {
+            print("\(verb) \(image.tags.isEmpty ? "(untagged)" : image.tags.joined(separator: ", ")) \(image.digest)")
+        }
+        print("\(dryRun ? "would free" : "freed") \(ByteCount(plan.bytesFreed)) in \(plan.blobs.count) blobs; store \(ByteCount(plan.bytesBefore)) → \(ByteCount(plan.bytesAfter)), cap \(ByteCount(cap))")
+        if plan.bytesAfter > cap { print("still over the cap: the rest is pinned") }
+    }
+}
+
+/// Resolves a reference in the cache to the digest of its root manifest.
+func cachedDigest(_ text: String, _ common: CommonOptions) throws -> (DataDirectory, Digest, String) {
+    let configuration = try common.resolve()
+    let settings = configuration.serveSettings
+    let data = try DataDirectory(path: configuration.dataDirectory)
+    do throws(MirrorError) {
+        let (repository, reference, name) = try settings.resolve(text, anyHost: true)
+        switch reference {
+        case .digest(let digest):
+            guard try LocalRegistry.wrapIndex({ () throws(IndexError) in try data.index.manifest(digest) }) != nil else {
+                throw MirrorError(.manifestUnknown, "\(name) is not in the cache")
+            }
+            return (data, digest, name)
+        case .tag(let tag):
+            guard let record = try LocalRegistry.wrapIndex({ () throws(IndexError) in try data.index.tag(repository, tag) }) else {
+                throw MirrorError(.manifestUnknown, "\(name) is not in the cache")
+            }
+            return (data, record.digest, name)
+        }
+    } catch {
+        FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+struct Pin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Pin cached images so eviction never removes them; with no argument, list the pins.")
+
+    @Argument(help: "Cached images: [host/]name[:tag|@digest].")
+    var references: [String] = []
+    @OptionGroup var common: CommonOptions
+
+    func run() async throws {
+        guard !references.isEmpty else {
+            let data = try DataDirectory(path: try common.resolve().dataDirectory)
+            for pin in try data.index.pinned() {
+                print("\(pin.digest)  \(pin.references.isEmpty ? "(untagged)" : pin.references.joined(separator: ", "))")
+            }
+            return
+        }
+        for text in references {
+            let (data, digest, name) = try cachedDigest(text, common)
+            try data.index.setPinned(digest, true)
+            print("pinned \(name) \(digest)")
+        }
+    }
+}
+
+struct Unpin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Unpin cached images: eviction may remove them again.")
+
+    @Argument(help: "Cached images: [host/]name[:tag|@digest].")
+    var references: [String]
+    @OptionGroup var common: CommonOptions
+
+    func run() async throws {
+        for text in references {
+            let (data, digest, name) = try cachedDigest(text, common)
+            try data.index.setPinned(digest, false)
+            print("unpinned \(name) \(digest)")
+        }
+    }
+}
