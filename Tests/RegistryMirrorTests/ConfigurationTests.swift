@@ -53,4 +53,30 @@ import Testing
         #expect(config.serveSettings.port == 6000)
         #expect(config.serveSettings.host == "127.0.0.1")
     }
+
+    @Test func storageCapAndIntervalParse() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = dir.path + "/s.yaml"
+        try "storage:\n  max_size: 20GiB\n  eviction_interval: 10s\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let config = try MirrorConfiguration.load(file: file, environment: ["REGISTRY_MIRROR_STORAGE_MAX_SIZE": "500MiB"])
+        #expect(config.maxSize == 500 << 20, "the environment overrides the file")
+        #expect(config.evictionInterval == .seconds(10))
+        #expect(config.serveSettings.maxBytes == 500 << 20)
+        try "storage:\n  max_size: lots\n  eviction_interval: never\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(throws: ConfigurationError.self) { _ = try MirrorConfiguration.load(file: file, environment: [:]) }
+    }
+
+    @Test(arguments: [
+        ("4096", Int64(4096)), ("500MiB", 500 << 20), ("20GiB", 20 << 30), ("1.5TB", 1_500_000_000_000),
+        ("2G", 2 << 30), ("10 MB", 10_000_000), ("1kib", 1024),
+    ])
+    func sizesParse(_ text: String, _ bytes: Int64) {
+        #expect(ByteSize.parse(text) == bytes)
+    }
+
+    @Test(arguments: ["", "MiB", "-1GiB", "5 parsecs", "1e30", "99999999999TB"])
+    func badSizesAreRefused(_ text: String) {
+        #expect(ByteSize.parse(text) == nil)
+    }
 }
