@@ -46,13 +46,23 @@ public struct MirrorConfiguration: Sendable, Equatable {
         public var staleIfError = true
         /// `prefetch_platforms`: fetch these platforms' blobs in the background when an index arrives.
         public var prefetchPlatforms: [Platform] = []
+        /// `connect_timeout`, `response_timeout` (the response head must arrive within it),
+        /// `low_speed_limit` (bytes/s) and `low_speed_time`: a body slower than the limit for
+        /// that long is abandoned.
+        public var connectTimeout: Duration = .seconds(10)
+        public var responseTimeout: Duration = .seconds(15)
+        public var lowSpeedLimit = 1024
+        public var lowSpeedTime: Duration = .seconds(30)
 
         public init(name: String, url: String) {
             self.name = name
             self.url = url
         }
 
-        public static let keys: Set<String> = ["name", "url", "username", "password_file", "password_env", "tag_ttl", "ca_file", "insecure", "stale_if_error", "prefetch_platforms"]
+        public static let keys: Set<String> = [
+            "name", "url", "username", "password_file", "password_env", "tag_ttl", "ca_file", "insecure", "stale_if_error",
+            "prefetch_platforms", "connect_timeout", "response_timeout", "low_speed_limit", "low_speed_time",
+        ]
     }
 
     public init() {}
@@ -196,8 +206,17 @@ public struct MirrorConfiguration: Sendable, Equatable {
             if (upstream.username == nil) != (upstream.password == nil) {
                 problems.append("\(at): username and password_file (or password_env) go together")
             }
-            if let ttl = text("tag_ttl") {
-                if let d = UpstreamSpec.duration(ttl) { upstream.tagTTL = d } else { problems.append("\(at).tag_ttl: must look like 30s, 5m or 1h, got \"\(ttl)\"") }
+            for (key, path) in [("tag_ttl", \Upstream.tagTTL), ("connect_timeout", \.connectTimeout),
+                                ("response_timeout", \.responseTimeout), ("low_speed_time", \.lowSpeedTime)] {
+                guard let value = text(key) else { continue }
+                if let d = UpstreamSpec.duration(value), key == "tag_ttl" || d > .zero { upstream[keyPath: path] = d } else {
+                    problems.append("\(at).\(key): must look like 30s, 5m or 1h, got \"\(value)\"")
+                }
+            }
+            if let value = text("low_speed_limit") {
+                if let bytes = ByteSize.parse(value), bytes > 0, bytes < Int64(Int32.max) { upstream.lowSpeedLimit = Int(bytes) } else {
+                    problems.append("\(at).low_speed_limit: must be bytes per second like 1024 or 10KiB, got \"\(value)\"")
+                }
             }
             upstream.caFile = text("ca_file")
             if let ca = upstream.caFile, !FileManager.default.fileExists(atPath: ca) { problems.append("\(at).ca_file: \(ca) does not exist") }
@@ -244,6 +263,10 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 }
                 upstream.limits.caFile = entry.caFile
                 upstream.limits.verifyTLS = !entry.insecure
+                upstream.limits.connectTimeout = entry.connectTimeout
+                upstream.limits.headerTimeout = entry.responseTimeout
+                upstream.limits.lowSpeedBytes = entry.lowSpeedLimit
+                upstream.limits.lowSpeedTime = entry.lowSpeedTime
                 return upstream
             }
             settings.defaultUpstream = defaultUpstream ?? upstreams[0].name
