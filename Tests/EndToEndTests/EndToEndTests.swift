@@ -100,19 +100,8 @@ struct MirrorEndToEndTests {
     @Test("podman pulls the arm64 image from the index, and the single image")
     func podmanPull() async throws {
         let env = try fixture()
-        let podmanTmp = try env.work.subdirectory("podman-tmp")
-        let common = [
-            "--root", try env.work.subdirectory("podman-root").path,
-            "--runroot", try env.work.subdirectory("podman-runroot").path,
-            "--tmpdir", try env.work.subdirectory("podman-libpod-tmp").path,
-            "--storage-driver", "vfs",
-            "--cgroup-manager", "cgroupfs",
-            "--events-backend", "none",
-        ]
-        let environment = ["TMPDIR": podmanTmp.path]
-        func podman(_ arguments: [String]) async throws -> CommandResult {
-            try await Command.run("podman", common + arguments, environment: environment)
-        }
+        let client = try PodmanClient(env.work)
+        func podman(_ arguments: [String]) async throws -> CommandResult { try await client.run(arguments) }
 
         // linux/arm64 out of the three-platform index.
         let multiRef = "\(env.mirror.host)/\(MirrorFixture.multiRepository):v1"
