@@ -15,6 +15,13 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var listen = "0.0.0.0:5000"
     public var dataDirectory = "data"
     public var logLevel = Logger.Level.info
+    /// `log.format`: `text` (logfmt-style key=value lines) or `json` (one object per line).
+    public var logFormat = LogFormat.text
+    /// `auth.htpasswd.path`: require HTTP Basic credentials from this htpasswd file (bcrypt
+    /// entries, as `htpasswd -B` writes them). Nil: no client authentication.
+    public var htpasswdPath: String?
+    /// `auth.htpasswd.realm`: the realm in the `WWW-Authenticate` challenge.
+    public var htpasswdRealm = "registry-mirror"
     /// `http.sendfile`: send blob files with sendfile(2).
     public var sendfile = true
     /// `upstreams`: every upstream, in order. The embedded default is Docker Hub alone.
@@ -72,6 +79,9 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("listen", "REGISTRY_MIRROR_LISTEN"),
         ("data_dir", "REGISTRY_MIRROR_DATA_DIR"),
         ("log.level", "REGISTRY_MIRROR_LOG_LEVEL"),
+        ("log.format", "REGISTRY_MIRROR_LOG_FORMAT"),
+        ("auth.htpasswd.path", "REGISTRY_MIRROR_AUTH_HTPASSWD_PATH"),
+        ("auth.htpasswd.realm", "REGISTRY_MIRROR_AUTH_HTPASSWD_REALM"),
         ("http.sendfile", "REGISTRY_MIRROR_HTTP_SENDFILE"),
         ("default_upstream", "REGISTRY_MIRROR_DEFAULT_UPSTREAM"),
         ("offline", "REGISTRY_MIRROR_OFFLINE"),
@@ -142,6 +152,19 @@ public struct MirrorConfiguration: Sendable, Equatable {
             if let level = Logger.Level(rawValue: v.lowercased()) { logLevel = level } else {
                 problems.append("log.level: must be one of trace, debug, info, notice, warning, error, critical; got \"\(v)\"")
             }
+        }
+        if let v = values["log.format"] {
+            if let format = LogFormat(rawValue: v.lowercased()) { logFormat = format } else {
+                problems.append("log.format: must be text or json; got \"\(v)\"")
+            }
+        }
+        if let v = values["auth.htpasswd.path"] {
+            if FileManager.default.isReadableFile(atPath: v) { htpasswdPath = v } else {
+                problems.append("auth.htpasswd.path: \(v) cannot be read")
+            }
+        }
+        if let v = values["auth.htpasswd.realm"] {
+            if v.isEmpty || v.contains("\"") { problems.append("auth.htpasswd.realm: must be non-empty, without quotes") } else { htpasswdRealm = v }
         }
         if let v = values["http.sendfile"] { sendfile = Self.bool(v, "http.sendfile", &problems) ?? sendfile }
         if let v = values["offline"] { offline = Self.bool(v, "offline", &problems) ?? offline }
@@ -282,6 +305,11 @@ public struct MirrorConfiguration: Sendable, Equatable {
         }
         return settings
     }
+}
+
+/// How log lines are written.
+public enum LogFormat: String, Sendable {
+    case text, json
 }
 
 /// Every problem found in a configuration, each with its key path.
