@@ -16,11 +16,14 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
         .systemLibrary(name: "CCurl", path: "Sources/CCurl"),
+        .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
         .target(name: "OCI", dependencies: ["COpenSSL"]),
         .target(name: "ContentStore", dependencies: [
             "OCI",
@@ -30,13 +33,16 @@ let package = Package(
         .target(name: "Upstream", dependencies: [
             "OCI", "CCurl",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),
         .target(name: "Mirror", dependencies: [
             "OCI", "ContentStore", "MetadataIndex", "Upstream",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),
         .target(name: "RegistryAPI", dependencies: [
-            "OCI", "ContentStore", "MetadataIndex", "Mirror",
+            "OCI", "ContentStore", "MetadataIndex", "Mirror", "CCrypt",
+            .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -50,6 +56,8 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Yams", package: "Yams"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),
         .executableTarget(name: "registry-mirror", dependencies: [
             "RegistryMirror", "OCI", "Mirror", "Upstream",

@@ -21,6 +21,7 @@ public final class CacheMaintenance: Sendable {
     public let maxBytes: Int64?
     let logger: Logger
     let checkInterval: Duration
+    let stats: MirrorStats?
     private let accessed = Mutex<[Digest: Int64]>([:])
     private let leases = Mutex<[Digest: Int]>([:])
     private struct Wakeup {
@@ -29,7 +30,9 @@ public final class CacheMaintenance: Sendable {
     }
     private let wakeup = Mutex(Wakeup())
 
-    public init(store: any BlobStore, index: MetadataIndex, maxBytes: Int64?, checkInterval: Duration = .seconds(30), logger: Logger) {
+    public init(store: any BlobStore, index: MetadataIndex, maxBytes: Int64?, checkInterval: Duration = .seconds(30),
+                stats: MirrorStats? = nil, logger: Logger) {
+        self.stats = stats
         self.store = store
         self.index = index
         self.maxBytes = maxBytes
@@ -80,6 +83,9 @@ public final class CacheMaintenance: Sendable {
     @discardableResult
     public func evict(toAtMost target: Int64? = nil, dryRun: Bool = false) throws(IndexError) -> EvictionPlan {
         flush()
+        defer {
+            if !dryRun, let stats, let usage = try? index.usage() { stats.store(bytes: usage.bytes, objects: usage.objects, maxBytes: maxBytes) }
+        }
         guard let limit = target ?? maxBytes else {
             let usage = try index.usage()
             var plan = EvictionPlan()
@@ -97,6 +103,7 @@ public final class CacheMaintenance: Sendable {
             } catch {}
         }
         if !plan.blobs.isEmpty {
+            stats?.evicted(images: plan.images.count, bytes: plan.bytesFreed)
             logger.info("evicted least recently used content", metadata: [
                 "images": "\(plan.images.count)", "blobs": "\(plan.blobs.count)", "bytes": "\(plan.bytesFreed)",
                 "store.bytes": "\(plan.bytesAfter)", "store.max_bytes": "\(limit)",
@@ -109,9 +116,9 @@ public final class CacheMaintenance: Sendable {
         return plan
     }
 
-    /// Asks for a pass soon (after a fill added content).
+    /// Asks for a pass soon (after a fill added content); without a cap, the pass only
+    /// refreshes the store gauges.
     public func nudge() {
-        guard maxBytes != nil else { return }
         wakeup.withLock { w -> CheckedContinuation<Void, Never>? in
             w.pending = true
             return w.sleeper.take()
@@ -122,8 +129,10 @@ public final class CacheMaintenance: Sendable {
     /// when nudged. Flushes once more on the way out.
     public func run() async {
         defer { flush() }
+        var first = true
         while !Task.isCancelled {
-            await sleepOrNudge()
+            if !first { await sleepOrNudge() }
+            first = false
             guard !Task.isCancelled else { return }
             wakeup.withLock { $0.pending = false }
             do {

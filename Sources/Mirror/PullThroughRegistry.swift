@@ -39,6 +39,7 @@ public final class PullThroughRegistry: RegistryContent {
     /// Fetch an index's child manifests in the background when the index arrives. Off for
     /// `seed`, which copies exactly the instances chosen.
     let prefetchChildManifests: Bool
+    let stats: MirrorStats?
     let logger: Logger
     private let fills = Mutex<[String: BlobFill]>([:])
     private let manifestFlights = SingleFlight<String, ManifestContent>()
@@ -46,13 +47,15 @@ public final class PullThroughRegistry: RegistryContent {
     private let prefetchSlots = AsyncSemaphore(4)
 
     public init(local: LocalRegistry, upstreams: [UpstreamRegistry], policies: [String: UpstreamPolicy] = [:],
-                offline: Bool = false, maintenance: CacheMaintenance? = nil, prefetchChildManifests: Bool = true, logger: Logger) {
+                offline: Bool = false, maintenance: CacheMaintenance? = nil, prefetchChildManifests: Bool = true,
+                stats: MirrorStats? = nil, logger: Logger) {
         self.local = local
         self.upstreams = Dictionary(upstreams.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         self.policies = policies
         self.offline = offline
         self.maintenance = maintenance
         self.prefetchChildManifests = prefetchChildManifests
+        self.stats = stats
         self.logger = logger
     }
 
@@ -71,13 +74,25 @@ public final class PullThroughRegistry: RegistryContent {
     // MARK: Manifests
 
     public func manifest(_ repository: RepositoryKey, _ reference: ManifestReference) async throws(MirrorError) -> ManifestContent {
-        guard let upstream = upstream(for: repository) else { return try await local.manifest(repository, reference) }
-        switch reference {
-        case .digest(let digest):
-            return try await manifest(repository, digest: digest, upstream: upstream)
-        case .tag(let tag):
-            return try await manifest(repository, tag: tag, upstream: upstream)
+        let kind: MirrorStats.CacheKind = if case .tag = reference { .manifestByTag } else { .manifestByDigest }
+        let content: ManifestContent
+        do throws(MirrorError) {
+            if let upstream = upstream(for: repository) {
+                switch reference {
+                case .digest(let digest): content = try await manifest(repository, digest: digest, upstream: upstream)
+                case .tag(let tag): content = try await manifest(repository, tag: tag, upstream: upstream)
+                }
+            } else {
+                content = try await local.manifest(repository, reference)
+            }
+        } catch {
+            if error.code == .manifestUnknown, upstream(for: repository) == nil { stats?.cache(kind, .miss) }
+            if error.code == .invalidContent { stats?.verificationFailed() }
+            throw error
         }
+        stats?.cache(kind, content.cacheResult)
+        if content.cacheResult == .stale { stats?.stale(upstream: repository.upstream) }
+        return content
     }
 
     func manifest(_ repository: RepositoryKey, tag: Tag, upstream: UpstreamRegistry) async throws(MirrorError) -> ManifestContent {
@@ -88,12 +103,13 @@ public final class PullThroughRegistry: RegistryContent {
             return content
         }
         // Concurrent revalidations of one tag share one upstream round trip.
-        return try await manifestFlights.run("tag|\(repository)|\(tag)") { () throws(MirrorError) in
+        return try await manifestFlights.run("tag|\(repository)|\(tag)", joined: { stats?.joined(.manifestByTag) }) { () throws(MirrorError) in
             do {
                 let head = try await upstream.manifest(repository.name, .tag(tag), head: true)
                 if let digest = head.digest {
-                    if let cached, digest == cached.digest, let content = try? self.local.manifestContent(digest, mediaType: cached.mediaType) {
+                    if let cached, digest == cached.digest, var content = try? self.local.manifestContent(digest, mediaType: cached.mediaType) {
                         try self.local.wrap { () throws(IndexError) in try self.index.touchTag(repository, tag, checkedAt: Self.now) }
+                        content.cacheResult = .revalidated
                         return content
                     }
                     return try await self.fetchManifest(repository, digest: digest, tag: tag, upstream: upstream)
@@ -106,6 +122,7 @@ public final class PullThroughRegistry: RegistryContent {
                     self.logger.warning("serving a stale tag: the upstream failed", metadata: [
                         "oci.repository": "\(repository)", "oci.tag": "\(tag)", "cache.result": "stale", "error": "\(error.message)"])
                     content.warning = #"110 - "Response is Stale""#
+                    content.cacheResult = .stale
                     return content
                 }
                 throw Self.map(error, upstream: upstream, what: "\(repository):\(tag)", unknown: .manifestUnknown)
@@ -134,7 +151,7 @@ public final class PullThroughRegistry: RegistryContent {
             try local.wrap { () throws(IndexError) in try index.record(batch) }
             return try local.manifestContent(digest, mediaType: known.mediaType)
         }
-        return try await manifestFlights.run("digest|\(repository)|\(digest)") { () throws(MirrorError) in
+        return try await manifestFlights.run("digest|\(repository)|\(digest)", joined: { stats?.joined(.manifestByDigest) }) { () throws(MirrorError) in
             try await self.fetchManifest(repository, digest: digest, tag: nil, upstream: upstream)
         }
     }
@@ -184,7 +201,8 @@ public final class PullThroughRegistry: RegistryContent {
         for child in document.manifests { batch.link(repository, child.digest) }
         if let tag { batch.tag(repository, tag, actual, mediaType: mediaType, checkedAt: Self.now) }
         try local.wrap { () throws(IndexError) in try index.record(batch) }
-        let content = ManifestContent(digest: actual, mediaType: mediaType, bytes: bytes)
+        var content = ManifestContent(digest: actual, mediaType: mediaType, bytes: bytes)
+        content.cacheResult = .miss
         if document.isIndex, prefetchChildManifests { prefetchChildren(document.manifests, repository: repository, upstream: upstream) }
         return content
     }
@@ -230,9 +248,19 @@ public final class PullThroughRegistry: RegistryContent {
     // MARK: Blobs
 
     public func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent {
-        guard let upstream = upstream(for: repository) else { return try await local.blob(repository, digest) }
+        guard let upstream = upstream(for: repository) else {
+            do {
+                let content = try await local.blob(repository, digest)
+                stats?.cache(.blob, .hit)
+                return content
+            } catch {
+                stats?.cache(.blob, .miss)
+                throw error
+            }
+        }
         if let location = try local.intactLocation(of: digest) {
             try await ensureLinked(repository, digest, upstream: upstream)
+            stats?.cache(.blob, .hit)
             return .stored(digest, location)
         }
         // Not cached, or damaged (and removed): fetch it again.
@@ -276,6 +304,16 @@ public final class PullThroughRegistry: RegistryContent {
 
     func fillKey(_ upstream: UpstreamRegistry, _ digest: Digest) -> String { "\(upstream.name)|\(digest)" }
 
+    /// Downloads in progress, for the status page: upstream, digest, bytes so far, size.
+    public var activeFills: [(upstream: String, digest: Digest, written: Int64, size: Int64?)] {
+        fills.withLock { fills in
+            fills.map { key, fill in
+                let snapshot = fill.snapshot
+                return (String(key.prefix { $0 != "|" }), fill.digest, snapshot.written, snapshot.size)
+            }
+        }.sorted { $0.digest.description < $1.digest.description }
+    }
+
     /// Joins the running download of `digest`, or starts one.
     func startOrJoinFill(_ repository: RepositoryKey, _ digest: Digest, upstream: UpstreamRegistry) throws(MirrorError) -> BlobFill {
         let key = fillKey(upstream, digest)
@@ -293,8 +331,10 @@ public final class PullThroughRegistry: RegistryContent {
         }
         guard let writer = started.1 else {
             logger.debug("joined a running download", metadata: ["oci.digest": "\(digest)", "cache.result": "join"])
+            stats?.cache(.blob, .join)
             return started.0
         }
+        stats?.cache(.blob, .miss)
         let fill = started.0
         // Detached from the request: a client hanging up does not cancel the shared download.
         Task.detached { [self] in
@@ -325,6 +365,7 @@ public final class PullThroughRegistry: RegistryContent {
             outcome = .failed(Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .blobUnknown))
         } catch let error as StoreError {
             writer.abort()
+            stats?.verificationFailed()
             outcome = .failed(MirrorError(.invalidContent, "\(upstream.name) sent a bad blob for \(repository)@\(digest): \(error.message)"))
         } catch {
             writer.abort()

@@ -27,6 +27,8 @@ public struct ManifestContent: Sendable {
     public let bytes: [UInt8]
     /// Set when the content may be stale (served from cache while the upstream failed).
     public var warning: String?
+    /// How the cache answered: hit, revalidated, miss or stale (for `X-Cache` and the log).
+    public var cacheResult: MirrorStats.CacheResult = .hit
 
     public init(digest: Digest, mediaType: String, bytes: [UInt8], warning: String? = nil) {
         self.digest = digest

@@ -7,9 +7,10 @@ import Synchronization
 final class SingleFlight<Key: Hashable & Sendable, Value: Sendable>: Sendable {
     private let inflight = Mutex<[Key: Task<Result<Value, MirrorError>, Never>]>([:])
 
-    func run(_ key: Key, _ work: @escaping @Sendable () async throws(MirrorError) -> Value) async throws(MirrorError) -> Value {
-        let task = inflight.withLock { tasks in
-            if let task = tasks[key] { return task }
+    /// `joined` is called when the caller shares a run already in flight.
+    func run(_ key: Key, joined: () -> Void = {}, _ work: @escaping @Sendable () async throws(MirrorError) -> Value) async throws(MirrorError) -> Value {
+        let (task, isJoin) = inflight.withLock { tasks -> (Task<Result<Value, MirrorError>, Never>, Bool) in
+            if let task = tasks[key] { return (task, true) }
             let task = Task<Result<Value, MirrorError>, Never> {
                 let result: Result<Value, MirrorError>
                 do throws(MirrorError) {
@@ -21,8 +22,9 @@ final class SingleFlight<Key: Hashable & Sendable, Value: Sendable>: Sendable {
                 return result
             }
             tasks[key] = task
-            return task
+            return (task, false)
         }
+        if isJoin { joined() }
         return try await task.value.get()
     }
 }

@@ -14,6 +14,8 @@ extension HTTPField.Name {
     static let ociNamespace = Self("OCI-Namespace")!
     static let warning = Self("Warning")!
     static let link = Self("Link")!
+    /// HIT, MISS, REVALIDATED or STALE: how the cache answered (as nginx-style caches say it).
+    static let xCache = Self("X-Cache")!
 }
 
 /// The body of `GET /v2/<name>/tags/list`.
@@ -35,9 +37,11 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
     /// Told of every manifest and blob served (access times for LRU) and holds a lease on
     /// each stored blob while its response streams.
     let maintenance: CacheMaintenance?
+    let stats: MirrorStats?
 
-    public init(content: Content, router: UpstreamRouter, maintenance: CacheMaintenance? = nil) {
+    public init(content: Content, router: UpstreamRouter, maintenance: CacheMaintenance? = nil, stats: MirrorStats? = nil) {
         self.maintenance = maintenance
+        self.stats = stats
         self.content = content
         self.router = router
     }
@@ -124,11 +128,13 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
         ]
         if let namespace { headers[.ociNamespace] = namespace }
         if let warning = manifest.warning { headers[.warning] = warning }
+        headers[.xCache] = manifest.cacheResult.rawValue.uppercased()
         if let ifNoneMatch = request.headers[.ifNoneMatch], Self.matches(ifNoneMatch, etag: etag) {
             return Response(status: .notModified, headers: headers)
         }
         headers[.contentLength] = String(manifest.bytes.count)
         if head { return Response(status: .ok, headers: headers) }
+        stats?.served(Int64(manifest.bytes.count), repository: repository)
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: manifest.bytes)))
     }
 
@@ -183,6 +189,8 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
             if length == 0 { return Response(status: status, headers: headers) }
             // Held by the body until the response is gone, so eviction leaves the file be.
             let lease = maintenance?.lease(digest)
+            headers[.xCache] = "HIT"
+            stats?.served(length, repository: repository)
             return Response(status: status, headers: headers, body: fileBody(path: path, start: start, length: length, lease: lease, channel: context.channel, context: context))
         case .filling(let fill):
             // Headers go out as soon as the upstream's do; the body follows the download.
@@ -194,7 +202,9 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
             }
             let (status, start, length) = try Self.resolveRange(request, size: size, headers: &headers)
             headers[.contentLength] = String(length)
+            headers[.xCache] = "MISS"
             if length == 0 { return Response(status: status, headers: headers) }
+            stats?.served(length, repository: repository)
             // Opened before the headers go out, so a failure here is still a proper error status.
             let descriptor: Int32
             do {

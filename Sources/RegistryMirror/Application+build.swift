@@ -1,5 +1,7 @@
+import Foundation
 import Hummingbird
 import Logging
+import Prometheus
 import Mirror
 import NIOCore
 import OCI
@@ -25,6 +27,9 @@ public struct ServeSettings: Sendable {
     /// `storage.max_size` in bytes: evict least recently used content above it. Nil: no cap.
     public var maxBytes: Int64?
     public var evictionInterval: Duration = .seconds(30)
+    /// `auth.htpasswd.path`: require HTTP Basic credentials from this file. Nil: open.
+    public var htpasswdPath: String?
+    public var htpasswdRealm = "registry-mirror"
 
     public init() {}
 
@@ -33,15 +38,15 @@ public struct ServeSettings: Sendable {
     /// background. `seed` uses the same, so it pulls exactly as the server would.
     /// `seeding` turns off the background fetch of every child of an index, so a seed copies
     /// exactly the instances chosen.
-    public func makeCache(logger: Logger, seeding: Bool = false) throws -> (data: DataDirectory, content: PullThroughRegistry, maintenance: CacheMaintenance) {
+    public func makeCache(logger: Logger, seeding: Bool = false, stats: MirrorStats? = nil) throws -> (data: DataDirectory, content: PullThroughRegistry, maintenance: CacheMaintenance) {
         let data = try DataDirectory(path: dataDirectory)
         let maintenance = CacheMaintenance(store: data.store, index: data.index, maxBytes: maxBytes,
-                                           checkInterval: evictionInterval, logger: logger)
+                                           checkInterval: evictionInterval, stats: stats, logger: logger)
         let local = LocalRegistry(store: data.store, index: data.index)
         let transport = CurlTransport()
-        let registries = upstreams.map { UpstreamRegistry($0, transport: transport, logger: logger) }
-        let content = PullThroughRegistry(local: local, upstreams: registries, policies: policies,
-                                          offline: offline, maintenance: maintenance, prefetchChildManifests: !seeding, logger: logger)
+        let registries = upstreams.map { UpstreamRegistry($0, transport: transport, observer: stats, logger: logger) }
+        let content = PullThroughRegistry(local: local, upstreams: registries, policies: policies, offline: offline,
+                                          maintenance: maintenance, prefetchChildManifests: !seeding, stats: stats, logger: logger)
         return (data, content, maintenance)
     }
 }
@@ -61,15 +66,38 @@ public func buildApplication(
     logger: Logger,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) throws -> some ApplicationProtocol {
-    let (data, content, maintenance) = try settings.makeCache(logger: logger)
+    // Metrics go to a registry of this application's own, not a process-wide bootstrap,
+    // so several applications (tests) can live in one process.
+    let prometheus = PrometheusCollectorRegistry()
+    let stats = MirrorStats(factory: PrometheusMetricsFactory(registry: prometheus))
+    let (data, content, maintenance) = try settings.makeCache(logger: logger, stats: stats)
     let router = Router(context: RegistryRequestContext.self)
-    RegistryRoutes(content: content, router: settings.upstreamRouter, maintenance: maintenance)
+    router.add(middleware: RequestLogMiddleware(stats: stats))
+    if let path = settings.htpasswdPath {
+        router.add(middleware: BasicAuthMiddleware(htpasswd: try Htpasswd(path: path), realm: settings.htpasswdRealm))
+    }
+    RegistryRoutes(content: content, router: settings.upstreamRouter, maintenance: maintenance, stats: stats)
         .add(to: router)
-    router.get("/") { _, _ in "registry-mirror: a pull-through cache for container registries. The API is at /v2/.\n" }
+    let upstreamList = settings.upstreams.map { (name: $0.name, url: $0.url.absoluteString) }
+    router.get("/") { _, _ -> Response in
+        let fills = content.activeFills.map { StatusPage.Fill(upstream: $0.upstream, digest: $0.digest, written: $0.written, size: $0.size) }
+        let html = StatusPage.render(stats.snapshot, upstreams: upstreamList, fills: fills, offline: settings.offline, version: "registry-mirror")
+        return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
+                        body: .init(byteBuffer: ByteBuffer(string: html)))
+    }
+    router.get("/metrics") { _, _ -> Response in
+        var text: [UInt8] = []
+        prometheus.emit(into: &text)
+        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: text)))
+    }
     router.get("/healthz") { _, _ in "ok\n" }
     router.get("/readyz") { _, _ -> Response in
-        // Ready when the index answers a query.
+        // Ready when the index answers a query and the store can be written.
         _ = try data.index.schemaVersion()
+        guard FileManager.default.isWritableFile(atPath: data.path + "/blobs") else {
+            return Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: "the store is not writable\n")))
+        }
         return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ready\n")))
     }
     var app = Application(

@@ -277,6 +277,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
         settings.zeroCopy = sendfile
         settings.offline = offline
         settings.maxBytes = maxSize
+        settings.htpasswdPath = htpasswdPath
+        settings.htpasswdRealm = htpasswdRealm
         settings.evictionInterval = evictionInterval
         if !upstreams.isEmpty {
             settings.upstreams = upstreams.map { entry in

@@ -62,6 +62,15 @@ public struct UpstreamManifest: Sendable {
     public let bytes: [UInt8]?
 }
 
+/// Told of every upstream exchange, for metrics and the status page. Called on transfer
+/// completion, from any thread.
+public protocol UpstreamObserver: Sendable {
+    /// An answer arrived (any status); `bodyBytes` were received with it.
+    func upstreamResponded(_ upstream: String, head: ResponseHead, bodyBytes: Int64)
+    /// The transfer failed (connect, timeout, reset) after `bodyBytes`.
+    func upstreamFailed(_ upstream: String, message: String, bodyBytes: Int64)
+}
+
 /// The client side of the Distribution API for one upstream, the way Docker's `pull_v2`
 /// does it: the modern Accept set, the Bearer token flow (anonymous or with credentials,
 /// tokens cached per scope), Basic, redirects that never carry credentials to another
@@ -71,10 +80,12 @@ public final class UpstreamRegistry: Sendable {
     let transport: CurlTransport
     let tokens = TokenCache()
     let logger: Logger
+    let observer: (any UpstreamObserver)?
 
-    public init(_ configuration: UpstreamConfiguration, transport: CurlTransport, logger: Logger) {
+    public init(_ configuration: UpstreamConfiguration, transport: CurlTransport, observer: (any UpstreamObserver)? = nil, logger: Logger) {
         self.configuration = configuration
         self.transport = transport
+        self.observer = observer
         self.logger = logger
     }
 
@@ -162,6 +173,7 @@ public final class UpstreamRegistry: Sendable {
             let counting = CountingSink(sink)
             do {
                 let head = try await exchange(method, path, scope: scope, accept: accept, sink: counting, extraHeaders: extraHeaders)
+                observer?.upstreamResponded(name, head: head, bodyBytes: Int64(counting.received))
                 switch head.status {
                 case 200..<300:
                     return head
@@ -189,6 +201,7 @@ public final class UpstreamRegistry: Sendable {
                 throw error
             } catch let error as TransportError {
                 lastError = UpstreamError(.unavailable, error.message)
+                observer?.upstreamFailed(name, message: error.message, bodyBytes: Int64(counting.received))
             } catch {
                 // The sink refused the body (a size or digest check): not worth a retry.
                 throw UpstreamError(.invalidResponse, "\(name): \(error)")

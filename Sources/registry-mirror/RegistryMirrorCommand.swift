@@ -25,6 +25,8 @@ struct CommonOptions: ParsableArguments {
     var dataDirectory: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. Default: info.")
     var logLevel: String?
+    @Option(name: .customLong("log-format"), help: "text or json. Default: text.")
+    var logFormat: String?
 
     func resolve() throws -> MirrorConfiguration {
         var configuration: MirrorConfiguration
@@ -39,11 +41,15 @@ struct CommonOptions: ParsableArguments {
             guard let level = Logger.Level(rawValue: logLevel.lowercased()) else { throw ValidationError("unknown log level \(logLevel)") }
             configuration.logLevel = level
         }
+        if let logFormat {
+            guard let format = LogFormat(rawValue: logFormat.lowercased()) else { throw ValidationError("--log-format must be text or json, got \(logFormat)") }
+            configuration.logFormat = format
+        }
         return configuration
     }
 
     func makeLogger(_ label: String, _ configuration: MirrorConfiguration) -> Logger {
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        bootstrapLogging(format: configuration.logFormat)
         var logger = Logger(label: label)
         logger.logLevel = configuration.logLevel
         return logger

@@ -148,8 +148,9 @@ final class MirrorProcess: @unchecked Sendable {
                 return false
             }
             guard let port, port > 0 else { throw E2EError("registry-mirror printed no usable port: \(process.stdout)") }
-            try await waitUntil("registry-mirror to answer GET /v2/", process: process) {
-                try RawHTTP.get(port: port, path: "/v2/").status == 200
+            // /healthz, not /v2/: it answers 200 with client auth on, too.
+            try await waitUntil("registry-mirror to answer GET /healthz", process: process) {
+                try RawHTTP.get(port: port, path: "/healthz").status == 200
             }
             return MirrorProcess(port: port, process: process)
         } catch {

@@ -1,0 +1,223 @@
+import CoreMetrics
+import Foundation
+import OCI
+import Synchronization
+import Upstream
+
+/// What the mirror did, for `/metrics` (through swift-metrics) and the status page (kept
+/// here, in memory, since start). One call per event feeds both.
+///
+/// Metric names (Prometheus):
+/// - `registry_mirror_http_requests_total{route,method,status}`, `registry_mirror_http_request_duration_seconds{route}`
+/// - `registry_mirror_cache_requests_total{kind,result}`: kind manifest_tag, manifest_digest, blob;
+///   result hit, revalidated, miss, stale, join
+/// - `registry_mirror_served_bytes_total` (to clients), `registry_mirror_upstream_bytes_total{upstream}`
+///   (from upstreams): bytes saved = served − upstream
+/// - `registry_mirror_upstream_requests_total{upstream,status}` (status "error" for transport failures)
+/// - `registry_mirror_singleflight_joins_total{kind}`, `registry_mirror_verification_failures_total`,
+///   `registry_mirror_stale_serves_total{upstream}`
+/// - `registry_mirror_store_bytes`, `registry_mirror_store_objects`, `registry_mirror_store_max_bytes`,
+///   `registry_mirror_evicted_images_total`, `registry_mirror_evicted_bytes_total`
+public final class MirrorStats: UpstreamObserver, Sendable {
+    public enum CacheKind: String, Sendable { case manifestByTag = "manifest_tag", manifestByDigest = "manifest_digest", blob }
+    public enum CacheResult: String, Sendable { case hit, revalidated, miss, stale, join }
+
+    /// One upstream's health, as the status page shows it.
+    public struct UpstreamHealth: Sendable {
+        public var requests = 0
+        public var failures = 0
+        public var lastStatus: Int?
+        public var lastError: String?
+        public var lastErrorAt: Date?
+        public var staleServes = 0
+        public var bytes: Int64 = 0
+        /// Rate-limit headers last seen (Docker Hub's `ratelimit-remaining`, and the like).
+        public var rateLimit: [String: String] = [:]
+
+        public init() {}
+    }
+
+    public struct Snapshot: Sendable {
+        public var started: Date
+        public var cache: [String: Int]
+        public var servedBytes: Int64
+        public var upstreamBytes: Int64
+        public var upstreams: [String: UpstreamHealth]
+        public var repositories: [String: Int64]
+        public var storeBytes: Int64
+        public var storeObjects: Int
+        public var storeMaxBytes: Int64?
+        public var evictedImages: Int
+        public var verificationFailures: Int
+
+        /// Hits (of any kind, revalidations included) over hits and misses.
+        public var hitRatio: Double? {
+            let hits = cache.filter { $0.key.hasSuffix("/hit") || $0.key.hasSuffix("/revalidated") || $0.key.hasSuffix("/join") || $0.key.hasSuffix("/stale") }.values.reduce(0, +)
+            let misses = cache.filter { $0.key.hasSuffix("/miss") }.values.reduce(0, +)
+            return hits + misses == 0 ? nil : Double(hits) / Double(hits + misses)
+        }
+    }
+
+    private struct State {
+        var cache: [String: Int] = [:]
+        var servedBytes: Int64 = 0
+        var upstreamBytes: Int64 = 0
+        var upstreams: [String: UpstreamHealth] = [:]
+        var repositories: [String: Int64] = [:]
+        var storeBytes: Int64 = 0
+        var storeObjects = 0
+        var storeMaxBytes: Int64?
+        var evictedImages = 0
+        var verificationFailures = 0
+    }
+
+    let factory: any MetricsFactory
+    let started = Date()
+    private let state = Mutex(State())
+    private let counters = Mutex<[String: Counter]>([:])
+    private let timers = Mutex<[String: CoreMetrics.Timer]>([:])
+    private let gauges = Mutex<[String: Gauge]>([:])
+
+    public init(factory: any MetricsFactory) {
+        self.factory = factory
+    }
+
+    // MARK: Events
+
+    public func cache(_ kind: CacheKind, _ result: CacheResult) {
+        state.withLock { $0.cache["\(kind.rawValue)/\(result.rawValue)", default: 0] += 1 }
+        counter("registry_mirror_cache_requests_total", [("kind", kind.rawValue), ("result", result.rawValue)]).increment()
+        if result == .join { counter("registry_mirror_singleflight_joins_total", [("kind", kind.rawValue)]).increment() }
+    }
+
+    /// A caller shared a manifest fetch already in flight (its cache result is counted apart).
+    public func joined(_ kind: CacheKind) {
+        counter("registry_mirror_singleflight_joins_total", [("kind", kind.rawValue)]).increment()
+    }
+
+    /// Bytes sent to a client for `repository` (manifests and blobs).
+    public func served(_ bytes: Int64, repository: RepositoryKey) {
+        guard bytes > 0 else { return }
+        state.withLock {
+            $0.servedBytes += bytes
+            $0.repositories[repository.description, default: 0] += bytes
+        }
+        counter("registry_mirror_served_bytes_total", []).increment(by: bytes)
+    }
+
+    public func stale(upstream: String) {
+        state.withLock { $0.upstreams[upstream, default: UpstreamHealth()].staleServes += 1 }
+        counter("registry_mirror_stale_serves_total", [("upstream", upstream)]).increment()
+    }
+
+    public func verificationFailed() {
+        state.withLock { $0.verificationFailures += 1 }
+        counter("registry_mirror_verification_failures_total", []).increment()
+    }
+
+    public func request(route: String, method: String, status: Int, duration: Duration) {
+        counter("registry_mirror_http_requests_total", [("route", route), ("method", method), ("status", String(status))]).increment()
+        timer("registry_mirror_http_request_duration_seconds", [("route", route)]).recordNanoseconds(
+            duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+    }
+
+    public func store(bytes: Int64, objects: Int, maxBytes: Int64?) {
+        state.withLock {
+            $0.storeBytes = bytes
+            $0.storeObjects = objects
+            $0.storeMaxBytes = maxBytes
+        }
+        gauge("registry_mirror_store_bytes").record(bytes)
+        gauge("registry_mirror_store_objects").record(objects)
+        if let maxBytes { gauge("registry_mirror_store_max_bytes").record(maxBytes) }
+    }
+
+    public func evicted(images: Int, bytes: Int64) {
+        state.withLock { $0.evictedImages += images }
+        counter("registry_mirror_evicted_images_total", []).increment(by: images)
+        counter("registry_mirror_evicted_bytes_total", []).increment(by: bytes)
+    }
+
+    // MARK: UpstreamObserver
+
+    public func upstreamResponded(_ upstream: String, head: ResponseHead, bodyBytes: Int64) {
+        state.withLock { s in
+            s.upstreamBytes += bodyBytes
+            var health = s.upstreams[upstream, default: UpstreamHealth()]
+            health.requests += 1
+            health.bytes += bodyBytes
+            health.lastStatus = head.status
+            if head.status >= 500 || head.status == 429 {
+                health.failures += 1
+                health.lastError = "HTTP \(head.status)"
+                health.lastErrorAt = Date()
+            }
+            for (name, value) in head.headers where name.hasPrefix("ratelimit-") || name.hasPrefix("x-ratelimit-") || name == "retry-after" {
+                health.rateLimit[name] = value
+            }
+            s.upstreams[upstream] = health
+        }
+        counter("registry_mirror_upstream_requests_total", [("upstream", upstream), ("status", String(head.status))]).increment()
+        if bodyBytes > 0 { counter("registry_mirror_upstream_bytes_total", [("upstream", upstream)]).increment(by: bodyBytes) }
+    }
+
+    public func upstreamFailed(_ upstream: String, message: String, bodyBytes: Int64) {
+        state.withLock { s in
+            s.upstreamBytes += bodyBytes
+            var health = s.upstreams[upstream, default: UpstreamHealth()]
+            health.requests += 1
+            health.failures += 1
+            health.bytes += bodyBytes
+            health.lastError = message
+            health.lastErrorAt = Date()
+            s.upstreams[upstream] = health
+        }
+        counter("registry_mirror_upstream_requests_total", [("upstream", upstream), ("status", "error")]).increment()
+        if bodyBytes > 0 { counter("registry_mirror_upstream_bytes_total", [("upstream", upstream)]).increment(by: bodyBytes) }
+    }
+
+    // MARK: Reading
+
+    public var snapshot: Snapshot {
+        let s = state.withLock { $0 }
+        return Snapshot(started: started, cache: s.cache, servedBytes: s.servedBytes, upstreamBytes: s.upstreamBytes,
+                        upstreams: s.upstreams, repositories: s.repositories, storeBytes: s.storeBytes,
+                        storeObjects: s.storeObjects, storeMaxBytes: s.storeMaxBytes, evictedImages: s.evictedImages,
+                        verificationFailures: s.verificationFailures)
+    }
+
+    // MARK: Metric objects, made once per label set
+
+    private static func key(_ label: String, _ dimensions: [(String, String)]) -> String {
+        dimensions.reduce(label) { $0 + "|" + $1.0 + "=" + $1.1 }
+    }
+
+    private func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
+        counters.withLock { cache in
+            let key = Self.key(label, dimensions)
+            if let counter = cache[key] { return counter }
+            let counter = Counter(label: label, dimensions: dimensions, factory: factory)
+            cache[key] = counter
+            return counter
+        }
+    }
+
+    private func timer(_ label: String, _ dimensions: [(String, String)]) -> CoreMetrics.Timer {
+        timers.withLock { cache in
+            let key = Self.key(label, dimensions)
+            if let timer = cache[key] { return timer }
+            let timer = CoreMetrics.Timer(label: label, dimensions: dimensions, factory: factory)
+            cache[key] = timer
+            return timer
+        }
+    }
+
+    private func gauge(_ label: String) -> Gauge {
+        gauges.withLock { cache in
+            if let gauge = cache[label] { return gauge }
+            let gauge = Gauge(label: label, dimensions: [], factory: factory)
+            cache[label] = gauge
+            return gauge
+        }
+    }
+}
