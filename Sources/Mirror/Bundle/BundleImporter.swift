@@ -93,6 +93,7 @@ public struct BundleImporter: Sendable {
         var layoutBytes: [UInt8]?
         var indexBytes: [UInt8]?
         try reader.forEach { (entry, pump) throws(BundleError) in
+            guard entry.isRegularFile else { return }
             switch entry.path {
             case "oci-layout": layoutBytes = try readSmall(entry, pump)
             case "index.json": indexBytes = try readSmall(entry, pump)
