@@ -13,7 +13,7 @@ struct RegistryMirrorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "registry-mirror",
         abstract: "A pull-through cache and mirror for container registries.",
-        subcommands: [Serve.self, Import.self, List.self, Verify.self, ConfigCommand.self]
+        subcommands: [Serve.self, Import.self, Export.self, List.self, Verify.self, ConfigCommand.self]
     )
 }
 
