@@ -20,6 +20,7 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
         .systemLibrary(name: "CCurl", path: "Sources/CCurl"),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .target(name: "OCI", dependencies: ["COpenSSL"]),
         .target(name: "ContentStore", dependencies: [
             "OCI",
@@ -31,7 +32,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "Mirror", dependencies: [
-            "OCI", "ContentStore", "MetadataIndex", "Upstream",
+            "OCI", "ContentStore", "MetadataIndex", "Upstream", "CZlib",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "RegistryAPI", dependencies: [
