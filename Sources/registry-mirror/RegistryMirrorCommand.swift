@@ -103,11 +103,11 @@ struct Serve: AsyncParsableCommand {
 
 struct Import: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Import an OCI image layout (a directory, or a .tar of one) into the cache.",
+        abstract: "Import an OCI image layout or a docker save archive (a directory, or a .tar of one) into the cache.",
         discussion: "Every blob is verified. Images become visible only once all their blobs are in. A bad bundle leaves nothing behind."
     )
 
-    @Argument(help: "OCI layout directory or .tar (as skopeo's oci: and oci-archive: write them).")
+    @Argument(help: "OCI layout directory or .tar (as skopeo's oci: and oci-archive: write them), or a docker save archive.")
     var path: String
     @Option(name: .customLong("as"), help: "Reference to import as, [host/]name[:tag]; overrides the layout's ref names.")
     var reference: String?
@@ -121,7 +121,8 @@ struct Import: AsyncParsableCommand {
         let dir = try DataDirectory(path: configuration.dataDirectory)
         let importer = BundleImporter(store: dir.store, index: dir.index, logger: logger)
         do {
-            let images = try importer.importBundle(at: path, options: .init(reference: reference, pin: pin))
+            let progress = ProgressReporter(verb: "import").handler
+            let images = try importer.importBundle(at: path, options: .init(reference: reference, pin: pin, progress: progress))
             for image in images {
                 var line = "imported \(image.reference) \(image.digest) \(image.mediaType) \(ByteCount(image.bytes))"
                 if MediaType.isIndex(image.mediaType) { line += " (\(image.platformsPresent)/\(image.platformsListed) platforms)" }
