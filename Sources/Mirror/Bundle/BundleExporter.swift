@@ -209,7 +209,8 @@ public struct BundleExporter: Sendable {
         if depth == 0 {
             plan.platformsWritten = written
             plan.platformsListed = listed.count
-            guard written > 0 else {
+            // With a selection, the platform checks in makePlan name what is missing.
+            guard written > 0 || selection != nil else {
                 throw BundleError("\(plan.name): none of its \(listed.count) platforms is fully in the cache; fetch one with `registry-mirror seed --platform OS/ARCH \(plan.name)`")
             }
         }

@@ -86,14 +86,15 @@ struct DockerArchive {
     /// Joins `name` to `folder` (for a symlink's target), resolving `.` and `..`; a path that
     /// climbs out of the archive is refused.
     static func normalize(_ name: String, relativeTo folder: String) throws(BundleError) -> String {
-        var parts = name.hasPrefix("/") ? [] : folder.split(separator: "/").map(String.init)
-        for part in name.split(separator: "/") {
+        var parts: [Substring] = []
+        let components = (name.hasPrefix("/") ? [] : folder.split(separator: "/")) + name.split(separator: "/")
+        for part in components {
             switch part {
             case ".": continue
             case "..":
                 guard !parts.isEmpty else { throw BundleError("archive path \(name.prefix(200)) leaves the archive") }
                 parts.removeLast()
-            default: parts.append(String(part))
+            default: parts.append(part)
             }
         }
         guard !parts.isEmpty else { throw BundleError("empty archive path") }
