@@ -82,6 +82,8 @@ struct ExportEndToEndTests {
         try await Command.check("skopeo", ["--override-os", "linux", "--override-arch", "arm64", "copy", source, "dir:\(copy.path)"])
         let amd64 = try await Command.run("skopeo", ["--override-os", "linux", "--override-arch", "amd64", "copy", source, "dir:\(copy.path)-amd64"])
         #expect(!amd64.succeeded, "amd64 was not exported, yet skopeo copied it: \(amd64.summary)")
+        let all = try await Command.run("skopeo", ["copy", "--all", source, "dir:\(copy.path)-all"])
+        #expect(!all.succeeded, "skopeo copy --all of a partial bundle succeeded: \(all.summary)")
 
         let s390x = env.work.url.appendingPathComponent("s390x.tar")
         let refused = try await export([cache.multi], to: s390x, data: cache.data, ["--platform", "linux/s390x"])
