@@ -9,12 +9,12 @@ struct Export: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write cached images to an OCI image layout (a directory, or a .tar of one).",
         discussion: """
-            Reads only the cache. Each image is named in index.json by its full reference \
+            Reads only the cache; the data directory must exist. Each image is named in index.json by its full reference \
             (docker.io/library/alpine:3.20), which is what `skopeo copy oci:DIR:REF` and \
             `oci-archive:FILE.tar:REF` take. Every blob is re-hashed as it is written; a damaged \
-            cache file fails the export. The bundle is written beside OUTPUT under a temporary name \
-            and renamed at the end, so a failed export leaves nothing. An existing file or non-empty \
-            directory at OUTPUT is never overwritten.
+            cache file fails the export. The bundle is written beside its final path under a temporary \
+            name and renamed at the end, so a failed export leaves nothing. An existing file or \
+            non-empty directory there is never overwritten.
             Multi-platform images: by default every platform that is fully cached is written; \
             --platform and --all-platforms demand the named platforms, and fail if one is not cached. \
             The index itself is always written byte-exact.

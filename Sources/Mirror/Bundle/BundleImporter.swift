@@ -287,7 +287,7 @@ public struct BundleImporter: Sendable {
 
     private func reference(for entry: Descriptor, options: Options, entries: Int) throws(BundleError) -> ImageReference {
         var annotated = entry.annotations?[Descriptor.refNameAnnotation]
-        // Docker 25+ and containerd put the full name here and only the tag in ref.name.
+        // Docker 25+ and containerd give ref.name only the tag, and the full name in this annotation.
         if options.reference == nil, let full = entry.annotations?[BundleExporter.containerdNameAnnotation] { annotated = full }
         do {
             if let given = options.reference {
