@@ -24,6 +24,7 @@ let package = Package(
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
         .systemLibrary(name: "CCurl", path: "Sources/CCurl"),
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .target(name: "OCI", dependencies: ["COpenSSL"]),
         .target(name: "ContentStore", dependencies: [
             "OCI",
@@ -36,7 +37,7 @@ let package = Package(
             .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),
         .target(name: "Mirror", dependencies: [
-            "OCI", "ContentStore", "MetadataIndex", "Upstream",
+            "OCI", "ContentStore", "MetadataIndex", "Upstream", "CZlib",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),

@@ -13,7 +13,7 @@ struct RegistryMirrorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "registry-mirror",
         abstract: "A pull-through cache and mirror for container registries.",
-        subcommands: [Serve.self, Seed.self, Import.self, List.self, GC.self, Pin.self, Unpin.self, Verify.self, ConfigCommand.self]
+        subcommands: [Serve.self, Seed.self, Export.self, Import.self, List.self, GC.self, Pin.self, Unpin.self, Verify.self, ConfigCommand.self]
     )
 }
 
@@ -128,11 +128,11 @@ func parseMaxSize(_ text: String) throws -> Int64 {
 
 struct Import: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Import an OCI image layout (a directory, or a .tar of one) into the cache.",
+        abstract: "Import an OCI image layout or a docker save archive (a directory, or a .tar of one) into the cache.",
         discussion: "Every blob is verified. Images become visible only once all their blobs are in. A bad bundle leaves nothing behind."
     )
 
-    @Argument(help: "OCI layout directory or .tar (as skopeo's oci: and oci-archive: write them).")
+    @Argument(help: "OCI layout directory or .tar (as skopeo's oci: and oci-archive: write them), or a docker save archive.")
     var path: String
     @Option(name: .customLong("as"), help: "Reference to import as, [host/]name[:tag]; overrides the layout's ref names.")
     var reference: String?
@@ -146,7 +146,8 @@ struct Import: AsyncParsableCommand {
         let dir = try DataDirectory(path: configuration.dataDirectory)
         let importer = BundleImporter(store: dir.store, index: dir.index, logger: logger)
         do {
-            let images = try importer.importBundle(at: path, options: .init(reference: reference, pin: pin))
+            let progress = ProgressReporter(verb: "import").handler
+            let images = try importer.importBundle(at: path, options: .init(reference: reference, pin: pin, progress: progress))
             for image in images {
                 var line = "imported \(image.reference) \(image.digest) \(image.mediaType) \(ByteCount(image.bytes))"
                 if MediaType.isIndex(image.mediaType) { line += " (\(image.platformsPresent)/\(image.platformsListed) platforms)" }

@@ -4,7 +4,9 @@ import Logging
 import MetadataIndex
 import OCI
 
-/// Loads an OCI image layout, a directory or a `.tar` of one, into the cache.
+/// Loads an OCI image layout, a directory or a `.tar` of one, into the cache; or a
+/// `docker save` archive (see `DockerArchive`). A bundle with both an OCI layout and a
+/// `manifest.json`, as docker 25 and later write, is read as the OCI layout.
 ///
 /// Every blob is verified against its digest and its descriptor's size on the way in. The
 /// images become visible (tags, repository links) in one index transaction, only after
@@ -16,10 +18,13 @@ public struct BundleImporter: Sendable {
         public var reference: String?
         /// Pin the imported images so eviction never removes them.
         public var pin: Bool
+        /// Told about each blob stored; the whole bundle is one "image" in these events.
+        public var progress: ProgressHandler?
 
-        public init(reference: String? = nil, pin: Bool = false) {
+        public init(reference: String? = nil, pin: Bool = false, progress: ProgressHandler? = nil) {
             self.reference = reference
             self.pin = pin
+            self.progress = progress
         }
     }
 
@@ -49,19 +54,38 @@ public struct BundleImporter: Sendable {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw BundleError("\(path) does not exist")
         }
-        var session = IngestSession(store: store)
-        do {
-            let layout: LayoutFiles
+        let label = path.split(separator: "/").last.map(String.init) ?? path
+        var session = IngestSession(store: store, progress: options.progress, label: label)
+        options.progress?(.imageStarted(image: label))
+        do throws(BundleError) {
+            let result: [Imported]
             if isDirectory.boolValue {
-                layout = try readDirectoryLayout(path, session: &session)
+                let isOCI = FileManager.default.fileExists(atPath: path + "/oci-layout")
+                if !isOCI, let manifest = FileManager.default.contents(atPath: path + "/manifest.json") {
+                    var archive = try DockerArchive(source: .directory(path), manifestJSON: Array(manifest))
+                    result = try importDockerArchive(&archive, options: options, session: &session)
+                } else {
+                    let layout = try readDirectoryLayout(path, session: &session)
+                    result = try load(try roots(of: layout.index, options: options), blobDirectory: layout.blobDirectory,
+                                      options: options, session: &session)
+                }
             } else {
-                layout = try readTarLayout(path, session: &session)
+                let catalog = try TarCatalog(path: path)
+                if !catalog.hasOCILayout, let manifest = catalog.dockerManifest {
+                    var archive = try DockerArchive(source: .tar(path: path, catalog: catalog), manifestJSON: manifest)
+                    result = try importDockerArchive(&archive, options: options, session: &session)
+                } else {
+                    let layout = try readTarLayout(path, session: &session)
+                    result = try load(try roots(of: layout.index, options: options), blobDirectory: nil,
+                                      options: options, session: &session)
+                }
             }
-            let result = try load(layout, options: options, session: &session)
             session.removeUnreached()
+            options.progress?(.imageFinished(image: label, error: nil))
             return result
         } catch {
             session.rollback()
+            options.progress?(.imageFinished(image: label, error: error.message))
             throw error
         }
     }
@@ -93,6 +117,7 @@ public struct BundleImporter: Sendable {
         var layoutBytes: [UInt8]?
         var indexBytes: [UInt8]?
         try reader.forEach { (entry, pump) throws(BundleError) in
+            guard entry.isRegularFile else { return }
             switch entry.path {
             case "oci-layout": layoutBytes = try readSmall(entry, pump)
             case "index.json": indexBytes = try readSmall(entry, pump)
@@ -135,15 +160,30 @@ public struct BundleImporter: Sendable {
 
     // MARK: Walking the images
 
-    private func load(_ layout: LayoutFiles, options: Options, session: inout IngestSession) throws(BundleError) -> [Imported] {
-        guard !layout.index.manifests.isEmpty else { throw BundleError("the bundle's index.json lists no images") }
+    /// An image to record: its root manifest or index, and the reference to record it as.
+    struct Root {
+        let descriptor: Descriptor
+        let reference: ImageReference
+    }
+
+    private func roots(of index: ImageIndex, options: Options) throws(BundleError) -> [Root] {
+        guard !index.manifests.isEmpty else { throw BundleError("the bundle's index.json lists no images") }
+        var roots: [Root] = []
+        for entry in index.manifests {
+            roots.append(Root(descriptor: entry, reference: try reference(for: entry, options: options, entries: index.manifests.count)))
+        }
+        return roots
+    }
+
+    /// Walks each root, storing what is not stored yet, then records them all in one transaction.
+    func load(_ roots: [Root], blobDirectory: String?, options: Options, session: inout IngestSession) throws(BundleError) -> [Imported] {
         var results: [Imported] = []
         var batch = ContentBatch()
-        for entry in layout.index.manifests {
-            let reference = try reference(for: entry, options: options, entries: layout.index.manifests.count)
+        for root in roots {
+            let entry = root.descriptor, reference = root.reference
             let repository = RepositoryKey(upstream: reference.host, name: reference.repository)
             var walk = Walk()
-            try visit(entry, depth: 0, layout: layout, session: &session, walk: &walk, batch: &batch)
+            try visit(entry, depth: 0, blobDirectory: blobDirectory, session: &session, walk: &walk, batch: &batch)
             for digest in walk.reached { batch.link(repository, digest) }
             if let tag = reference.tag {
                 batch.tag(repository, tag, entry.digest, mediaType: walk.rootMediaType ?? entry.mediaType)
@@ -173,10 +213,10 @@ public struct BundleImporter: Sendable {
         var bytes: Int64 = 0
     }
 
-    private func visit(_ descriptor: Descriptor, depth: Int, layout: LayoutFiles, session: inout IngestSession,
+    private func visit(_ descriptor: Descriptor, depth: Int, blobDirectory: String?, session: inout IngestSession,
                        walk: inout Walk, batch: inout ContentBatch) throws(BundleError) {
         guard depth < 4 else { throw BundleError("indexes are nested more than 4 deep at \(descriptor.digest)") }
-        try ensure(descriptor, layout: layout, session: &session, role: "manifest")
+        try ensure(descriptor, blobDirectory: blobDirectory, session: &session, role: "manifest")
         let bytes: [UInt8]
         do {
             bytes = try store.read(descriptor.digest, limit: ManifestDocument.maxSize)
@@ -199,13 +239,13 @@ public struct BundleImporter: Sendable {
         if document.isIndex {
             var present = 0
             for child in document.manifests {
-                if store.size(of: child.digest) == nil, !layoutHas(child.digest, layout) {
+                if store.size(of: child.digest) == nil, !layoutHas(child.digest, blobDirectory) {
                     logger.info("index child not in bundle; clients asking for it will get 404 offline",
                                 metadata: ["oci.digest": "\(child.digest)", "oci.platform": "\(child.platform?.description ?? "-")"])
                     continue
                 }
                 present += 1
-                try visit(child, depth: depth + 1, layout: layout, session: &session, walk: &walk, batch: &batch)
+                try visit(child, depth: depth + 1, blobDirectory: blobDirectory, session: &session, walk: &walk, batch: &batch)
             }
             if depth == 0 {
                 walk.childrenPresent = present
@@ -213,40 +253,28 @@ public struct BundleImporter: Sendable {
             }
         } else {
             for blob in document.blobs {
-                try ensure(blob, layout: layout, session: &session, role: "blob of manifest \(descriptor.digest)")
+                try ensure(blob, blobDirectory: blobDirectory, session: &session, role: "blob of manifest \(descriptor.digest)")
                 walk.reached.append(blob.digest)
                 walk.bytes += blob.size
             }
         }
     }
 
-    private func layoutHas(_ digest: Digest, _ layout: LayoutFiles) -> Bool {
-        guard let dir = layout.blobDirectory else { return false }
+    private func layoutHas(_ digest: Digest, _ blobDirectory: String?) -> Bool {
+        guard let dir = blobDirectory else { return false }
         return FileManager.default.fileExists(atPath: dir + "/" + digest.algorithm.rawValue + "/" + digest.hex)
     }
 
     /// Makes sure `descriptor`'s blob is in the store with the descriptor's size, ingesting it
     /// from a layout directory if needed.
-    private func ensure(_ descriptor: Descriptor, layout: LayoutFiles, session: inout IngestSession, role: String) throws(BundleError) {
+    private func ensure(_ descriptor: Descriptor, blobDirectory: String?, session: inout IngestSession, role: String) throws(BundleError) {
         let digest = descriptor.digest
-        if store.size(of: digest) == nil, let dir = layout.blobDirectory {
+        if store.size(of: digest) == nil, let dir = blobDirectory {
             let file = dir + "/" + digest.algorithm.rawValue + "/" + digest.hex
-            guard let handle = FileHandle(forReadingAtPath: file) else {
+            guard FileManager.default.isReadableFile(atPath: file) else {
                 throw BundleError("bundle is incomplete: \(role) \(digest) is missing")
             }
-            defer { try? handle.close() }
-            try session.ingest(digest, size: descriptor.size) { (sink) throws(BundleError) in
-                while true {
-                    let data: Data
-                    do {
-                        data = try handle.read(upToCount: 1 << 20) ?? Data()
-                    } catch {
-                        throw BundleError("reading \(file): \(error)")
-                    }
-                    if data.isEmpty { return }
-                    try data.withUnsafeBytes { raw in Result { () throws(BundleError) in try sink(raw) } }.get()
-                }
-            }
+            try session.ingest(digest, size: descriptor.size, from: fileChunks(file))
         }
         guard let size = store.size(of: digest) else {
             throw BundleError("bundle is incomplete: \(role) \(digest) is missing")
@@ -258,7 +286,9 @@ public struct BundleImporter: Sendable {
     }
 
     private func reference(for entry: Descriptor, options: Options, entries: Int) throws(BundleError) -> ImageReference {
-        let annotated = entry.annotations?[Descriptor.refNameAnnotation]
+        var annotated = entry.annotations?[Descriptor.refNameAnnotation]
+        // Docker 25+ and containerd give ref.name only the tag, and the full name in this annotation.
+        if options.reference == nil, let full = entry.annotations?[BundleExporter.containerdNameAnnotation] { annotated = full }
         do {
             if let given = options.reference {
                 let base = try ImageReference(parsing: given)
@@ -293,52 +323,6 @@ public struct BundleImporter: Sendable {
         let withoutDigest = reference.split(separator: "@", maxSplits: 1).first ?? ""
         let last = withoutDigest.split(separator: "/").last ?? ""
         return last.contains(":")
-    }
-}
-
-/// Tracks what one import wrote, so a failure can take it back.
-struct IngestSession {
-    let store: any BlobStore
-    private(set) var written: Set<Digest> = []
-    var reached: Set<Digest> = []
-    init(store: any BlobStore) { self.store = store }
-
-    /// Streams a blob into the store, verified; a blob already stored is skipped.
-    mutating func ingest(_ digest: Digest, size: Int64, from pump: TarReader.Pump) throws(BundleError) {
-        guard store.size(of: digest) == nil else { return }
-        let writer: any BlobWriter
-        do {
-            writer = try store.makeWriter(expecting: digest, size: size)
-        } catch {
-            throw BundleError("cannot store \(digest): \(error.message)")
-        }
-        do throws(BundleError) {
-            try pump { (chunk) throws(BundleError) in
-                do throws(StoreError) {
-                    try writer.write(chunk)
-                } catch {
-                    throw BundleError("bundle is corrupt: blob \(digest) failed verification: \(error.message)")
-                }
-            }
-            do throws(StoreError) {
-                try writer.commit()
-            } catch {
-                throw BundleError("bundle is corrupt: blob \(digest) failed verification: \(error.message)")
-            }
-        } catch {
-            writer.abort()
-            throw error
-        }
-        written.insert(digest)
-    }
-
-    func rollback() {
-        for digest in written { try? store.delete(digest) }
-    }
-
-    /// Blobs a tar carried that no image reaches are not kept.
-    func removeUnreached() {
-        for digest in written.subtracting(reached) { try? store.delete(digest) }
     }
 }
 

@@ -10,6 +10,10 @@ struct TarReader {
         let path: String
         let size: Int64
         let isRegularFile: Bool
+        /// Where a hard link (`1`, relative to the archive root) or symbolic link (`2`,
+        /// relative to the link's folder) points; nil for other entries.
+        let linkTarget: String?
+        let isSymbolicLink: Bool
     }
 
     private let descriptor: Int32
@@ -25,11 +29,14 @@ struct TarReader {
     /// Pushes an entry's data, chunk by chunk, into a sink.
     typealias Pump = (_ sink: (UnsafeRawBufferPointer) throws(BundleError) -> Void) throws(BundleError) -> Void
 
-    /// Calls `body` for each entry; `body` may pump the entry's data once. Unread data is skipped.
+    /// Calls `body` for each regular file and link; `body` may pump a file's data once (a
+    /// link has none). Unread data is skipped.
     mutating func forEach(_ body: (Entry, Pump) throws(BundleError) -> Void) throws(BundleError) {
         var header = [UInt8](repeating: 0, count: 512)
         var longName: String?
+        var longLink: String?
         var paxPath: String?
+        var paxLink: String?
         var paxSize: Int64?
         while true {
             guard try readExactly(&header, count: 512) else { return }
@@ -47,15 +54,17 @@ struct TarReader {
             if let paxPath { name = paxPath }
             let padded = (size + 511) / 512 * 512
             switch type {
-            case UInt8(ascii: "x"), UInt8(ascii: "L"):
+            case UInt8(ascii: "x"), UInt8(ascii: "L"), UInt8(ascii: "K"):
                 guard size <= 1 << 20 else { throw BundleError("tar metadata entry is too large") }
                 var data = [UInt8](repeating: 0, count: Int(padded))
                 guard try readExactly(&data, count: Int(padded)) else { throw BundleError("tar archive is truncated") }
                 let content = Array(data.prefix(Int(size)))
                 if type == UInt8(ascii: "L") {
                     longName = Self.string(content[...])
+                } else if type == UInt8(ascii: "K") {
+                    longLink = Self.string(content[...])
                 } else {
-                    (paxPath, paxSize) = try Self.parsePAX(content)
+                    (paxPath, paxLink, paxSize) = try Self.parsePAX(content)
                 }
                 continue
             case UInt8(ascii: "g"):
@@ -64,11 +73,16 @@ struct TarReader {
             default:
                 break
             }
+            let isLink = type == UInt8(ascii: "1") || type == UInt8(ascii: "2")
+            let linkTarget = isLink ? (paxLink ?? longLink ?? Self.string(header[157..<257])) : nil
             longName = nil
+            longLink = nil
             paxPath = nil
+            paxLink = nil
             paxSize = nil
             let entry = Entry(path: Self.clean(name), size: size,
-                              isRegularFile: type == UInt8(ascii: "0") || type == 0 || type == UInt8(ascii: "7"))
+                              isRegularFile: type == UInt8(ascii: "0") || type == 0 || type == UInt8(ascii: "7"),
+                              linkTarget: linkTarget, isSymbolicLink: type == UInt8(ascii: "2"))
             var remaining = entry.isRegularFile ? size : 0
             if entry.isRegularFile {
                 var chunk = buffer
@@ -83,6 +97,8 @@ struct TarReader {
                     }
                 }
                 buffer = chunk
+            } else if entry.linkTarget != nil {
+                try body(entry) { _ in }
             }
             try skip(remaining + (padded - size) + (entry.isRegularFile ? 0 : size))
         }
@@ -139,8 +155,8 @@ struct TarReader {
         guard sum == stored else { throw BundleError("not a tar archive, or a corrupt tar header") }
     }
 
-    static func parsePAX(_ data: [UInt8]) throws(BundleError) -> (String?, Int64?) {
-        var path: String?, size: Int64?
+    static func parsePAX(_ data: [UInt8]) throws(BundleError) -> (path: String?, linkpath: String?, size: Int64?) {
+        var path: String?, linkpath: String?, size: Int64?
         var i = 0
         while i < data.count {
             guard let space = data[i...].firstIndex(of: UInt8(ascii: " ")),
@@ -151,11 +167,12 @@ struct TarReader {
                 let key = String(decoding: record[..<eq], as: UTF8.self)
                 let value = String(decoding: record[(eq + 1)...], as: UTF8.self)
                 if key == "path" { path = value }
+                if key == "linkpath" { linkpath = value }
                 if key == "size" { size = Int64(value) }
             }
             i += length
         }
-        return (path, size)
+        return (path, linkpath, size)
     }
 }
 

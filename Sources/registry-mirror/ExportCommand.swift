@@ -1,0 +1,78 @@
+import ArgumentParser
+import Foundation
+import Mirror
+import OCI
+import RegistryMirror
+
+/// `registry-mirror export`: cached images to an OCI layout bundle, for `import` or skopeo elsewhere.
+struct Export: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write cached images to an OCI image layout (a directory, or a .tar of one).",
+        discussion: """
+            Reads only the cache; the data directory must exist. Each image is named in index.json by its full reference \
+            (docker.io/library/alpine:3.20), which is what `skopeo copy oci:DIR:REF` and \
+            `oci-archive:FILE.tar:REF` take. Every blob is re-hashed as it is written; a damaged \
+            cache file fails the export. The bundle is written beside its final path under a temporary \
+            name and renamed at the end, so a failed export leaves nothing. An existing file or \
+            non-empty directory there is never overwritten.
+            Multi-platform images: by default every platform that is fully cached is written; \
+            --platform and --all-platforms demand the named platforms, and fail if one is not cached. \
+            The index itself is always written byte-exact.
+            """
+    )
+
+    @Argument(help: ArgumentHelp("Images to export, as cached: [host/]name[:tag|@digest].", valueName: "ref"))
+    var references: [String] = []
+    @Option(name: .shortAndLong, help: ArgumentHelp("Bundle to write: a directory, or a tar if it ends in .tar.", valueName: "bundle"))
+    var output: String
+    @Option(name: .customLong("platform"), help: ArgumentHelp("Export this platform of multi-platform images; repeatable.", valueName: "os/arch[/variant]"))
+    var platforms: [String] = []
+    @Flag(name: .customLong("all-platforms"), help: "Export every platform of multi-platform images; all must be cached.")
+    var allPlatforms = false
+    @OptionGroup var common: CommonOptions
+
+    func validate() throws {
+        guard !references.isEmpty else { throw ValidationError("name at least one image to export") }
+        guard platforms.isEmpty || !allPlatforms else { throw ValidationError("--platform and --all-platforms exclude each other") }
+    }
+
+    func run() async throws {
+        var selection: PlatformSelection?
+        if allPlatforms { selection = .all }
+        if !platforms.isEmpty {
+            var list: [Platform] = []
+            for text in platforms {
+                do throws(OCIError) {
+                    list.append(try Platform(parsing: text))
+                } catch {
+                    throw ValidationError(error.message)
+                }
+            }
+            selection = .specific(list)
+        }
+        let configuration = try common.resolve()
+        let logger = common.makeLogger("registry-mirror.export", configuration)
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: configuration.dataDirectory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            // Opening it would create an empty cache, and every image would be "not cached".
+            FileHandle.standardError.write(Data("error: data directory \(configuration.dataDirectory) does not exist\n".utf8))
+            throw ExitCode(1)
+        }
+        let dir = try DataDirectory(path: configuration.dataDirectory)
+        let exporter = BundleExporter(store: dir.store, index: dir.index, logger: logger)
+        let reporter = ProgressReporter(verb: "export")
+        do {
+            let summary = try exporter.export(references, to: output, options: .init(platforms: selection, progress: reporter.handler))
+            for image in summary.images {
+                var line = "exported \(image.name) \(image.digest) \(image.mediaType) \(ByteCount(image.bytes))"
+                if MediaType.isIndex(image.mediaType) { line += " (\(image.platformsWritten)/\(image.platformsListed) platforms)" }
+                print(line)
+            }
+            let images = summary.images.count == 1 ? "1 image" : "\(summary.images.count) images"
+            print("wrote \(images), \(summary.blobs) blobs, \(ByteCount(summary.bytes)) to \(summary.output)")
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
