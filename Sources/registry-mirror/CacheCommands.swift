@@ -6,6 +6,22 @@ import Mirror
 import OCI
 import RegistryMirror
 
+/// Image references from the command line and, with `--file`, a list file.
+enum ReferenceList {
+    static func read(_ given: [String], file: String?) throws -> [String] {
+        var wanted = given
+        if let file {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ValidationError("cannot read \(file)") }
+            for line in text.split(whereSeparator: \.isNewline) {
+                let entry = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0].trimmingCharacters(in: .whitespaces)
+                if !entry.isEmpty { wanted.append(entry) }
+            }
+        }
+        guard !wanted.isEmpty else { throw ValidationError("name at least one image, or --file LIST") }
+        return wanted
+    }
+}
+
 /// Platform flags shared by `seed` and `export`.
 struct PlatformOptions: ParsableArguments {
     @Option(name: .customLong("platform"), help: ArgumentHelp("Copy this instance of a multi-platform image; repeatable.", valueName: "os/arch[/variant]"))
@@ -50,15 +66,7 @@ struct Seed: AsyncParsableCommand {
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
-        var wanted = references
-        if let file {
-            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ValidationError("cannot read \(file)") }
-            for line in text.split(whereSeparator: \.isNewline) {
-                let entry = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0].trimmingCharacters(in: .whitespaces)
-                if !entry.isEmpty { wanted.append(entry) }
-            }
-        }
-        guard !wanted.isEmpty else { throw ValidationError("name at least one image, or --file LIST") }
+        let wanted = try ReferenceList.read(references, file: file)
         let selection = try platform.selection(default: .system)
         var configuration = try common.resolve()
         // Progress goes to stdout; keep the per-blob info logs out of its way unless asked.

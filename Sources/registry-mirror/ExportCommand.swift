@@ -23,33 +23,17 @@ struct Export: AsyncParsableCommand {
 
     @Argument(help: ArgumentHelp("Images to export, as cached: [host/]name[:tag|@digest].", valueName: "ref"))
     var references: [String] = []
+    @Option(name: .customLong("file"), help: "Read more references from this file, one per line; # starts a comment (the list `seed` took).")
+    var file: String?
     @Option(name: .shortAndLong, help: ArgumentHelp("Bundle to write: a directory, or a tar if it ends in .tar.", valueName: "bundle"))
     var output: String
-    @Option(name: .customLong("platform"), help: ArgumentHelp("Export this platform of multi-platform images; repeatable.", valueName: "os/arch[/variant]"))
-    var platforms: [String] = []
-    @Flag(name: .customLong("all-platforms"), help: "Export every platform of multi-platform images; all must be cached.")
-    var allPlatforms = false
+    @OptionGroup var platform: PlatformOptions
     @OptionGroup var common: CommonOptions
 
-    func validate() throws {
-        guard !references.isEmpty else { throw ValidationError("name at least one image to export") }
-        guard platforms.isEmpty || !allPlatforms else { throw ValidationError("--platform and --all-platforms exclude each other") }
-    }
-
     func run() async throws {
-        var selection: PlatformSelection?
-        if allPlatforms { selection = .all }
-        if !platforms.isEmpty {
-            var list: [Platform] = []
-            for text in platforms {
-                do throws(OCIError) {
-                    list.append(try Platform(parsing: text))
-                } catch {
-                    throw ValidationError(error.message)
-                }
-            }
-            selection = .specific(list)
-        }
+        let references = try ReferenceList.read(references, file: file)
+        // nil: every fully cached instance (what `seed` chose); the flags demand instances.
+        let selection: PlatformSelection? = platform.allPlatforms || !platform.platforms.isEmpty ? try platform.selection(default: .all) : nil
         let configuration = try common.resolve()
         let logger = common.makeLogger("registry-mirror.export", configuration)
         var isDirectory: ObjCBool = false

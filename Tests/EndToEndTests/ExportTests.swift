@@ -157,7 +157,7 @@ struct ExportEndToEndTests {
 
         let mirror = try await MirrorProcess.start(dataDirectory: data, logDirectory: try env.work.subdirectory("docker-archive-logs"))
         do {
-            let podman = try Podman(in: env.work)
+            let podman = try PodmanClient(env.work)
             for (repository, config) in [("test/saved", saved.config), ("test/from-skopeo", singleConfig)] {
                 let reference = "\(mirror.host)/\(repository):v1"
                 // podman 4.3 (containers/image 5.23) does not compare layers with the config's diff_ids
@@ -229,29 +229,5 @@ struct DockerSaveArchive {
         let tar = work.url.appendingPathComponent("\(name).tar")
         try await Command.check("tar", ["-C", root.path, "-cf", tar.path, "."])
         return DockerSaveArchive(tar: tar, config: config)
-    }
-}
-
-/// podman with its storage under a test's work directory (vfs, cgroupfs, no event log), as the
-/// pull test in EndToEndTests runs it.
-struct Podman {
-    let options: [String]
-    let environment: [String: String]
-
-    init(in work: TemporaryDirectory) throws {
-        // Short names: podman refuses a runroot longer than 50 characters.
-        options = [
-            "--root", try work.subdirectory("pm-root").path,
-            "--runroot", try work.subdirectory("pm-run").path,
-            "--tmpdir", try work.subdirectory("pm-libpod").path,
-            "--storage-driver", "vfs",
-            "--cgroup-manager", "cgroupfs",
-            "--events-backend", "none",
-        ]
-        environment = ["TMPDIR": try work.subdirectory("pm-tmp").path]
-    }
-
-    func run(_ arguments: [String]) async throws -> CommandResult {
-        try await Command.run("podman", options + arguments, environment: environment)
     }
 }
