@@ -37,6 +37,10 @@ public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertibl
         public static let unavailable = Code(name: "UNAVAILABLE", status: .serviceUnavailable, message: "service unavailable")
         public static let badGateway = Code(name: "UNKNOWN", status: .badGateway, message: "the upstream sent content that failed verification")
         public static let unknown = Code(name: "UNKNOWN", status: .internalServerError, message: "unknown error")
+        /// A request that is not valid HTTP, or one Hummingbird refuses; distribution has no code for it.
+        public static let badRequest = Code(name: "UNSUPPORTED", status: .badRequest, message: "bad request")
+        /// A request line and headers over the decoder's limits.
+        public static let headersTooLarge = Code(name: "UNSUPPORTED", status: .requestHeaderFieldsTooLarge, message: "request header fields too large")
     }
 
     public let code: Code
@@ -107,7 +111,7 @@ struct RegistryErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             switch error.status {
             case .notFound: throw RegistryError(.notFound, "no such endpoint: \(request.method) \(request.uri.path.prefix(200))")
             case .methodNotAllowed: throw RegistryError(.unsupported, "\(request.method) is not supported by this read-only mirror")
-            case .badRequest: throw RegistryError(Code(name: "UNSUPPORTED", status: .badRequest, message: "bad request"), error.body ?? "bad request")
+            case .badRequest: throw RegistryError(.badRequest, error.body ?? "bad request")
             default: throw error
             }
         } catch {

@@ -383,9 +383,10 @@ struct APIVersionMiddleware<Context: RequestContext>: RouterMiddleware {
 }
 
 /// The HTTP/1 server, with the zero-copy blob handler installed unless `zeroCopy` is off
-/// (then blob bodies are read into buffers, as Hummingbird does by default).
+/// (then blob bodies are read into buffers, as Hummingbird does by default), and envelopes
+/// for requests the HTTP/1 decoder rejects.
 public enum RegistryServer {
     public static func http1(zeroCopy: Bool = true) -> HTTPServerBuilder {
-        .http1(configuration: .init(additionalChannelHandlers: zeroCopy ? [FileRegionHandler()] : []))
+        .http1(configuration: .init(additionalChannelHandlers: (zeroCopy ? [FileRegionHandler()] : []) + [ParseErrorEnvelopeHandler()]))
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import OCI
 import Synchronization
+import Testing
 
 #if canImport(Glibc)
 import Glibc
@@ -70,6 +71,9 @@ final class FaultRequest: Sendable {
 
     /// True once the response's header block arrived.
     var headersSeen: Bool { state.withLock { $0.headersSeen } }
+
+    /// True once the request ended, however.
+    var isFinished: Bool { state.withLock { $0.result != nil } }
 
     func result(timeout: Duration = .seconds(60)) async throws -> FaultResponse {
         let clock = ContinuousClock()
@@ -152,10 +156,14 @@ struct FaultEnvironment: Sendable {
     let upstream: FaultUpstream
     let mirror: MirrorProcess
     let dataDirectory: URL
+    /// What `serve` got besides `--listen` and `--data-dir`, so another can start on the same data.
+    let mirrorArguments: [String]
 
-    /// With `credentials`, the mirror runs with `--config` naming the fake as its only upstream
-    /// (`up`), with `username` and a `password_file`; otherwise with `--upstream`.
+    /// With `credentials` or `upstreamSettings` (more keys of the upstream's entry, such as
+    /// `response_timeout`), the mirror runs with `--config` naming the fake as its only upstream
+    /// (`up`); otherwise with `--upstream`.
     static func with(layerSizes: [Int], credentials: (username: String, password: String)? = nil,
+                     upstreamSettings: [(key: String, value: String)] = [], logLevel: String = "debug",
                      _ body: (FaultEnvironment) async throws -> Void) async throws {
         _ = try TestPaths.requireMirrorBinary()
         let work = try TemporaryDirectory(prefix: "registry-mirror-e2e-fault")
@@ -164,30 +172,29 @@ struct FaultEnvironment: Sendable {
         let upstream = try FaultUpstream.start(image: image)
         let dataDirectory = work.url.appendingPathComponent("data")
         let mirror: MirrorProcess
+        var arguments = ["--upstream", "http://\(upstream.host)"]
         do {
-            var upstreamArguments = ["--upstream", "http://\(upstream.host)"]
+            var settings = upstreamSettings
             if let credentials {
                 let passwordFile = work.url.appendingPathComponent("upstream-password")
                 try Data((credentials.password + "\n").utf8).write(to: passwordFile)
-                let config = work.url.appendingPathComponent("mirror.yaml")
-                try Data("""
-                    upstreams:
-                      - name: up
-                        url: http://\(upstream.host)
-                        username: \(credentials.username)
-                        password_file: \(passwordFile.path)
-
-                    """.utf8).write(to: config)
-                upstreamArguments = ["--config", config.path]
+                settings = [("username", credentials.username), ("password_file", passwordFile.path)] + settings
             }
+            if !settings.isEmpty {
+                let config = work.url.appendingPathComponent("mirror.yaml")
+                let entry = settings.map { "    \($0.key): \($0.value)\n" }.joined()
+                try Data("upstreams:\n  - name: up\n    url: http://\(upstream.host)\n\(entry)".utf8).write(to: config)
+                arguments = ["--config", config.path]
+            }
+            arguments += ["--log-level", logLevel]
             mirror = try await MirrorProcess.start(
-                dataDirectory: dataDirectory, logDirectory: try work.subdirectory("logs"),
-                extraArguments: upstreamArguments + ["--log-level", "debug"])
+                dataDirectory: dataDirectory, logDirectory: try work.subdirectory("logs"), extraArguments: arguments)
         } catch {
             await upstream.stop()
             throw error
         }
-        let environment = FaultEnvironment(work: work, image: image, upstream: upstream, mirror: mirror, dataDirectory: dataDirectory)
+        let environment = FaultEnvironment(work: work, image: image, upstream: upstream, mirror: mirror,
+                                           dataDirectory: dataDirectory, mirrorArguments: arguments)
         do {
             try await body(environment)
         } catch {
@@ -197,6 +204,12 @@ struct FaultEnvironment: Sendable {
         }
         await mirror.stop()
         await upstream.stop()
+    }
+
+    /// Another `serve` on the same data directory and upstream, with its own logs; the caller stops it.
+    func startAnotherMirror() async throws -> MirrorProcess {
+        try await MirrorProcess.start(dataDirectory: dataDirectory, logDirectory: try work.subdirectory("logs-\(UUID().uuidString.prefix(6))"),
+                                      extraArguments: mirrorArguments)
     }
 
     var port: Int { mirror.port }
@@ -238,6 +251,17 @@ struct FaultEnvironment: Sendable {
             try? await Task.sleep(for: .milliseconds(50))
         }
         return partFiles
+    }
+
+    /// `registry-mirror verify` passes (every stored blob hashes to its name, every indexed
+    /// blob is stored), and it checked exactly the files under DATA/blobs.
+    func expectConsistentStore(_ context: String, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let result = try await MirrorCLI.verify(dataDirectory: dataDirectory)
+        #expect(result.succeeded, "\(context): verify: \(result.summary)", sourceLocation: sourceLocation)
+        let files = blobFiles
+        #expect(result.stdout.contains("checked \(files.count) blobs"), "\(context): verify checked other than the \(files.count) stored files \(files): \(result.stdout)",
+                sourceLocation: sourceLocation)
+        #expect(result.stdout.contains(" 0 corrupt, 0 missing"), "\(context): \(result.stdout)", sourceLocation: sourceLocation)
     }
 
     /// For failure messages: what the fake was asked, and the tail of the mirror's log.

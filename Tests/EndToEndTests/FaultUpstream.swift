@@ -31,6 +31,17 @@ enum FaultMode: Sendable, Equatable, CustomStringConvertible {
     /// Answer 429 with `Retry-After: retryAfter` (and an error envelope) to the next `times`
     /// requests, then behave as `.none`.
     case rateLimited(retryAfter: String, times: Int)
+    /// A `Content-Length` off by `delta` (positive: longer than the body), the whole body, then FIN.
+    case contentLength(delta: Int)
+    /// The response head (full `Content-Length`), then one body byte every 250 ms until the peer leaves.
+    case dripBody
+    /// The response head itself, one byte every 250 ms, until the peer leaves.
+    case dripHead
+    /// Reads the request and answers nothing, holding the connection until the peer leaves.
+    case hang
+    /// The head (full `Content-Length`) and the first `afterBytes` bytes, then nothing until
+    /// the peer leaves (or 60 s pass, then the rest): a fill caught mid-way.
+    case stall(afterBytes: Int)
 
     var description: String {
         switch self {
@@ -43,6 +54,11 @@ enum FaultMode: Sendable, Equatable, CustomStringConvertible {
         case .dropConnection(let times): "dropConnection(times: \(times))"
         case .resetAfterHeaders(let times): "resetAfterHeaders(times: \(times))"
         case .rateLimited(let retryAfter, let times): "rateLimited(retryAfter: \(retryAfter), times: \(times))"
+        case .contentLength(let delta): "contentLength(delta: \(delta))"
+        case .dripBody: "dripBody"
+        case .dripHead: "dripHead"
+        case .hang: "hang"
+        case .stall(let afterBytes): "stall(afterBytes: \(afterBytes))"
         }
     }
 }
@@ -396,14 +412,49 @@ final class FaultUpstream: Sendable {
             note("closed without an answer (injected)")
             return
         }
+        if mode == .hang {
+            let left = hold(fd, limit: .seconds(60))
+            note("no answer, held \(left ? "until the peer left" : "to the limit") (injected)")
+            return
+        }
+        if mode == .dripHead {
+            let sent = drip(fd, Self.responseHead(status: 200, headers: baseHeaders, contentLength: content.count))
+            note("dripped \(sent) bytes of the response head (injected)")
+            return
+        }
         if head || mode == .none {
             note("200 \(content.count) B\(head ? " (HEAD)" : "")")
             _ = respond(fd, status: 200, headers: baseHeaders, body: content, head: head)
             return
         }
         switch mode {
-        case .none, .status, .dropConnection, .rateLimited:
+        case .none, .status, .dropConnection, .rateLimited, .hang, .dripHead:
             break  // handled above
+        case .contentLength(let delta):
+            note("200 with Content-Length \(content.count + delta) for \(content.count) B, then FIN (injected)")
+            _ = respond(fd, status: 200, headers: baseHeaders, body: content, contentLength: content.count + delta, head: false)
+            shutdown(fd, Int32(SHUT_WR))
+        case .dripBody:
+            guard respond(fd, status: 200, headers: baseHeaders, body: [], contentLength: content.count, head: false) else {
+                note("dripBody: sending failed")
+                return
+            }
+            let sent = drip(fd, content)
+            note("200 head, then \(sent) of \(content.count) B dripped (injected)")
+        case .stall(let afterBytes):
+            let first = min(afterBytes, content.count)
+            guard respond(fd, status: 200, headers: baseHeaders, body: Array(content[..<first]), contentLength: content.count, head: false) else {
+                note("stall: sending failed")
+                return
+            }
+            if hold(fd, limit: .seconds(60)) {
+                note("200, \(first) of \(content.count) B, then stalled until the peer left (injected)")
+            } else if stopping {
+                note("200, \(first) of \(content.count) B, stalled until the fake stopped")
+            } else {
+                let finished = Self.sendAll(fd, Array(content[first...]))
+                note("200, \(first) of \(content.count) B, stalled to the limit, then the rest\(finished ? "" : " (sending failed)")")
+            }
         case .resetAfterHeaders:
             guard respond(fd, status: 200, headers: baseHeaders, body: [], contentLength: content.count, head: false) else {
                 note("resetAfterHeaders: sending failed")
@@ -455,18 +506,51 @@ final class FaultUpstream: Sendable {
         }
     }
 
-    /// Writes a response head (`Content-Length` = `contentLength ?? body.count`) and, unless
-    /// `head`, the body. False if sending failed.
-    private func respond(_ fd: Int32, status: Int, headers: [(String, String)], body: [UInt8],
-                         contentLength: Int? = nil, head: Bool) -> Bool {
+    /// Waits until the peer closes the connection (true), the fake stops, or `limit` passes.
+    private func hold(_ fd: Int32, limit: Duration) -> Bool {
+        let clock = ContinuousClock()
+        let deadline = clock.now + limit
+        while !stopping, clock.now < deadline {
+            if Self.peerClosed(fd, within: 100) { return true }
+        }
+        return false
+    }
+
+    /// Sends `bytes` one every 250 ms until done, the peer leaves, or the fake stops; how many went out.
+    private func drip(_ fd: Int32, _ bytes: [UInt8]) -> Int {
+        var sent = 0
+        while sent < bytes.count, !stopping, !Self.peerClosed(fd, within: 250) {
+            guard Self.sendAll(fd, [bytes[sent]]) else { break }
+            sent += 1
+        }
+        return sent
+    }
+
+    /// Waits up to `milliseconds` for the peer to close (or reset) the connection; true if it did.
+    /// The mirror sends nothing after its request, so readable means closed.
+    private static func peerClosed(_ fd: Int32, within milliseconds: Int32) -> Bool {
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&pfd, 1, milliseconds) > 0 else { return false }
+        var byte: UInt8 = 0
+        return recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) <= 0
+    }
+
+    private static func responseHead(status: Int, headers: [(String, String)], contentLength: Int) -> [UInt8] {
         let reason = [200: "OK", 301: "Moved Permanently", 302: "Found", 303: "See Other", 307: "Temporary Redirect",
                       308: "Permanent Redirect", 401: "Unauthorized", 429: "Too Many Requests", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
                       502: "Bad Gateway", 503: "Service Unavailable"][status] ?? "Status"
         var text = "HTTP/1.1 \(status) \(reason)\r\n"
         for (name, value) in headers { text += "\(name): \(value)\r\n" }
-        text += "Content-Length: \(contentLength ?? body.count)\r\n"
+        text += "Content-Length: \(contentLength)\r\n"
         text += "Docker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n"
-        guard Self.sendAll(fd, Array(text.utf8)) else { return false }
+        return Array(text.utf8)
+    }
+
+    /// Writes a response head (`Content-Length` = `contentLength ?? body.count`) and, unless
+    /// `head`, the body. False if sending failed.
+    private func respond(_ fd: Int32, status: Int, headers: [(String, String)], body: [UInt8],
+                         contentLength: Int? = nil, head: Bool) -> Bool {
+        guard Self.sendAll(fd, Self.responseHead(status: status, headers: headers, contentLength: contentLength ?? body.count)) else { return false }
         if head || body.isEmpty { return true }
         return Self.sendAll(fd, body)
     }

@@ -234,6 +234,12 @@ final class ChildProcess: Sendable {
         }
     }
 
+    /// SIGKILL to the process group now, and reaped. Idempotent with `stop()`.
+    func kill() async {
+        stopped.withLock { $0 = true }
+        _ = await child.killAndReap()
+    }
+
     /// Last resort when `stop()` was never awaited (a failed setup, say): SIGTERM now, SIGKILL
     /// shortly after, reaped in the background (deinit cannot wait).
     deinit {

@@ -40,30 +40,59 @@ enum RawHTTP {
         _ method: String, port: Int, path: String,
         headers: [(String, String)] = [], timeout: Int = 15
     ) throws -> RawResponse {
-        let fd = try connectLoopback(port: port, timeout: timeout)
-        defer { close(fd) }
         var text = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUser-Agent: registry-mirror-e2e\r\nConnection: close\r\n"
         for (name, value) in headers { text += "\(name): \(value)\r\n" }
         text += "\r\n"
-        let request = Array(text.utf8)
+        let exchange = try exchange(Array(text.utf8), port: port, timeout: timeout)
+        if let failure = exchange.sendFailure { throw E2EError("send to 127.0.0.1:\(port) failed: \(failure)") }
+        guard exchange.ending == "eof" else {
+            throw E2EError("\(method) \(path): reading the response failed (\(exchange.ending)); got \(exchange.received.count) bytes so far: \(String(decoding: exchange.received.prefix(300), as: UTF8.self))")
+        }
+        return try parse(exchange.received, method: method, path: path)
+    }
+
+    /// What came back for bytes sent as they are.
+    struct Exchange: Sendable {
+        var received: [UInt8] = []
+        /// How reading ended: "eof", "timeout", or "error: errno N (…)" (a reset, say).
+        var ending = ""
+        /// Why sending stopped short, if it did (the server may answer and close before reading everything).
+        var sendFailure: String?
+    }
+
+    /// Sends `bytes` unchanged on a fresh connection, then reads until the server closes it
+    /// (or `timeout` seconds pass without data). Throws only if it cannot connect.
+    static func exchange(_ bytes: [UInt8], port: Int, timeout: Int = 15) throws -> Exchange {
+        let fd = try connectLoopback(port: port, timeout: timeout)
+        defer { close(fd) }
+        var result = Exchange()
         var sent = 0
-        while sent < request.count {
-            let n = request[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { throw E2EError("send to 127.0.0.1:\(port) failed: errno \(errno)") }
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else {
+                result.sendFailure = "errno \(errno) after \(sent) of \(bytes.count) bytes"
+                break
+            }
             sent += n
         }
-        // Read until the server closes the connection.
-        var raw: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n == 0 { break }
-            guard n > 0 else {
-                throw E2EError("\(method) \(path): reading the response failed (errno \(errno)); got \(raw.count) bytes so far: \(String(decoding: raw.prefix(300), as: UTF8.self))")
+            if n > 0 {
+                result.received.append(contentsOf: buffer[0..<n])
+                continue
             }
-            raw.append(contentsOf: buffer[0..<n])
+            if n == 0 {
+                result.ending = "eof"
+                break
+            }
+            let code = errno
+            if code == EINTR { continue }
+            result.ending = (code == EAGAIN || code == EWOULDBLOCK) ? "timeout" : "error: errno \(code) (\(String(cString: strerror(code))))"
+            break
         }
-        return try parse(raw, method: method, path: path)
+        return result
     }
 
     static func get(port: Int, path: String, headers: [(String, String)] = []) throws -> RawResponse {

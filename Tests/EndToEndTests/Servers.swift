@@ -160,6 +160,15 @@ final class MirrorProcess: @unchecked Sendable {
     }
 
     func stop() async { await process.stop() }
+
+    /// SIGKILL, no grace: a crash, as far as the data directory can tell.
+    func kill() async { await process.kill() }
+
+    /// The `registry-mirror` process itself (it runs under `timeout(1)`), for /proc.
+    var serverPID: Int32? {
+        let children = (try? String(contentsOfFile: "/proc/\(process.pid)/task/\(process.pid)/children", encoding: .utf8)) ?? ""
+        return children.split(separator: " ").first.flatMap { Int32($0) }
+    }
 }
 
 /// The registry-mirror CLI's one-shot subcommands.
@@ -176,5 +185,9 @@ enum MirrorCLI {
 
     static func list(dataDirectory: URL) async throws -> CommandResult {
         try await run(["ls", "--data-dir", dataDirectory.path])
+    }
+
+    static func verify(dataDirectory: URL) async throws -> CommandResult {
+        try await run(["verify", "--data-dir", dataDirectory.path])
     }
 }
