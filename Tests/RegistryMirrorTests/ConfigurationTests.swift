@@ -180,3 +180,25 @@ import Testing
         #expect(ByteSize.parse(text) == nil)
     }
 }
+
+/// docs/configuration.md documents every key the parser knows, each with its variable.
+@Suite struct ConfigurationDocTests {
+    @Test func everyKeyIsDocumentedWithItsVariable() throws {
+        let rows = try ShippedFiles.text("docs/configuration.md").split(separator: "\n").filter { $0.hasPrefix("| `") }
+        for (path, variable) in MirrorConfiguration.keys {
+            let row = rows.first { $0.hasPrefix("| `\(path)` |") }
+            #expect(row != nil, "docs/configuration.md has no row for \(path)")
+            #expect(row?.contains("`\(variable)`") == true, "the row for \(path) does not name \(variable)")
+        }
+        for key in MirrorConfiguration.Upstream.keys.sorted() {
+            #expect(rows.contains { $0.hasPrefix("| `\(key)` |") }, "docs/configuration.md has no row for upstreams[].\(key)")
+        }
+        #expect(rows.contains { $0.hasPrefix("| `upstreams` |") })
+        // No row for a key the parser does not know: documentation must not promise what is refused.
+        let known = Set(MirrorConfiguration.keys.map(\.path)).union(MirrorConfiguration.Upstream.keys).union(["upstreams"])
+        for row in rows {
+            let key = row.dropFirst(3).prefix { $0 != "`" }
+            #expect(known.contains(String(key)), "docs/configuration.md documents an unknown key \(key)")
+        }
+    }
+}
