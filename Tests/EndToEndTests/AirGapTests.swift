@@ -2,6 +2,10 @@ import Foundation
 import OCI
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The air-gapped flow of docs/operations.md, end to end with real tools: seed from a real
 /// docker-registry, export to a tar, stop the upstream, import into a fresh data directory,
 /// serve it offline, pull with skopeo and podman.
@@ -82,16 +86,21 @@ struct AirGapTests {
     }
 }
 
-/// podman with its own storage under a test directory (vfs, no systemd, no events).
-struct PodmanClient {
+/// podman with its own storage under a test directory (vfs, no systemd, no events). The
+/// run root lives in a short /tmp folder: podman refuses run roots over 50 characters.
+final class PodmanClient: Sendable {
     let common: [String]
     let environment: [String: String]
+    let runRoot: String
 
     init(_ work: TemporaryDirectory) throws {
         let id = UUID().uuidString.prefix(8)
+        var template = Array("/tmp/podman-rr.XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw E2EError("mkdtemp failed: errno \(errno)") }
+        runRoot = String(cString: made)
         common = [
             "--root", try work.subdirectory("podman-root-\(id)").path,
-            "--runroot", try work.subdirectory("podman-runroot-\(id)").path,
+            "--runroot", runRoot,
             "--tmpdir", try work.subdirectory("podman-libpod-tmp-\(id)").path,
             "--storage-driver", "vfs",
             "--cgroup-manager", "cgroupfs",
@@ -99,6 +108,8 @@ struct PodmanClient {
         ]
         environment = ["TMPDIR": try work.subdirectory("podman-tmp-\(id)").path]
     }
+
+    deinit { try? FileManager.default.removeItem(atPath: runRoot) }
 
     func run(_ arguments: [String]) async throws -> CommandResult {
         try await Command.run("podman", common + arguments, environment: environment)
