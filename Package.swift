@@ -69,6 +69,7 @@ let package = Package(
             "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "RegistryAPI", "RegistryMirror",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTesting", package: "hummingbird"),
+            .product(name: "Yams", package: "Yams"),
         ]),
         .testTarget(name: "EndToEndTests", dependencies: [
             "OCI", "Upstream",
@@ -76,6 +77,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Yams", package: "Yams"),
         ]),
     ],
     swiftLanguageModes: [.v6]

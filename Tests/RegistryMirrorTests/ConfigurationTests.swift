@@ -6,15 +6,115 @@ import Testing
 @Suite struct ConfigurationTests {
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
+    /// Every config/*.yaml, with its /etc/registry-mirror/ files staged (see `ShippedFiles.stage`).
     @Test func everyShippedConfigLoads() throws {
-        let files = try FileManager.default.contentsOfDirectory(atPath: Self.packageRoot + "/config").filter { $0.hasSuffix(".yaml") }
-        #expect(!files.isEmpty)
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let files = try ShippedFiles.configs()
+        #expect(files.count >= 6)
         for file in files {
-            let config = try MirrorConfiguration.load(file: Self.packageRoot + "/config/" + file, environment: [:])
+            let config = try MirrorConfiguration.load(file: try ShippedFiles.stageConfig(file, in: dir), environment: [:])
             if file == "registry-mirror.yaml" {
                 #expect(config == MirrorConfiguration(), "the commented reference file shows the defaults")
             }
         }
+    }
+
+    /// Each example sets up what its comments say, routing included.
+    @Test func examplesConfigureTheirScenario() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        func load(_ name: String) throws -> MirrorConfiguration {
+            try MirrorConfiguration.load(file: try ShippedFiles.stageConfig(name, in: dir), environment: [:])
+        }
+        let hub = try load("docker-hub.yaml")
+        #expect(hub.maxSize == 200 << 30)
+        #expect(hub.upstreams.map(\.name) == ["docker.io"] && hub.upstreams[0].url == "https://registry-1.docker.io")
+        #expect(hub.logFormat == .json)
+
+        let multi = try load("multi-upstream.yaml")
+        #expect(multi.upstreams.map(\.name) == ["docker.io", "ghcr.io", "quay.io"])
+        let router = multi.serveSettings.upstreamRouter
+        let byNamespace = try router.route(path: "org/app", namespace: "ghcr.io")
+        #expect(byNamespace.upstream == "ghcr.io" && byNamespace.name.description == "org/app")
+        let byPath = try router.route(path: "quay.io/prometheus/node-exporter", namespace: nil)
+        #expect(byPath.upstream == "quay.io" && byPath.name.description == "prometheus/node-exporter")
+        let byDefault = try router.route(path: "alpine", namespace: nil)
+        #expect(byDefault.upstream == "docker.io" && byDefault.name.description == "library/alpine")
+
+        let priv = try load("private-upstream.yaml")
+        let corp = try #require(priv.upstreams.first)
+        #expect(corp.username == "mirror-robot" && corp.password == ShippedFiles.standInPassword)
+        #expect(corp.caFile?.hasSuffix("/corp-ca.pem") == true && !corp.insecure)
+        #expect(corp.tagTTL == .seconds(60) && corp.lowSpeedLimit == 10 << 10)
+
+        let gapped = try load("air-gapped.yaml")
+        #expect(gapped.offline && gapped.maxSize == nil)
+        #expect(try gapped.serveSettings.upstreamRouter.route(path: "ghcr.io/org/app", namespace: nil).upstream == "ghcr.io")
+
+        let auth = try load("client-auth.yaml")
+        #expect(auth.htpasswdPath?.hasSuffix("/htpasswd") == true && auth.htpasswdRealm == "registry-mirror")
+    }
+
+    /// `registry-mirror config check` (the CLI operators run) accepts every shipped config.
+    @Test func configCheckAcceptsEveryShippedConfig() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        for file in try ShippedFiles.configs() {
+            let staged = try ShippedFiles.stageConfig(file, in: dir)
+            let result = try Tools.mirror(["config", "check", staged])
+            #expect(result.status == 0 && result.stdout.contains("\(staged): ok"), "\(file): \(result)")
+        }
+    }
+
+    /// A config with a problem in every section is refused, and each problem is named by its key path.
+    @Test func configCheckListsEveryProblem() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = dir.path + "/bad.yaml"
+        try """
+        listen: 5000
+        log:
+          level: loud
+          format: xml
+        auth:
+          htpasswd:
+            path: \(dir.path)/no-such-htpasswd
+        http:
+          sendfile: maybe
+        storage:
+          max_size: lots
+          eviction_interval: never
+        offline: perhaps
+        default_upstream: gcr.io
+        upstreams:
+          - name: docker.io
+            url: https://registry-1.docker.io
+            tag_ttl: forever
+            prefetch_platforms: [linux]
+            colour: blue
+          - name: private
+            url: https://registry.example
+            username: robot
+            password_file: \(dir.path)/no-such-password
+            ca_file: \(dir.path)/no-such-ca.pem
+            insecure: sometimes
+            low_speed_limit: fast
+        """.write(toFile: file, atomically: true, encoding: .utf8)
+        let result = try Tools.mirror(["config", "check", file])
+        #expect(result.status != 0, "\(result)")
+        let expected = [
+            "listen:", "log.level:", "log.format:", "auth.htpasswd.path:", "http.sendfile:", "storage.max_size:",
+            "storage.eviction_interval:", "offline:", "default_upstream:", "upstreams[0].tag_ttl:",
+            "upstreams[0].prefetch_platforms[0]:", "upstreams[0].colour: unknown key", "upstreams[1].password_file:",
+            "upstreams[1]: username and password_file",
+            "upstreams[1].ca_file:", "upstreams[1].insecure:", "upstreams[1].low_speed_limit:",
+        ]
+        let lines = result.stderr.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        for key in expected {
+            #expect(lines.contains { $0.hasPrefix("- " + key) }, "\(key) is not reported: \(result.stderr)")
+        }
+        #expect(result.stderr.contains("(\(expected.count) problems)"), "\(result.stderr)")
     }
 
     @Test func everyProblemIsListedWithItsKeyPath() throws {
@@ -78,5 +178,27 @@ import Testing
     @Test(arguments: ["", "MiB", "-1GiB", "5 parsecs", "1e30", "99999999999TB"])
     func badSizesAreRefused(_ text: String) {
         #expect(ByteSize.parse(text) == nil)
+    }
+}
+
+/// docs/configuration.md documents every key the parser knows, each with its variable.
+@Suite struct ConfigurationDocTests {
+    @Test func everyKeyIsDocumentedWithItsVariable() throws {
+        let rows = try ShippedFiles.text("docs/configuration.md").split(separator: "\n").filter { $0.hasPrefix("| `") }
+        for (path, variable) in MirrorConfiguration.keys {
+            let row = rows.first { $0.hasPrefix("| `\(path)` |") }
+            #expect(row != nil, "docs/configuration.md has no row for \(path)")
+            #expect(row?.contains("`\(variable)`") == true, "the row for \(path) does not name \(variable)")
+        }
+        for key in MirrorConfiguration.Upstream.keys.sorted() {
+            #expect(rows.contains { $0.hasPrefix("| `\(key)` |") }, "docs/configuration.md has no row for upstreams[].\(key)")
+        }
+        #expect(rows.contains { $0.hasPrefix("| `upstreams` |") })
+        // No row for a key the parser does not know: documentation must not promise what is refused.
+        let known = Set(MirrorConfiguration.keys.map(\.path)).union(MirrorConfiguration.Upstream.keys).union(["upstreams"])
+        for row in rows {
+            let key = row.dropFirst(3).prefix { $0 != "`" }
+            #expect(known.contains(String(key)), "docs/configuration.md documents an unknown key \(key)")
+        }
     }
 }
