@@ -123,7 +123,10 @@ import Yams
     }
 
     /// The runtime library each build package's headers are for (Debian bookworm's names).
-    static let runtimePackage = ["libcurl4-openssl-dev": "libcurl4", "libsqlite3-dev": "libsqlite3-0", "libssl-dev": "libssl3"]
+    static let runtimePackage = [
+        "libcurl4-openssl-dev": "libcurl4", "libsqlite3-dev": "libsqlite3-0", "libssl-dev": "libssl3",
+        "zlib1g-dev": "zlib1g", "libcrypt-dev": "libcrypt1",
+    ]
 
     @Test func dockerfileBuildsAsTheScriptsDo() throws {
         let file = Dockerfile(try ShippedFiles.text("deploy/Dockerfile"))
