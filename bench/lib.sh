@@ -18,6 +18,15 @@ calc() { awk "BEGIN {printf \"%.6f\n\", $1}"; }
 say() { echo "[$(date +%T)] $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
 
+# For telling whether other work shared the machine: "ALL STEAL OURS" in clock ticks, where ALL
+# is the system's non-idle CPU time (/proc/stat), STEAL the hypervisor's steal time, and OURS
+# this shell's CPU time plus that of its children once reaped.
+cpu_ticks() {
+  local _ u n s i w q sq st
+  read -r _ u n s i w q sq st _ < /proc/stat
+  echo "$((u + n + s + q + sq)) $st $(awk '{print $14 + $15 + $16 + $17}' "/proc/$$/stat")"
+}
+
 wait_http() { # $1 port
   for _ in $(seq 300); do curl -fs "http://127.0.0.1:$1/v2/" >/dev/null 2>&1 && return 0; sleep 0.05; done
   die "nothing answers on port $1"

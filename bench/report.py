@@ -197,8 +197,19 @@ def section(runs, img, a):
     m = machine()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cores = int(m["nproc"]) if m["nproc"].isdigit() else os.cpu_count()
-    loads = [float(x) for x in (a.load_before + " " + a.load_after).split() if re.fullmatch(r"[\d.]+", x)]
-    busy = bool(loads) and max(loads) > 0.5 * cores
+    # Other work: the system's non-idle CPU time during the run, less this benchmark's own
+    # (its process tree). The load average after a run counts the run itself, so it cannot say.
+    other = steal = None
+    try:
+        b, e = [int(x) for x in a.cpu_before.split()], [int(x) for x in a.cpu_after.split()]
+        hz = os.sysconf("SC_CLK_TCK")
+        other = max(0, (e[0] - b[0]) - (e[2] - b[2])) / hz
+        steal = (e[1] - b[1]) / hz
+    except (ValueError, IndexError):
+        pass
+    load_first = float(a.load_before.split()[0]) if re.match(r"[\d.]+", a.load_before) else 0.0
+    other_cores = other / a.elapsed if other is not None and a.elapsed else 0.0
+    busy = load_first > 0.5 * cores or other_cores > 0.2
     elapsed = f"{int(a.elapsed) // 60} min {int(a.elapsed) % 60} s" if a.elapsed else "?"
     head = [
         f"Date: {now}. Command: `{a.command}` ({a.runs} run(s); it took {elapsed} in all, "
@@ -207,12 +218,16 @@ def section(runs, img, a):
         f"Machine: {m['nproc']} cores (`nproc`), {m['memory']}, {m['cpu']}, {m['kernel']}, Debian {m['debian']}, "
         f"Swift {m['swift']}, distribution {m['distribution']}; {m['tools']}.",
         "",
-        f"Load average (1, 5, 15 min): {a.load_before} before the run, {a.load_after} after it.",
+        f"Load average (1, 5, 15 min): {a.load_before} before the run, {a.load_after} after it "
+        "(which counts the run itself)."
+        + (f" Other processes used {other:.0f} CPU-seconds during the run, {other_cores:.2f} cores on "
+           f"average; the hypervisor reported {steal:.0f} s of steal time." if other is not None else ""),
     ]
     if busy:
-        head += ["", "**This run shared the machine with other work** (a load average above half the core count "
-                 "before or after it). Absolute times, throughputs and time ratios are noisier than on a quiet "
-                 "machine; byte counts, request counts and RSS are not affected."]
+        head += ["", "**This run shared the machine with other work** (other processes' CPU above 0.2 cores on "
+                 "average, or a load average above half the cores before it). Absolute times, throughputs and "
+                 "time ratios are noisier than on a quiet machine; byte counts, request counts and RSS are not "
+                 "affected."]
     return "\n".join(head + ["", table(runs, img, a), "", raw(runs)])
 
 
@@ -223,6 +238,7 @@ def main():
     p.add_argument("--load-before", default="?"); p.add_argument("--load-after", default="?")
     p.add_argument("--elapsed", type=int, default=0); p.add_argument("--runs", default="?")
     p.add_argument("--hf-runs", default="3"); p.add_argument("--wrk-seconds", default="8")
+    p.add_argument("--cpu-before", default=""); p.add_argument("--cpu-after", default="")
     a = p.parse_args()
     text = section(load(a.results), env_file(a.images_env), a)
     print(text)

@@ -50,6 +50,7 @@ if [ $quick = 1 ]; then HF_RUNS=2 WRK_SECONDS=3 BLOB_ROUNDS=2; else HF_RUNS=3 WR
 source "$here/bench/lib.sh"
 started=$(date +%s)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+cpu_before=$(cpu_ticks)
 
 bash scripts/install-deps.sh --bench
 bin="$here/.build/release/registry-mirror"
@@ -62,8 +63,12 @@ fi
 work=$(mktemp -d /tmp/bench.XXXXXX)
 out=$(mktemp -d /dev/shm/bench-out.XXXXXX 2>/dev/null || mktemp -d /tmp/bench-out.XXXXXX)
 results="$work/results"; : > "$results"
-cleanup() {
+cleanup_servers() {
   for f in "$work"/*.pid; do [ -e "$f" ] && stop "$(basename "$f" .pid)"; done
+  wait 2>/dev/null || true  # reap them, so their CPU time counts as ours
+}
+cleanup() {
+  cleanup_servers
   rm -rf "$out"
   if [ $keep = 1 ]; then echo "scratch kept: $work" >&2; else rm -rf "$work"; fi
 }
@@ -166,9 +171,12 @@ for run in $(seq "$runs"); do
 done
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+cleanup_servers
+cpu_after=$(cpu_ticks)
 elapsed=$(( $(date +%s) - started ))
 say "done in $((elapsed / 60)) min $((elapsed % 60)) s"
 doc_args=(); [ "$write_doc" = 1 ] && doc_args=(--doc "$here/docs/benchmarks.md")
 python3 bench/report.py "$results" "$work/images/images.env" --command "$command_line" \
   --load-before "$load_before" --load-after "$load_after" --elapsed "$elapsed" --runs "$runs" \
+  --cpu-before "$cpu_before" --cpu-after "$cpu_after" \
   --hf-runs "$HF_RUNS" --wrk-seconds "$WRK_SECONDS" "${doc_args[@]}"
