@@ -182,13 +182,18 @@ def table(runs, img, a):
     return "\n".join(lines + notes)
 
 
+def num(v):
+    """Exact for counts (bytes, requests), 4 decimals for the rest."""
+    return f"{v:.0f}" if v == int(v) else f"{v:.4f}".rstrip("0").rstrip(".")
+
+
 def raw(runs):
     keys = sorted({k for r in runs for k in r})
     out = ["<details><summary>Every run's raw records (seconds, bytes, MB/s, req/s, MiB)</summary>", "",
            "| record | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |",
            "|---|" + "---|" * len(runs)]
     for k in keys:
-        out.append(f"| {k} | " + " | ".join(f"{r[k]:g}" if k in r else "" for r in runs) + " |")
+        out.append(f"| {k} | " + " | ".join(num(r[k]) if k in r else "" for r in runs) + " |")
     out += ["", "</details>"]
     return "\n".join(out)
 

@@ -3,7 +3,8 @@
 # (docker-registry with proxy.remoteurl), against one real docker-registry upstream on loopback.
 #
 #   bash bench/run.sh            full run: 5 runs, big image of 1+32+256 MiB layers, about
-#                                11 minutes on 2 cores; prints one table and writes it into
+#                                9 minutes on 2 cores (plus the release build on a fresh
+#                                clone); prints one table and writes it into
 #                                docs/benchmarks.md (the "Latest run" section)
 #   bash bench/run.sh --quick    1 run, big image of 1+4+16 MiB, short wrk; prints only
 #   options: --runs N   --write-doc / --no-doc   --no-build (use the binary as built)
