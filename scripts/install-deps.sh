@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the project needs. Usage: install-deps.sh [--test]
+# Installs the Debian packages the project needs. Usage: install-deps.sh [--test] [--bench]
 # Build/run: libcurl, SQLite, OpenSSL, zlib (gzip layers of docker-save archives) and
-# libcrypt (htpasswd bcrypt) headers. Tests add the real parts they run:
-# distribution's registry, skopeo and podman, and wrk for the load test.
+# libcrypt (htpasswd bcrypt) headers. Tests add the real parts they run: distribution's
+# registry, skopeo and podman, and wrk for the load test. The benchmark (bench/run.sh) adds
+# its load and timing tools: wrk and hyperfine.
 set -euo pipefail
 packages=(libcurl4-openssl-dev libsqlite3-dev libssl-dev zlib1g-dev libcrypt-dev)
-if [ "${1:-}" = "--test" ]; then packages+=(docker-registry skopeo podman curl tar openssl wrk); fi
+for flag in "$@"; do
+  case $flag in
+    --test) packages+=(docker-registry skopeo podman curl tar openssl wrk) ;;
+    --bench) packages+=(docker-registry skopeo curl python3 wrk hyperfine) ;;
+    *) echo "unknown flag: $flag (known: --test, --bench)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

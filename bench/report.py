@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's per-run records into one markdown table, prints it, and with --doc
+writes it into docs/benchmarks.md between the "latest run" markers (nothing else changes).
+
+Usage: report.py RESULTS IMAGES_ENV [--doc FILE] [--command CMD] [--load-before L]
+                 [--load-after L] [--elapsed SECONDS] [--runs N] [--hf-runs N] [--wrk-seconds N]
+RESULTS has one record a line: "RUN KEY VALUE". Ratios are taken within each run, then the
+median over runs is shown with the spread (min–max) of the runs."""
+import argparse, datetime, os, platform, re, shlex, statistics, subprocess, sys
+from collections import defaultdict
+
+BEGIN = "<!-- bench:latest-run:begin (written by bench/run.sh; edit outside these markers) -->"
+END = "<!-- bench:latest-run:end -->"
+K = ("mirror", "proxy")
+
+
+def load(results):
+    runs = defaultdict(dict)
+    for line in open(results):
+        run, key, value = line.split()
+        runs[int(run)][key] = float(value)
+    return [runs[r] for r in sorted(runs)]
+
+
+def env_file(path):
+    return {k: v.strip("'") for k, v in (l.strip().split("=", 1) for l in open(path) if "=" in l)}
+
+
+def cmd_out(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def machine():
+    cpuinfo = open("/proc/cpuinfo").read()
+    cpu = re.search(r"model name\s*:\s*(.*)", cpuinfo)
+    vm = " (a virtual machine)" if re.search(r"^flags\s*:.*\bhypervisor\b", cpuinfo, re.M) else ""
+    mem = int(re.search(r"MemTotal:\s*(\d+)", open("/proc/meminfo").read()).group(1))
+    debian = open("/etc/debian_version").read().strip() if os.path.exists("/etc/debian_version") else "?"
+    swift = re.search(r"Swift version (\S+)", cmd_out("swift", "--version"))
+    registry = re.search(r"(\d+\.\d+\.\d+\S*)", cmd_out("docker-registry", "--version"))
+    skopeo = re.search(r"version (\S+)", cmd_out("skopeo", "--version"))
+    curl = cmd_out("curl", "--version").split()[1:2]
+    wrk = re.search(r"wrk (\S+)", cmd_out("wrk", "-v") or "")
+    hyperfine = cmd_out("hyperfine", "--version").split()[-1:]
+    return {
+        "nproc": cmd_out("nproc"),
+        "memory": f"{mem / 1048576:.1f} GiB",
+        "cpu": (cpu.group(1) if cpu else "?") + vm,
+        "kernel": f"Linux {platform.release()}",
+        "debian": debian,
+        "swift": swift.group(1) if swift else "?",
+        "distribution": registry.group(1) if registry else "?",
+        "tools": f"skopeo {skopeo.group(1) if skopeo else '?'}, curl {''.join(curl) or '?'}, "
+                 f"wrk {wrk.group(1) if wrk else '?'}, hyperfine {''.join(hyperfine) or '?'}",
+    }
+
+
+class Series:
+    """One measure's per-run values."""
+    def __init__(self, values):
+        self.values = [v for v in values if v is not None]
+
+    @property
+    def median(self):
+        return statistics.median(self.values) if self.values else None
+
+    def cell(self, fmt):
+        if not self.values:
+            return "—"
+        lo, hi, med = min(self.values), max(self.values), self.median
+        s = fmt.format(med)
+        if len(self.values) > 1 and fmt.format(lo) != fmt.format(hi):
+            s += f" ({fmt.format(lo)}–{fmt.format(hi)})"
+        return s
+
+
+def per_run(runs, f):
+    out = []
+    for r in runs:
+        try:
+            out.append(f(r))
+        except (KeyError, ZeroDivisionError):
+            out.append(None)
+    return Series(out)
+
+
+def met(series, op, target):
+    if series.median is None:
+        return "—"
+    ok = {"<=": lambda v: v <= target, ">=": lambda v: v >= target}[op]
+    verdict = "yes" if ok(series.median) else "**no**"
+    n = sum(ok(v) for v in series.values)
+    if len(series.values) > 1 and n not in (0, len(series.values)):
+        verdict += f", {n} of {len(series.values)} runs"
+    return verdict
+
+
+def table(runs, img, a):
+    big, small, multi, repos = (float(img[k]) for k in ("BIG_SIZE", "SMALL_SIZE", "MULTI_SIZE", "REPOS_SIZE"))
+    big_mib = big / 1048576
+    rows = []  # (measure, mirror cell, proxy cell, target, met)
+
+    def both(label, f, fmt, target="", rule=None):
+        s = {k: per_run(runs, lambda r, k=k: f(r, k)) for k in K}
+        rows.append((label, s["mirror"].cell(fmt), s["proxy"].cell(fmt), target,
+                     met(s["mirror"], *rule) if rule else ""))
+
+    # The issue's targets
+    both(f"upstream bytes ÷ image size, 1 cold pull (skopeo, {big_mib:.0f} MiB image)",
+         lambda r, k: r[f"big.cold.bytes.{k}"] / big, "{:.2f}", "1.00", ("<=", 1.005))
+    both("upstream bytes ÷ image size, 8 concurrent cold pulls of one image",
+         lambda r, k: r[f"big8.bytes.{k}"] / big, "{:.2f}", "1.00", ("<=", 1.005))
+    both("cold pull wall time ÷ direct pull from the upstream",
+         lambda r, k: r[f"big.cold.{k}"] / r["big.warm.direct"], "{:.2f}", "≤ 1.05", ("<=", 1.05))
+    both("warm pull wall time ÷ direct pull",
+         lambda r, k: r[f"big.warm.{k}"] / r["big.warm.direct"], "{:.2f}", "≤ 1.00", ("<=", 1.00))
+    layer_mib = float(img["BIG_LAYER_SIZE"]) / 1048576
+    both(f"warm {layer_mib:.0f} MiB blob MB/s ÷ `cat` of the file (curl to /dev/null)",
+         lambda r, k: r[f"blob.{k}"] / r["blob.cat"], "{:.2f}", "≥ 0.5", (">=", 0.5))
+    ratio = per_run(runs, lambda r: r["manifest.rps.mirror"] / r["manifest.rps.proxy"])
+    rows.append(("warm manifest-by-digest requests/s (wrk -t2 -c32), ours ÷ distribution's",
+                 ratio.cell("{:.1f}"), "1", "≥ 10", met(ratio, ">=", 10)))
+    both(f"peak RSS, 8 concurrent cold pulls of the {big_mib:.0f} MiB image, MiB",
+         lambda r, k: r[f"big8.rss.{k}"], "{:.0f}", "≤ 64", ("<=", 64))
+    both("upstream requests for a warm pull by tag within the TTL",
+         lambda r, k: r[f"big.warm.reqs.{k}"], "{:.0f}", "0", ("<=", 0))
+    # Extra rows
+    rows.append(("*more measures*", "", "", "", ""))
+    both("cold pull of the big image, seconds", lambda r, k: r[f"big.cold.{k}"], "{:.2f}")
+    both("warm pull of the big image, seconds", lambda r, k: r[f"big.warm.{k}"], "{:.2f}")
+    both(f"warm {layer_mib:.0f} MiB blob, MB/s", lambda r, k: r[f"blob.{k}"], "{:.0f}")
+
+    def rps(r, k):
+        if r.get(f"manifest.errors.{k}", 0) > 0:
+            raise KeyError("a measurement with errors is not a measurement")
+        return r[f"manifest.rps.{k}"]
+    both("warm manifest-by-digest requests/s", rps, "{:.0f}")
+    both("upstream requests during the manifest wrk run", lambda r, k: r[f"manifest.reqs.{k}"], "{:.0f}")
+    both("8 concurrent cold pulls of the big image, wall seconds", lambda r, k: r[f"big8.cold.{k}"], "{:.1f}")
+    both("the same ÷ 8 concurrent direct pulls", lambda r, k: r[f"big8.cold.{k}"] / r["big8.direct"], "{:.2f}")
+    both("peak RSS idle (after start), MiB", lambda r, k: r[f"idle.rss.{k}"], "{:.0f}")
+    for label, name, size in (("small image (3 layers, {:.1f} MiB)", "small", small),
+                              ("one platform of the 3-platform index ({:.1f} MiB)", "multi", multi)):
+        lab = label.format(size / 1048576)
+        both(f"{lab}: cold pull ÷ direct", lambda r, k, n=name: r[f"{n}.cold.{k}"] / r[f"{n}.warm.direct"], "{:.2f}")
+        both(f"{lab}: warm pull ÷ direct", lambda r, k, n=name: r[f"{n}.warm.{k}"] / r[f"{n}.warm.direct"], "{:.2f}")
+        both(f"{lab}: upstream bytes ÷ size, cold", lambda r, k, n=name, s=size: r[f"{n}.cold.bytes.{k}"] / s, "{:.2f}")
+        both(f"{lab}: upstream requests, cold pull", lambda r, k, n=name: r[f"{n}.cold.reqs.{k}"], "{:.0f}")
+        both(f"{lab}: upstream requests per warm pull", lambda r, k, n=name: r[f"{n}.warm.reqs.{k}"], "{:.0f}")
+    count = img.get("REPOS_COUNT", "50")
+    both(f"{count} small repositories ({repos / 1048576:.0f} MiB), cold, 8 at a time: wall seconds",
+         lambda r, k: r[f"repos.cold.{k}"], "{:.1f}")
+    both(f"{count} small repositories: wall time ÷ the same direct", lambda r, k: r[f"repos.cold.{k}"] / r["repos.direct"], "{:.2f}")
+    both(f"{count} small repositories: upstream bytes ÷ their size", lambda r, k: r[f"repos.cold.bytes.{k}"] / repos, "{:.2f}")
+
+    lines = ["| measure | registry-mirror | distribution proxy | target | met? |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+
+    def ref(key, fmt):
+        return per_run(runs, lambda r: r[key]).cell(fmt)
+    notes = [
+        "",
+        f"Cells: median of {len(runs)} run(s), (min–max) of the runs when they differ. Ratios are taken within "
+        "each run, then their median is shown. \"met?\" judges registry-mirror's median; \"k of n runs\" says "
+        "when the runs disagree.",
+        "",
+        f"- Direct pull from the upstream (hyperfine median of {a.hf_runs} per run): big image "
+        f"{ref('big.warm.direct', '{:.2f}')} s, small {ref('small.warm.direct', '{:.2f}')} s, one platform of the "
+        f"index {ref('multi.warm.direct', '{:.2f}')} s; 8 concurrent direct pulls of the big image "
+        f"{ref('big8.direct', '{:.1f}')} s; {count} repositories 8 at a time {ref('repos.direct', '{:.1f}')} s.",
+        f"- Blob references, MB/s: `cat` {ref('blob.cat', '{:.0f}')}; registry-mirror with `--no-sendfile` "
+        f"{ref('blob.nosendfile', '{:.0f}')}; a bare sendfile server with no HTTP stack "
+        f"(`bench/sendfile-server.py`, the most curl drains) {ref('blob.bare', '{:.0f}')}.",
+    ]
+    errs = {k: sum(r.get(f"manifest.errors.{k}", 0) for r in runs) for k in K}
+    if any(errs.values()):
+        notes.append(f"- wrk saw errors (non-2xx or socket): mirror {errs['mirror']:.0f}, proxy {errs['proxy']:.0f}; "
+                     "runs with errors are left out of the requests/s rows.")
+    return "\n".join(lines + notes)
+
+
+def num(v):
+    """Exact for counts (bytes, requests), 4 decimals for the rest."""
+    return f"{v:.0f}" if v == int(v) else f"{v:.4f}".rstrip("0").rstrip(".")
+
+
+def raw(runs):
+    keys = sorted({k for r in runs for k in r})
+    out = ["<details><summary>Every run's raw records (seconds, bytes, MB/s, req/s, MiB)</summary>", "",
+           "| record | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |",
+           "|---|" + "---|" * len(runs)]
+    for k in keys:
+        out.append(f"| {k} | " + " | ".join(num(r[k]) if k in r else "" for r in runs) + " |")
+    out += ["", "</details>"]
+    return "\n".join(out)
+
+
+def section(runs, img, a):
+    m = machine()
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cores = int(m["nproc"]) if m["nproc"].isdigit() else os.cpu_count()
+    # Other work: the system's non-idle CPU time during the run, less this benchmark's own
+    # (its process tree). The load average after a run counts the run itself, so it cannot say.
+    other = steal = None
+    try:
+        b, e = [int(x) for x in a.cpu_before.split()], [int(x) for x in a.cpu_after.split()]
+        hz = os.sysconf("SC_CLK_TCK")
+        other = max(0, (e[0] - b[0]) - (e[2] - b[2])) / hz
+        steal = (e[1] - b[1]) / hz
+    except (ValueError, IndexError):
+        pass
+    load_first = float(a.load_before.split()[0]) if re.match(r"[\d.]+", a.load_before) else 0.0
+    other_cores = other / a.elapsed if other is not None and a.elapsed else 0.0
+    busy = load_first > 0.5 * cores or other_cores > 0.2
+    elapsed = f"{int(a.elapsed) // 60} min {int(a.elapsed) % 60} s" if a.elapsed else "?"
+    head = [
+        f"Date: {now}. Command: `{a.command}` ({a.runs} run(s); it took {elapsed} in all, "
+        "the build check included).",
+        "",
+        f"Machine: {m['nproc']} cores (`nproc`), {m['memory']}, {m['cpu']}, {m['kernel']}, Debian {m['debian']}, "
+        f"Swift {m['swift']}, distribution {m['distribution']}; {m['tools']}.",
+        "",
+        f"Load average (1, 5, 15 min): {a.load_before} before the run, {a.load_after} after it "
+        "(which counts the run itself)."
+        + (f" Other processes used {other:.0f} CPU-seconds during the run, {other_cores:.2f} cores on "
+           f"average; the hypervisor reported {steal:.0f} s of steal time." if other is not None else ""),
+    ]
+    if busy:
+        head += ["", "**This run shared the machine with other work** (other processes' CPU above 0.2 cores on "
+                 "average, or a load average above half the cores before it). Absolute times, throughputs and "
+                 "time ratios are noisier than on a quiet machine; byte counts, request counts and RSS are not "
+                 "affected."]
+    return "\n".join(head + ["", table(runs, img, a), "", raw(runs)])
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("results"); p.add_argument("images_env")
+    p.add_argument("--doc"); p.add_argument("--command", default="bash bench/run.sh")
+    p.add_argument("--load-before", default="?"); p.add_argument("--load-after", default="?")
+    p.add_argument("--elapsed", type=int, default=0); p.add_argument("--runs", default="?")
+    p.add_argument("--hf-runs", default="3"); p.add_argument("--wrk-seconds", default="8")
+    p.add_argument("--cpu-before", default=""); p.add_argument("--cpu-after", default="")
+    a = p.parse_args()
+    text = section(load(a.results), env_file(a.images_env), a)
+    print(text)
+    if a.doc:
+        doc = open(a.doc).read()
+        if BEGIN not in doc or END not in doc:
+            sys.exit(f"{a.doc} has no latest-run markers; not written")
+        before, rest = doc.split(BEGIN, 1)
+        after = rest.split(END, 1)[1]
+        with open(a.doc, "w") as f:
+            f.write(before + BEGIN + "\n" + text + "\n" + END + after)
+        print(f"\nwritten to {a.doc}", file=sys.stderr)
+
+
+main()
