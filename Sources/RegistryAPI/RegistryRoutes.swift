@@ -386,7 +386,12 @@ struct APIVersionMiddleware<Context: RequestContext>: RouterMiddleware {
 /// (then blob bodies are read into buffers, as Hummingbird does by default), and envelopes
 /// for requests the HTTP/1 decoder rejects.
 public enum RegistryServer {
-    public static func http1(zeroCopy: Bool = true) -> HTTPServerBuilder {
-        .http1(configuration: .init(additionalChannelHandlers: (zeroCopy ? [FileRegionHandler()] : []) + [ParseErrorEnvelopeHandler()]))
+    /// `idleTimeout`: an idle keep-alive connection, or a request head that stops arriving, is
+    /// closed after it. A response in progress, however slow its client, is never cut by it.
+    /// The default 75 s is nginx's: below Go clients' 90 s pool timeout, so dockerd and
+    /// containerd see the close of an idle connection before they would reuse it.
+    public static func http1(zeroCopy: Bool = true, idleTimeout: Duration = .seconds(75)) -> HTTPServerBuilder {
+        .http1(configuration: .init(additionalChannelHandlers: (zeroCopy ? [FileRegionHandler()] : []) + [ParseErrorEnvelopeHandler()],
+                                    idleTimeout: .nanoseconds(Int64(idleTimeout.components.seconds) * 1_000_000_000 + idleTimeout.components.attoseconds / 1_000_000_000)))
     }
 }

@@ -24,6 +24,8 @@ public struct ServeSettings: Sendable {
     /// Send blob files with sendfile(2). Off: read them through buffers (for filesystems
     /// where sendfile misbehaves, and for measuring the difference).
     public var zeroCopy = true
+    /// Close keep-alive connections idle this long; a response in progress is never cut.
+    public var idleTimeout: Duration = .seconds(75)
     /// `storage.max_size` in bytes: evict least recently used content above it. Nil: no cap.
     public var maxBytes: Int64?
     public var evictionInterval: Duration = .seconds(30)
@@ -102,7 +104,7 @@ public func buildApplication(
     }
     var app = Application(
         router: router,
-        server: RegistryServer.http1(zeroCopy: settings.zeroCopy),
+        server: RegistryServer.http1(zeroCopy: settings.zeroCopy, idleTimeout: settings.idleTimeout),
         configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: nil),
         onServerRunning: onServerRunning,
         logger: logger

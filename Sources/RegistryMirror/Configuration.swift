@@ -22,6 +22,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var htpasswdPath: String?
     /// `auth.htpasswd.realm`: the realm in the `WWW-Authenticate` challenge.
     public var htpasswdRealm = "registry-mirror"
+    /// `http.idle_timeout`: close a keep-alive connection idle this long (never one mid-response).
+    public var idleTimeout: Duration = .seconds(75)
     /// `http.sendfile`: send blob files with sendfile(2).
     public var sendfile = true
     /// `upstreams`: every upstream, in order. The embedded default is Docker Hub alone.
@@ -83,6 +85,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("auth.htpasswd.path", "REGISTRY_MIRROR_AUTH_HTPASSWD_PATH"),
         ("auth.htpasswd.realm", "REGISTRY_MIRROR_AUTH_HTPASSWD_REALM"),
         ("http.sendfile", "REGISTRY_MIRROR_HTTP_SENDFILE"),
+        ("http.idle_timeout", "REGISTRY_MIRROR_HTTP_IDLE_TIMEOUT"),
         ("default_upstream", "REGISTRY_MIRROR_DEFAULT_UPSTREAM"),
         ("offline", "REGISTRY_MIRROR_OFFLINE"),
         ("storage.max_size", "REGISTRY_MIRROR_STORAGE_MAX_SIZE"),
@@ -167,6 +170,11 @@ public struct MirrorConfiguration: Sendable, Equatable {
             if v.isEmpty || v.contains("\"") { problems.append("auth.htpasswd.realm: must be non-empty, without quotes") } else { htpasswdRealm = v }
         }
         if let v = values["http.sendfile"] { sendfile = Self.bool(v, "http.sendfile", &problems) ?? sendfile }
+        if let v = values["http.idle_timeout"] {
+            if let d = UpstreamSpec.duration(v), d > .zero { idleTimeout = d } else {
+                problems.append("http.idle_timeout: must be a duration like 75s or 5m; got \"\(v)\"")
+            }
+        }
         if let v = values["offline"] { offline = Self.bool(v, "offline", &problems) ?? offline }
         if let v = values["default_upstream"] { defaultUpstream = v }
         if let v = values["storage.max_size"] {
@@ -275,6 +283,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         }
         settings.dataDirectory = dataDirectory
         settings.zeroCopy = sendfile
+        settings.idleTimeout = idleTimeout
         settings.offline = offline
         settings.maxBytes = maxSize
         settings.htpasswdPath = htpasswdPath
