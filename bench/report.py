@@ -214,7 +214,9 @@ def section(runs, img, a):
         pass
     load_first = float(a.load_before.split()[0]) if re.match(r"[\d.]+", a.load_before) else 0.0
     other_cores = other / a.elapsed if other is not None and a.elapsed else 0.0
-    busy = load_first > 0.5 * cores or other_cores > 0.2
+    # The measured CPU of other processes decides; the load average before the run only when
+    # that is unknown (a load left by a build that just ended is not competition).
+    busy = other_cores > 0.2 if other is not None else load_first > 0.5 * cores
     elapsed = f"{int(a.elapsed) // 60} min {int(a.elapsed) % 60} s" if a.elapsed else "?"
     head = [
         f"Date: {now}. Command: `{a.command}` ({a.runs} run(s); it took {elapsed} in all, "
@@ -230,7 +232,7 @@ def section(runs, img, a):
     ]
     if busy:
         head += ["", "**This run shared the machine with other work** (other processes' CPU above 0.2 cores on "
-                 "average, or a load average above half the cores before it). Absolute times, throughputs and "
+                 "average, or, where that is unknown, a load average above half the cores before it). Absolute times, throughputs and "
                  "time ratios are noisier than on a quiet machine; byte counts, request counts and RSS are not "
                  "affected."]
     return "\n".join(head + ["", table(runs, img, a), "", raw(runs)])
