@@ -169,7 +169,14 @@ extension MetadataIndex {
 /// What an eviction pass removed (or, in a dry run, would remove).
 public struct EvictionPlan: Sendable {
     public struct Image: Sendable { public let digest: Digest; public let tags: [String] }
-    public struct Blob: Sendable { public let digest: Digest; public let size: Int64 }
+    public struct Blob: Sendable {
+        public let digest: Digest
+        public let size: Int64
+        public init(digest: Digest, size: Int64) {
+            self.digest = digest
+            self.size = size
+        }
+    }
     public var images: [Image] = []
     /// Blobs (manifests included) whose files are to be deleted.
     public var blobs: [Blob] = []

@@ -116,6 +116,27 @@ public final class CacheMaintenance: Sendable {
         return plan
     }
 
+    /// Removes store files the index has no row for, older than `age`: left by a crash between
+    /// a blob's rename and its index record. They cost disk the cap does not count, and are
+    /// never served. The age spares writes whose record is still to come (an import records
+    /// its blobs at its end). Walks the whole store, so it runs on demand (`gc`), not per pass.
+    public func sweepUnindexed(olderThan age: TimeInterval = 6 * 3600, dryRun: Bool = false) throws -> [EvictionPlan.Blob] {
+        let indexed = Set(try index.allBlobs().map(\.digest))
+        let cutoff = Date().addingTimeInterval(-age)
+        var swept: [EvictionPlan.Blob] = []
+        for digest in try store.allDigests() where !indexed.contains(digest) {
+            guard case .file(let path, let size)? = store.location(of: digest),
+                  let modified = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date,
+                  modified < cutoff else { continue }
+            if !dryRun { try? store.delete(digest) }
+            swept.append(EvictionPlan.Blob(digest: digest, size: size))
+        }
+        if !swept.isEmpty, !dryRun {
+            logger.info("removed store files the index does not know", metadata: ["blobs": "\(swept.count)", "bytes": "\(swept.reduce(0) { $0 + $1.size })"])
+        }
+        return swept
+    }
+
     /// Asks for a pass soon (after a fill added content); without a cap, the pass only
     /// refreshes the store gauges.
     public func nudge() {

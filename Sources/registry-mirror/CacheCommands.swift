@@ -108,13 +108,14 @@ struct Seed: AsyncParsableCommand {
 struct GC: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gc",
-        abstract: "Evict least recently used, unpinned images now, down to the size cap.",
+        abstract: "Evict least recently used, unpinned images now, down to the size cap, and remove stray files.",
         discussion: """
             The same pass `serve` runs in the background when storage.max_size is set: images go \
             least recently used first, with their tags; a blob goes only when no remaining image \
-            references it. Pinned images stay. With --dry-run, reports what would be freed and \
-            changes nothing. Safe beside a running server: a response already streaming a blob \
-            keeps its open file.
+            references it. Pinned images stay. Without a cap, nothing is evicted. Either way, store \
+            files the index has no record of (left by a crash) and older than 6 hours are removed. \
+            With --dry-run, reports what would be freed and changes nothing. Safe beside a running \
+            server: a response already streaming a blob keeps its open file.
             """
     )
 
@@ -127,15 +128,19 @@ struct GC: AsyncParsableCommand {
     func run() async throws {
         let configuration = try common.resolve()
         let logger = common.makeLogger("registry-mirror.gc", configuration)
-        guard let cap = try maxSize.map(parseMaxSize) ?? configuration.maxSize else {
-            throw ValidationError("no size cap: give --max-size SIZE or set storage.max_size")
-        }
+        let cap = try maxSize.map(parseMaxSize) ?? configuration.maxSize
         let data = try DataDirectory(path: configuration.dataDirectory)
         let maintenance = CacheMaintenance(store: data.store, index: data.index, maxBytes: cap, logger: logger)
+        let unindexed = try maintenance.sweepUnindexed(dryRun: dryRun)
+        print("\(dryRun ? "would remove" : "removed") \(unindexed.count) store files the index does not know, \(ByteCount(unindexed.reduce(0) { $0 + $1.size }))")
         let plan = try maintenance.evict(dryRun: dryRun)
         let verb = dryRun ? "would evict" : "evicted"
         for image in plan.images {
             print("\(verb) \(image.tags.isEmpty ? "(untagged)" : image.tags.joined(separator: ", ")) \(image.digest)")
+        }
+        guard let cap else {
+            print("no size cap (--max-size or storage.max_size): nothing evicted; store \(ByteCount(plan.bytesAfter))")
+            return
         }
         print("\(dryRun ? "would free" : "freed") \(ByteCount(plan.bytesFreed)) in \(plan.blobs.count) blobs; store \(ByteCount(plan.bytesBefore)) → \(ByteCount(plan.bytesAfter)), cap \(ByteCount(cap))")
         if plan.bytesAfter > cap { print("still over the cap: the rest is pinned") }

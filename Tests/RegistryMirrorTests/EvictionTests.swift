@@ -165,4 +165,31 @@ import Testing
         maintenance.flush()
         #expect(try index.evict(toAtMost: 0, dryRun: true).images.first?.digest == new)
     }
+
+    @Test func strayFilesAreSweptOnlyWhenOld() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let store = try FileSystemStore(root: dir.path)
+        let index = try MetadataIndex(path: dir.path + "/index.sqlite")
+        let maintenance = CacheMaintenance(store: store, index: index, maxBytes: nil, logger: Logger(label: "test"))
+        var digests: [String: Digest] = [:]
+        for label in ["stray-old", "stray-new", "indexed-old"] {
+            let bytes = Array(label.utf8)
+            digests[label] = DigestHasher.digest(of: bytes)
+            try store.write(bytes, as: digests[label]!)
+        }
+        var batch = ContentBatch()
+        batch.addBlob(digests["indexed-old"]!, size: 11)
+        try index.record(batch)
+        let old = Date().addingTimeInterval(-7 * 3600)
+        for label in ["stray-old", "indexed-old"] {
+            try FileManager.default.setAttributes([.modificationDate: old], ofItemAtPath: store.path(of: digests[label]!))
+        }
+        #expect(try maintenance.sweepUnindexed(dryRun: true).map(\.digest) == [digests["stray-old"]!])
+        #expect(store.size(of: digests["stray-old"]!) != nil, "a dry run deleted a file")
+        #expect(try maintenance.sweepUnindexed().map(\.digest) == [digests["stray-old"]!])
+        #expect(store.size(of: digests["stray-old"]!) == nil)
+        #expect(store.size(of: digests["stray-new"]!) != nil, "a file whose record may still come was removed")
+        #expect(store.size(of: digests["indexed-old"]!) != nil)
+    }
 }
