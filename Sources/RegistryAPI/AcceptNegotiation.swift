@@ -10,10 +10,27 @@ public struct AcceptNegotiation: Sendable {
     public init(headerValues: some Sequence<some StringProtocol>) {
         var types = Set<String>()
         for value in headerValues {
-            for item in value.split(separator: ",") {
-                let base = item.split(separator: ";", maxSplits: 1).first?.trimmingWhitespace().lowercased() ?? ""
-                if !base.isEmpty { types.insert(base) }
+            // On the UTF-8 bytes: walking Characters (grapheme breaking) cost about 8 % of the
+            // CPU of a warm manifest request, and media types are ASCII.
+            var item: [UInt8] = []
+            var inParameters = false
+            func finish() {
+                while let last = item.last, last == 0x20 || last == 0x09 { item.removeLast() }
+                if !item.isEmpty { types.insert(String(decoding: item, as: UTF8.self)) }
+                item.removeAll(keepingCapacity: true)
+                inParameters = false
             }
+            for byte in value.utf8 {
+                switch byte {
+                case UInt8(ascii: ","): finish()
+                case UInt8(ascii: ";"): inParameters = true
+                case 0x20, 0x09 where item.isEmpty: continue
+                default:
+                    guard !inParameters else { continue }
+                    item.append(byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte)
+                }
+            }
+            finish()
         }
         self.types = types
     }

@@ -287,5 +287,7 @@ func envelopeCode(_ response: TestResponse) throws -> String? {
         #expect(!docker.accepts(MediaType.ociIndex))
         let merged = AcceptNegotiation(headerValues: ["\(MediaType.ociManifest),\(MediaType.ociIndex)"])
         #expect(merged.accepts(MediaType.ociIndex) && merged.accepts(MediaType.ociManifest))
+        let spaced = AcceptNegotiation(headerValues: ["  Application/VND.OCI.image.index.v1+json ;q=1 ,\ttext/plain , ,"])
+        #expect(spaced.types == [MediaType.ociIndex, "text/plain"])
     }
 }
