@@ -69,6 +69,23 @@ public final class MetadataIndex: Sendable {
         return record
     }
 
+    /// A manifest and whether `repository` is known to hold it, in one query: the warm
+    /// manifest-by-digest path asks both on every request.
+    public func manifest(_ digest: Digest, in repository: RepositoryKey) throws(IndexError) -> (record: ManifestRecord, linked: Bool)? {
+        var out: (ManifestRecord, Bool)?
+        try db.query(
+            """
+            SELECT m.media_type, m.size, EXISTS (SELECT 1 FROM repository_blobs l
+              JOIN repositories r ON r.id = l.repository_id JOIN upstreams u ON u.id = r.upstream_id
+              WHERE u.name = ? AND r.name = ? AND l.digest = m.digest)
+            FROM manifests m WHERE m.digest = ?
+            """, [.text(repository.upstream), .text(repository.name.value), .text(digest.description)]
+        ) { row in
+            out = (ManifestRecord(digest: digest, mediaType: row.text(0), size: row.int(1)), row.int(2) != 0)
+        }
+        return out
+    }
+
     /// True when `repository` is known to hold `digest`: it came through that repository,
     /// or one of its manifests names it. The rule that keeps one repository from reading
     /// another's private layers.

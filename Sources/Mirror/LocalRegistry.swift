@@ -25,8 +25,7 @@ public struct LocalRegistry: RegistryContent {
             }
             (digest, mediaType) = (tagged.digest, tagged.mediaType)
         case .digest(let requested):
-            guard let stored = try wrap({ () throws(IndexError) in try index.manifest(requested) }),
-                try wrap({ () throws(IndexError) in try index.isLinked(repository, requested) })
+            guard let (stored, linked) = try wrap({ () throws(IndexError) in try index.manifest(requested, in: repository) }), linked
             else {
                 throw MirrorError(.manifestUnknown, "\(repository)@\(requested) is not in the cache")
             }
@@ -34,6 +33,9 @@ public struct LocalRegistry: RegistryContent {
         }
         return try manifestContent(digest, mediaType: mediaType)
     }
+
+    /// True when a manifest's bytes are in the memory cache.
+    public func holdsInMemory(_ digest: Digest) -> Bool { manifests[digest] != nil }
 
     /// Bytes of a stored manifest, from memory when recently used.
     public func manifestContent(_ digest: Digest, mediaType: String) throws(MirrorError) -> ManifestContent {

@@ -135,9 +135,10 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     func manifest(_ repository: RepositoryKey, digest: Digest, upstream: UpstreamRegistry) async throws(MirrorError) -> ManifestContent {
-        let known = try local.wrap { () throws(IndexError) in try index.manifest(digest) }
-        if let known, store.size(of: digest) != nil {
-            if try local.wrap({ () throws(IndexError) in try index.isLinked(repository, digest) }) {
+        let found = try local.wrap { () throws(IndexError) in try index.manifest(digest, in: repository) }
+        // Bytes in memory need no stat of their file.
+        if let (known, linked) = found, local.holdsInMemory(digest) || store.size(of: digest) != nil {
+            if linked {
                 return try local.manifestContent(digest, mediaType: known.mediaType)
             }
             // Cached through another repository: ask the upstream whether this one holds it.

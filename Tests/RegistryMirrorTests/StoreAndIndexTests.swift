@@ -129,6 +129,9 @@ import Testing
         #expect(try index.repositoryExists(a))
         #expect(try !index.repositoryExists(b))
         #expect(try index.manifest(manifest)?.mediaType == MediaType.ociManifest)
+        #expect(try index.manifest(manifest, in: a).map { [$0.record.mediaType, "\($0.linked)"] } == [MediaType.ociManifest, "true"])
+        #expect(try index.manifest(manifest, in: b)?.linked == false, "b never held the manifest")
+        #expect(try index.manifest(layer, in: a) == nil, "a layer is not a manifest")
         #expect(try index.totalSize(manifest) == 5 + Int64(manifestBytes.count))
         #expect(try index.listing().map(\.tag) == ["latest", "v10", "v2"])
     }
