@@ -93,6 +93,15 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
         }
     }
 
+    /// A digest from the path; malformed is `DIGEST_INVALID`.
+    static func digest(_ text: Substring) throws -> Digest {
+        do {
+            return try Digest(parsing: text)
+        } catch {
+            throw RegistryError(.digestInvalid, error.message)
+        }
+    }
+
     func repository(_ name: Substring, _ namespace: String?) throws -> RepositoryKey {
         do {
             return try router.route(path: name, namespace: namespace)
@@ -149,12 +158,7 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
 
     func blob(_ request: Request, _ context: RegistryRequestContext, name: Substring, namespace: String?, digest text: Substring, head: Bool) async throws -> Response {
         let repository = try repository(name, namespace)
-        let digest: Digest
-        do {
-            digest = try Digest(parsing: text)
-        } catch {
-            throw RegistryError(.digestInvalid, error.message)
-        }
+        let digest = try Self.digest(text)
         var headers: HTTPFields = [
             .contentType: "application/octet-stream",
             .dockerContentDigest: digest.description,
@@ -336,12 +340,7 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
 
     func referrers(_ request: Request, name: Substring, namespace: String?, digest text: Substring, head: Bool) async throws -> Response {
         let repository = try repository(name, namespace)
-        let digest: Digest
-        do {
-            digest = try Digest(parsing: text)
-        } catch {
-            throw RegistryError(.digestInvalid, error.message)
-        }
+        let digest = try Self.digest(text)
         var descriptors: [Descriptor]
         do {
             descriptors = try await content.referrers(repository, digest)
