@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import OCI
 
 /// Where blob bytes live. Blobs include manifests and indexes: everything is content-addressed.
@@ -11,6 +16,10 @@ public protocol BlobStore: Sendable {
     func size(of digest: Digest) -> Int64?
     /// How to read a stored blob, or nil when absent.
     func location(of digest: Digest) -> BlobLocation?
+    /// Opens a stored blob for reading, or nil when absent. The open file stays readable
+    /// if the blob is deleted afterwards, so a response that opened it before sending its
+    /// head can always finish.
+    func openBlob(_ digest: Digest) throws(StoreError) -> ReadableFile?
     /// Starts a verified write. Nothing is visible until `commit()` succeeds.
     func makeWriter(expecting digest: Digest, size: Int64?) throws(StoreError) -> any BlobWriter
     /// Reads a whole blob into memory; refuses one larger than `limit`.
@@ -47,6 +56,22 @@ public enum BlobLocation: Sendable, Equatable {
     }
 }
 
+/// An open, read-only file descriptor, closed when the last holder lets it go.
+///
+/// Readers `pread` it or `dup` it for `sendfile`; they never close it themselves.
+public final class ReadableFile: Sendable {
+    public let descriptor: Int32
+    /// The size when it was opened (a file still being written grows past it).
+    public let size: Int64
+
+    public init(descriptor: Int32, size: Int64) {
+        self.descriptor = descriptor
+        self.size = size
+    }
+
+    deinit { close(descriptor) }
+}
+
 /// One in-progress, verified write. Feed `write`, then `commit` or `abort`.
 public protocol BlobWriter: AnyObject, Sendable {
     var digest: Digest { get }
@@ -56,6 +81,9 @@ public protocol BlobWriter: AnyObject, Sendable {
     var temporaryPath: String { get }
     /// Where the blob is readable once `commit()` succeeded.
     var publishedPath: String { get }
+    /// Opens the data being written for reading. It stays readable through the publishing
+    /// rename and any later delete: a progressive fill's readers never open a path.
+    func openForReading() throws(StoreError) -> ReadableFile
     func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError)
     /// Checks digest and size of everything written; on a mismatch the write is aborted.
     /// After it succeeds the bytes are known good, though not yet durable or visible.

@@ -80,6 +80,21 @@ public final class FileSystemStore: BlobStore {
         size(of: digest).map { .file(path: path(of: digest), size: $0) }
     }
 
+    public func openBlob(_ digest: Digest) throws(StoreError) -> ReadableFile? {
+        let path = path(of: digest)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else {
+            if errno == ENOENT { return nil }
+            throw StoreError(.io, "open \(path): \(String(cString: strerror(errno)))")
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            close(fd)
+            return nil
+        }
+        return ReadableFile(descriptor: fd, size: Int64(st.st_size))
+    }
+
     public func makeWriter(expecting digest: Digest, size: Int64?) throws(StoreError) -> any BlobWriter {
         let temp = tempDirectory + "/\(counter.add(1, ordering: .relaxed).newValue).part"
         return try FileBlobWriter(store: self, digest: digest, expectedSize: size, temporaryPath: temp)
@@ -179,6 +194,12 @@ final class FileBlobWriter: BlobWriter, @unchecked Sendable {
 
     var bytesWritten: Int64 { written.load(ordering: .acquiring) }
     var publishedPath: String { store.path(of: digest) }
+
+    func openForReading() throws(StoreError) -> ReadableFile {
+        let fd = open(temporaryPath, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw StoreError(.io, "open \(temporaryPath): \(String(cString: strerror(errno)))") }
+        return ReadableFile(descriptor: fd, size: 0)
+    }
 
     func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError) {
         guard !finished, verifier != nil else { throw StoreError(.io, "write after finish") }

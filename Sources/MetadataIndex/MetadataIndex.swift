@@ -101,6 +101,24 @@ public final class MetadataIndex: Sendable {
         return found
     }
 
+    /// Cached manifests of `repository` that name `blob` (a few at most): their descriptors
+    /// give the blob's size when an upstream sends it without one.
+    public func manifests(naming blob: Digest, in repository: RepositoryKey, limit: Int = 4) throws(IndexError) -> [ManifestRecord] {
+        var out: [ManifestRecord] = []
+        try db.query(
+            """
+            SELECT m.digest, m.media_type, m.size FROM manifest_references x
+            JOIN manifests m ON m.digest = x.manifest
+            JOIN repository_blobs l ON l.digest = m.digest
+            JOIN repositories r ON r.id = l.repository_id JOIN upstreams u ON u.id = r.upstream_id
+            WHERE x.blob = ? AND u.name = ? AND r.name = ? LIMIT ?
+            """, [.text(blob.description), .text(repository.upstream), .text(repository.name.value), .integer(Int64(limit))]
+        ) { row in
+            out.append(ManifestRecord(digest: try Digest(parsing: row.text(0)), mediaType: row.text(1), size: row.int(2)))
+        }
+        return out
+    }
+
     /// Manifests in `repository` whose `subject` is `digest`.
     public func referrers(_ repository: RepositoryKey, subject: Digest) throws(IndexError) -> [ReferrerRecord] {
         var out: [ReferrerRecord] = []

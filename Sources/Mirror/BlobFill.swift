@@ -1,8 +1,5 @@
 import ContentStore
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 import OCI
 import Synchronization
 import Upstream
@@ -10,49 +7,68 @@ import Upstream
 /// One upstream download of one blob, shared by every client that asks for it meanwhile.
 ///
 /// The download thread appends to the store's temporary file (hashing as it goes) and
-/// advances a "bytes written" mark. Each reader streams that file from its own offset and,
-/// when it catches up, parks until the mark moves. The producer never waits for readers.
-/// At the end the store verifies digest and size, fsyncs and renames; only then is the
-/// blob a cache entry. A failure wakes every reader with the error, and nothing is kept.
+/// advances a "bytes written" mark. The fill holds that file open from its first byte, so
+/// readers read through the fill's descriptor, never a path: the publishing rename and a
+/// later eviction cannot pull the file from under them. Each reader streams from its own
+/// offset and, when it catches up, parks until the mark moves. The producer never waits for
+/// readers. At the end the store verifies digest and size, fsyncs and renames; only then is
+/// the blob a cache entry. A failure wakes every reader with the error, and nothing is kept.
+///
+/// Every wait parks on a continuation until the state changes (or the waiter is cancelled):
+/// no wait loop re-checks without suspending.
 public final class BlobFill: Sendable {
     public enum Outcome: Sendable {
         case running
-        /// Verified and published at `path`.
-        case done(path: String)
+        /// Verified and published.
+        case done
         case failed(MirrorError)
     }
 
     struct State {
+        /// The upstream's head arrived (or the fill ended without one).
+        var headArrived = false
+        /// The size clients are told: the upstream's `Content-Length`, else the size a cached
+        /// manifest's descriptor gives. Nil while unknown (a chunked upstream body).
         var size: Int64?
         var written: Int64 = 0
         /// Digest and size checked: the last byte may go out before the fsync and rename.
         var verified = false
         var outcome: Outcome = .running
-        var waiters: [CheckedContinuation<Void, Never>] = []
+        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter = 0
     }
 
     public let digest: Digest
-    /// The growing file; renamed away once the fill completes.
-    public let temporaryPath: String
+    /// The size a cached manifest names for this blob, used when the upstream sends none.
+    let expectedSize: Int64?
+    /// The growing file, open for reading; it stays readable after the rename and any delete.
+    public let file: ReadableFile
     private let state = Mutex(State())
 
-    init(digest: Digest, temporaryPath: String) {
+    init(digest: Digest, file: ReadableFile, expectedSize: Int64? = nil) {
         self.digest = digest
-        self.temporaryPath = temporaryPath
+        self.file = file
+        self.expectedSize = expectedSize
     }
 
     // MARK: Producer side (the download thread)
 
-    func started(size: Int64) { update { $0.size = size } }
+    /// The upstream's head arrived; `contentLength` is its `Content-Length`, if it sent one.
+    func started(contentLength: Int64?) {
+        update {
+            $0.headArrived = true
+            $0.size = contentLength ?? expectedSize
+        }
+    }
     func advanced(to written: Int64) { update { $0.written = written } }
     func verified() { update { $0.verified = true } }
     func finished(_ outcome: Outcome) { update { $0.outcome = outcome } }
 
     private func update(_ change: (inout State) -> Void) {
-        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+        let waiters = state.withLock { s -> Dictionary<Int, CheckedContinuation<Void, Never>>.Values in
             change(&s)
             defer { s.waiters.removeAll() }
-            return s.waiters
+            return s.waiters.values
         }
         for waiter in waiters { waiter.resume() }
     }
@@ -63,78 +79,110 @@ public final class BlobFill: Sendable {
         state.withLock { ($0.size, $0.written, $0.outcome) }
     }
 
-    private var verifiedSnapshot: (size: Int64?, written: Int64, outcome: Outcome, verified: Bool) {
-        state.withLock { ($0.size, $0.written, $0.outcome, $0.verified) }
-    }
-
-    /// Opens the blob for reading: the growing file while the download runs, else the
-    /// published file. Between the store's rename and the fill reporting `done`, the temp
-    /// path is gone but the outcome not yet known: wait for it rather than fail.
-    public func openForReading() async throws(MirrorError) -> Int32 {
-        let descriptor = open(temporaryPath, O_RDONLY | O_CLOEXEC)
-        if descriptor >= 0 { return descriptor }
-        // Progress updates wake waiters too: wait for the outcome itself.
-        while snapshot.outcome.isRunning { await waitForChange { $0.isRunning } }
-        switch snapshot.outcome {
-        case .done(let path):
-            let published = open(path, O_RDONLY | O_CLOEXEC)
-            if published >= 0 { return published }
-            throw MirrorError(.blobUnknown, "\(digest) was published but cannot be opened")
-        case .failed(let error):
-            throw error
+    /// Waits until the upstream's head arrived or the fill ended. Returns the size clients
+    /// are told, or nil when it is not known yet (the upstream sent no length and no cached
+    /// manifest names one): such a body streams chunked. A fill that ended knows its size.
+    public func size() async throws(MirrorError) -> Int64? {
+        await waitUntil { $0.headArrived || !$0.isRunning }
+        let (headArrived, size, written, outcome) = state.withLock { ($0.headArrived, $0.size, $0.written, $0.outcome) }
+        switch outcome {
+        case .failed(let error): throw error
+        case .done: return size ?? written
         case .running:
-            throw MirrorError(.internal, "the download of \(digest) lost its file")
+            guard headArrived else { throw MirrorError(.internal, "the wait for \(digest) was cancelled") }
+            return size
         }
     }
 
-    /// Waits until the size is known (the upstream's headers arrived) or the fill ended.
-    public func size() async throws(MirrorError) -> Int64 {
-        while true {
-            let (size, _, outcome) = snapshot
-            if case .failed(let error) = outcome { throw error }
-            if let size { return size }
-            await waitForChange { $0.size == nil && $0.isRunning }
+    /// Waits until the fill ended: the size of the published blob, or the fill's failure.
+    public func completed() async throws(MirrorError) -> Int64 {
+        await waitUntil { !$0.isRunning }
+        guard let size = try outcomeSize() else { throw MirrorError(.internal, "the wait for \(digest) was cancelled") }
+        return size
+    }
+
+    /// Waits up to `limit` for the fill to end; its size, or nil if it is still running then.
+    public func completedSize(within limit: Duration) async throws(MirrorError) -> Int64? {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.waitUntil { !$0.isRunning } }
+            group.addTask { try? await Task.sleep(for: limit) }
+            await group.next()
+            group.cancelAll()
+        }
+        return try outcomeSize()
+    }
+
+    private func outcomeSize() throws(MirrorError) -> Int64? {
+        let (_, written, outcome) = snapshot
+        switch outcome {
+        case .failed(let error): throw error
+        case .done: return written
+        case .running: return nil
         }
     }
 
-    /// Waits until more than `offset` bytes may be sent, or the fill ended. Returns how many
-    /// may be sent, or throws the fill's failure.
+    /// Waits until more than `offset` bytes may be sent, or every byte may. Returns how many
+    /// may be sent and whether that is all of them (the blob is verified), or throws the
+    /// fill's failure.
     ///
     /// While the download runs, the blob's last byte is held back: it goes out only after the
     /// digest was verified, so a client never receives a complete body of wrong bytes. A
-    /// failed fill cuts the response short instead, and the client sees an error. The fsync
-    /// and rename that publish the blob come after, off the client's critical path.
-    public func available(beyond offset: Int64) async throws(MirrorError) -> (written: Int64, outcome: Outcome) {
-        while true {
-            let (size, written, outcome, verified) = verifiedSnapshot
-            if case .failed(let error) = outcome { throw error }
-            let sendable = Self.sendable(size: size, written: written, outcome: outcome, verified: verified)
-            if sendable > offset || !outcome.isRunning { return (sendable, outcome) }
-            await waitForChange {
-                Self.sendable(size: $0.size, written: $0.written, outcome: $0.outcome, verified: $0.verified) <= offset && $0.isRunning
-            }
+    /// body of unknown length holds back its end instead (the last chunk). A failed fill
+    /// cuts the response short, and the client sees an error. The fsync and rename that
+    /// publish the blob come after, off the client's critical path.
+    public func available(beyond offset: Int64) async throws(MirrorError) -> (sendable: Int64, complete: Bool) {
+        await waitUntil { Self.sendable($0) > offset || $0.isComplete || $0.isFailed }
+        return try state.withLock { (s) throws(MirrorError) in
+            if case .failed(let error) = s.outcome { throw error }
+            let sendable = Self.sendable(s)
+            // Cancelled while waiting: end the caller's loop rather than let it ask again.
+            if sendable <= offset, !s.isComplete { throw MirrorError(.internal, "the wait for \(digest) was cancelled") }
+            return (sendable, s.isComplete)
         }
     }
 
-    static func sendable(size: Int64?, written: Int64, outcome: Outcome, verified: Bool) -> Int64 {
-        guard outcome.isRunning, !verified else { return written }
-        return min(written, (size ?? .max) - 1)
+    static func sendable(_ s: State) -> Int64 {
+        guard !s.isComplete, let size = s.size else { return s.written }
+        return min(s.written, size - 1)
     }
 
-    private func waitForChange(while condition: @escaping (State) -> Bool) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let parked = state.withLock { s -> Bool in
-                guard condition(s) else { return false }
-                s.waiters.append(continuation)
-                return true
+    /// Parks until `condition` holds, or the calling task is cancelled. Every change to the
+    /// state wakes every waiter, which checks its condition again under the lock.
+    func waitUntil(_ condition: @escaping @Sendable (State) -> Bool) async {
+        while !Task.isCancelled {
+            let id = state.withLock { s -> Int in
+                s.nextWaiter += 1
+                return s.nextWaiter
             }
-            if !parked { continuation.resume() }
+            let satisfied = await withTaskCancellationHandler {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let parked = state.withLock { s -> Bool in
+                        guard !condition(s), !Task.isCancelled else { return false }
+                        s.waiters[id] = continuation
+                        return true
+                    }
+                    if !parked { continuation.resume() }
+                }
+                return state.withLock { condition($0) }
+            } onCancel: {
+                state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
+            }
+            if satisfied { return }
         }
     }
 }
 
 extension BlobFill.State {
     var isRunning: Bool { outcome.isRunning }
+    var isFailed: Bool {
+        if case .failed = outcome { return true }
+        return false
+    }
+    /// Every byte is written and verified: the whole body may go out.
+    var isComplete: Bool {
+        if case .done = outcome { return true }
+        return verified && isRunning
+    }
 }
 
 extension BlobFill.Outcome {
@@ -149,24 +197,30 @@ final class FillSink: TransferSink, @unchecked Sendable {
     // Called only on the transfer thread.
     let writer: any BlobWriter
     let fill: BlobFill
-    let offset: Int64
     private(set) var status = 0
+    /// A write to the store that failed (a full disk, say): the mirror's fault, not the
+    /// upstream's, whatever the transfer reports after the sink gave up.
+    private(set) var storeError: StoreError?
 
-    init(writer: any BlobWriter, fill: BlobFill, offset: Int64) {
+    init(writer: any BlobWriter, fill: BlobFill) {
         self.writer = writer
         self.fill = fill
-        self.offset = offset
     }
 
     func head(_ head: ResponseHead) -> Bool {
         status = head.status
         guard (200..<300).contains(head.status) else { return false }
-        if offset == 0, let length = head.contentLength { fill.started(size: length) }
+        fill.started(contentLength: head.contentLength)
         return true
     }
 
     func body(_ chunk: UnsafeRawBufferPointer) throws {
-        try writer.write(chunk)
+        do {
+            try writer.write(chunk)
+        } catch {
+            if error.code == .io { storeError = error }
+            throw error
+        }
         fill.advanced(to: writer.bytesWritten)
     }
 }

@@ -55,30 +55,39 @@ public struct LocalRegistry: RegistryContent {
 
     public func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent {
         guard try wrap({ () throws(IndexError) in try index.isLinked(repository, digest) }),
-            let location = try intactLocation(of: digest)
+            let file = try openIntact(digest)
         else {
             throw MirrorError(.blobUnknown, "\(digest) is not in the cache for \(repository)")
         }
-        return .stored(digest, location)
+        return .stored(file, lease: nil)
     }
 
-    /// A stored blob whose file has the size the index recorded. A file of another size
-    /// (truncated on disk, say) is removed and reported absent, so it is never served and a
-    /// pull-through mirror fetches it again.
-    public func intactLocation(of digest: Digest) throws(MirrorError) -> BlobLocation? {
-        guard let location = store.location(of: digest) else { return nil }
-        guard let recorded = try wrap({ () throws(IndexError) in try index.blobSize(digest) }), recorded != location.size else {
-            return location
+    /// Opens a stored blob whose file has the size the index recorded. A file of another
+    /// size (truncated on disk, say) is removed and reported absent, so it is never served
+    /// and a pull-through mirror fetches it again.
+    ///
+    /// The file is open before anything is decided from it: a blob evicted after this
+    /// stays readable to this caller, and one evicted before it is simply absent.
+    public func openIntact(_ digest: Digest) throws(MirrorError) -> ReadableFile? {
+        let file: ReadableFile?
+        do {
+            file = try store.openBlob(digest)
+        } catch {
+            throw MirrorError(.storeFailed, "the local store cannot open \(digest): \(error.message)")
+        }
+        guard let file else { return nil }
+        guard let recorded = try wrap({ () throws(IndexError) in try index.blobSize(digest) }), recorded != file.size else {
+            return file
         }
         Logger(label: "registry-mirror").warning("a cached blob has the wrong size; removed, it will be fetched again",
-            metadata: ["oci.digest": "\(digest)", "bytes": "\(location.size)", "expected": "\(recorded)"])
+            metadata: ["oci.digest": "\(digest)", "bytes": "\(file.size)", "expected": "\(recorded)"])
         try? store.delete(digest)
         return nil
     }
 
     public func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64 {
-        guard case .stored(_, let location) = try await blob(repository, digest) else { return 0 }
-        return location.size
+        guard case .stored(let file, _) = try await blob(repository, digest) else { return 0 }
+        return file.size
     }
 
     public func tags(_ repository: RepositoryKey) async throws(MirrorError) -> [String] {

@@ -15,7 +15,8 @@ import Upstream
 ///   (from upstreams): bytes saved = served − upstream
 /// - `registry_mirror_upstream_requests_total{upstream,status}` (status "error" for transport failures)
 /// - `registry_mirror_singleflight_joins_total{kind}`, `registry_mirror_verification_failures_total`,
-///   `registry_mirror_stale_serves_total{upstream}`
+///   `registry_mirror_stale_serves_total{upstream}`, `registry_mirror_store_failures_total` (the
+///   mirror's own disk or index, never the upstream's fault), `registry_mirror_prefetches_total{kind}`
 /// - `registry_mirror_store_bytes`, `registry_mirror_store_objects`, `registry_mirror_store_max_bytes`,
 ///   `registry_mirror_evicted_images_total`, `registry_mirror_evicted_bytes_total`
 public final class MirrorStats: UpstreamObserver, Sendable {
@@ -49,6 +50,7 @@ public final class MirrorStats: UpstreamObserver, Sendable {
         public var storeMaxBytes: Int64?
         public var evictedImages: Int
         public var verificationFailures: Int
+        public var storeFailures: Int
 
         /// Hits (of any kind, revalidations included) over hits and misses.
         public var hitRatio: Double? {
@@ -69,6 +71,7 @@ public final class MirrorStats: UpstreamObserver, Sendable {
         var storeMaxBytes: Int64?
         var evictedImages = 0
         var verificationFailures = 0
+        var storeFailures = 0
     }
 
     let factory: any MetricsFactory
@@ -113,6 +116,17 @@ public final class MirrorStats: UpstreamObserver, Sendable {
     public func verificationFailed() {
         state.withLock { $0.verificationFailures += 1 }
         counter("registry_mirror_verification_failures_total", []).increment()
+    }
+
+    /// The mirror's own store or index failed to keep content (a full disk, an I/O error).
+    public func storeFailed() {
+        state.withLock { $0.storeFailures += 1 }
+        counter("registry_mirror_store_failures_total", []).increment()
+    }
+
+    /// A background fetch an index started: `kind` manifest (a child) or blob.
+    public func prefetched(_ kind: String) {
+        counter("registry_mirror_prefetches_total", [("kind", kind)]).increment()
     }
 
     public func request(route: String, method: String, status: Int, duration: Duration) {
@@ -183,7 +197,7 @@ public final class MirrorStats: UpstreamObserver, Sendable {
         return Snapshot(started: started, cache: s.cache, servedBytes: s.servedBytes, upstreamBytes: s.upstreamBytes,
                         upstreams: s.upstreams, repositories: s.repositories, storeBytes: s.storeBytes,
                         storeObjects: s.storeObjects, storeMaxBytes: s.storeMaxBytes, evictedImages: s.evictedImages,
-                        verificationFailures: s.verificationFailures)
+                        verificationFailures: s.verificationFailures, storeFailures: s.storeFailures)
     }
 
     // MARK: Metric objects, made once per label set

@@ -15,6 +15,9 @@ public struct UpstreamPolicy: Sendable {
     /// When an index is fetched, also download the blobs of these platforms' images in the
     /// background, so the first pull of a fleet's platform finds them cached.
     public var prefetchPlatforms: [Platform] = []
+    /// At most this many of an index's other child manifests are fetched in the background.
+    /// Each is a pull on the upstream's rate limit, and a crafted index can list hundreds.
+    public var prefetchMaxChildren = 32
 
     public init() {}
 }
@@ -138,19 +141,19 @@ public final class PullThroughRegistry: RegistryContent {
         let found = try local.wrap { () throws(IndexError) in try index.manifest(digest, in: repository) }
         // Bytes in memory need no stat of their file.
         if let (known, linked) = found, local.holdsInMemory(digest) || store.size(of: digest) != nil {
-            if linked {
-                return try local.manifestContent(digest, mediaType: known.mediaType)
+            if !linked {
+                // Cached through another repository: ask the upstream whether this one holds it.
+                do {
+                    _ = try await upstream.manifest(repository.name, .digest(digest), head: true)
+                } catch {
+                    throw Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .manifestUnknown)
+                }
+                var batch = ContentBatch()
+                batch.link(repository, digest)
+                try local.wrap { () throws(IndexError) in try index.record(batch) }
             }
-            // Cached through another repository: ask the upstream whether this one holds it.
-            do {
-                _ = try await upstream.manifest(repository.name, .digest(digest), head: true)
-            } catch {
-                throw Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .manifestUnknown)
-            }
-            var batch = ContentBatch()
-            batch.link(repository, digest)
-            try local.wrap { () throws(IndexError) in try index.record(batch) }
-            return try local.manifestContent(digest, mediaType: known.mediaType)
+            // A file evicted between the check and the read is a miss, fetched below.
+            if let content = try? local.manifestContent(digest, mediaType: known.mediaType) { return content }
         }
         return try await manifestFlights.run("digest|\(repository)|\(digest)", joined: { stats?.joined(.manifestByDigest) }) { () throws(MirrorError) in
             try await self.fetchManifest(repository, digest: digest, tag: nil, upstream: upstream)
@@ -186,10 +189,12 @@ public final class PullThroughRegistry: RegistryContent {
         }
         // The type the upstream served it as is the type we serve it as.
         let mediaType = response.mediaType.flatMap { MediaType.isManifest($0) ? $0 : nil } ?? document.mediaType
+        let knownBefore = try local.wrap { () throws(IndexError) in try index.blobSize(actual) } != nil
         do {
             try store.write(bytes, as: actual)
         } catch {
-            throw MirrorError(.internal, "storing manifest \(actual): \(error.message)")
+            stats?.storeFailed()
+            throw MirrorError(.storeFailed, "the local store cannot keep manifest \(actual): \(error.message)")
         }
         var batch = ContentBatch()
         batch.addBlob(actual, size: Int64(bytes.count))
@@ -201,7 +206,7 @@ public final class PullThroughRegistry: RegistryContent {
         for blob in document.blobs { batch.link(repository, blob.digest) }
         for child in document.manifests { batch.link(repository, child.digest) }
         if let tag { batch.tag(repository, tag, actual, mediaType: mediaType, checkedAt: Self.now) }
-        try local.wrap { () throws(IndexError) in try index.record(batch) }
+        try record(batch, stored: actual, knownBefore: knownBefore)
         var content = ManifestContent(digest: actual, mediaType: mediaType, bytes: bytes)
         content.cacheResult = .miss
         if document.isIndex, prefetchChildManifests { prefetchChildren(document.manifests, repository: repository, upstream: upstream) }
@@ -209,14 +214,11 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     /// Child manifests are small and a client asks for one right after the index: fetch
-    /// them in the background, a few at a time.
+    /// them in the background, a few at a time. The configured platforms' children always;
+    /// others only up to `prefetchMaxChildren`, so one index cannot spend the rate limit.
     func prefetchChildren(_ children: [Descriptor], repository: RepositoryKey, upstream: UpstreamRegistry) {
-        let platforms = policy(repository).prefetchPlatforms
-        let missing = children.filter { child in
-            guard MediaType.isManifest(child.mediaType) else { return false }
-            // Cached children are revisited only when their blobs are wanted too.
-            return store.size(of: child.digest) == nil || (child.platform.map { p in platforms.contains { $0.matches(p) } } ?? false)
-        }
+        let policy = policy(repository)
+        let missing = Self.childrenToPrefetch(children, policy: policy) { store.size(of: $0) != nil }
         guard !missing.isEmpty else { return }
         Task.detached { [self] in
             await withTaskGroup(of: Void.self) { group in
@@ -225,6 +227,7 @@ public final class PullThroughRegistry: RegistryContent {
                         await self.prefetchSlots.wait()
                         defer { self.prefetchSlots.signal() }
                         do {
+                            self.stats?.prefetched("manifest")
                             let content = try await self.manifest(repository, digest: child.digest, upstream: upstream)
                             if let platform = child.platform, self.policy(repository).prefetchPlatforms.contains(where: { $0.matches(platform) }) {
                                 try self.prefetchBlobs(of: content, repository: repository, upstream: upstream)
@@ -242,35 +245,62 @@ public final class PullThroughRegistry: RegistryContent {
     func prefetchBlobs(of manifest: ManifestContent, repository: RepositoryKey, upstream: UpstreamRegistry) throws {
         let document = try ManifestDocument(bytes: manifest.bytes, contentType: manifest.mediaType)
         for blob in document.blobs where store.size(of: blob.digest) == nil {
+            stats?.prefetched("blob")
             _ = try startOrJoinFill(repository, blob.digest, upstream: upstream)
         }
+    }
+
+    /// Which children of an index to fetch in the background: those of the policy's
+    /// platforms (cached or not: their blobs are wanted too), then uncached others, at most
+    /// `prefetchMaxChildren` of them.
+    static func childrenToPrefetch(_ children: [Descriptor], policy: UpstreamPolicy, isCached: (Digest) -> Bool) -> [Descriptor] {
+        var chosen: [Descriptor] = []
+        var others = 0
+        for child in children where MediaType.isManifest(child.mediaType) {
+            if let platform = child.platform, policy.prefetchPlatforms.contains(where: { $0.matches(platform) }) {
+                chosen.append(child)
+            } else if others < policy.prefetchMaxChildren, !isCached(child.digest) {
+                others += 1
+                chosen.append(child)
+            }
+        }
+        return chosen
     }
 
     // MARK: Blobs
 
     public func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent {
+        // Leased before the lookup, so an eviction pass here that decides after this point
+        // leaves the blob be; one that decided before finds the open below failing, a miss.
+        let lease = maintenance?.lease(digest)
         guard let upstream = upstream(for: repository) else {
-            do {
-                let content = try await local.blob(repository, digest)
+            do throws(MirrorError) {
+                guard case .stored(let file, _) = try await local.blob(repository, digest) else {
+                    throw MirrorError(.blobUnknown, "\(digest) is not in the cache for \(repository)")
+                }
                 stats?.cache(.blob, .hit)
-                return content
+                return .stored(file, lease: lease)
             } catch {
                 stats?.cache(.blob, .miss)
                 throw error
             }
         }
-        if let location = try local.intactLocation(of: digest) {
+        if let file = try local.openIntact(digest) {
             try await ensureLinked(repository, digest, upstream: upstream)
             stats?.cache(.blob, .hit)
-            return .stored(digest, location)
+            return .stored(file, lease: lease)
         }
-        // Not cached, or damaged (and removed): fetch it again.
-        return .filling(try startOrJoinFill(repository, digest, upstream: upstream))
+        // Not cached, evicted, or damaged (and removed): fetch it again.
+        let fill = try startOrJoinFill(repository, digest, upstream: upstream)
+        return .filling(fill, lease: lease)
     }
+
+    /// How long a HEAD for a blob the upstream sends without a length waits for its download.
+    static let sizelessHeadWait: Duration = .seconds(20)
 
     public func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64 {
         guard let upstream = upstream(for: repository) else { return try await local.blobSize(repository, digest) }
-        if let size = try local.intactLocation(of: digest)?.size {
+        if let size = try local.openIntact(digest)?.size {
             try await ensureLinked(repository, digest, upstream: upstream)
             return size
         }
@@ -282,8 +312,25 @@ public final class PullThroughRegistry: RegistryContent {
         } catch {
             throw Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .blobUnknown)
         }
-        guard let size, size >= 0 else { throw MirrorError(.blobUnknown, "\(upstream.name) has no blob \(digest) in \(repository)") }
-        return size
+        guard let size else { throw MirrorError(.blobUnknown, "\(upstream.name) has no blob \(digest) in \(repository)") }
+        if size >= 0 { return size }
+        // The upstream answered without a length (a chunked server). A cached manifest's
+        // descriptor says it; failing that, the download does, fetched now and bounded.
+        if let known = try descriptorSize(of: digest, in: repository) { return known }
+        let fill = try startOrJoinFill(repository, digest, upstream: upstream)
+        if let completed = try await fill.completedSize(within: Self.sizelessHeadWait) { return completed }
+        throw MirrorError(.upstreamUnavailable, "\(upstream.name) sent no size for \(repository)@\(digest), and its download is still running; retry")
+    }
+
+    /// The size a cached manifest of `repository` gives for `digest`, if one names it.
+    func descriptorSize(of digest: Digest, in repository: RepositoryKey) throws(MirrorError) -> Int64? {
+        let manifests = try local.wrap { () throws(IndexError) in try index.manifests(naming: digest, in: repository) }
+        for record in manifests {
+            guard let content = try? local.manifestContent(record.digest, mediaType: record.mediaType),
+                  let document = try? ManifestDocument(bytes: content.bytes, contentType: content.mediaType) else { continue }
+            if let descriptor = document.blobs.first(where: { $0.digest == digest }) { return descriptor.size }
+        }
+        return nil
     }
 
     /// Repository scoping: link R to a cached blob only after the upstream confirms R holds it.
@@ -318,15 +365,20 @@ public final class PullThroughRegistry: RegistryContent {
     /// Joins the running download of `digest`, or starts one.
     func startOrJoinFill(_ repository: RepositoryKey, _ digest: Digest, upstream: UpstreamRegistry) throws(MirrorError) -> BlobFill {
         let key = fillKey(upstream, digest)
+        // Looked up before the lock: a chunked upstream sends no length, and this is the one
+        // a client can be told in its place.
+        let expectedSize = fills.withLock({ $0[key] }) == nil ? try descriptorSize(of: digest, in: repository) : nil
         let started: (BlobFill, (any BlobWriter)?) = try fills.withLock { (fills) throws(MirrorError) in
             if let fill = fills[key] { return (fill, nil) }
             let writer: any BlobWriter
+            let file: ReadableFile
             do throws(StoreError) {
                 writer = try store.makeWriter(expecting: digest, size: nil)
+                file = try writer.openForReading()
             } catch {
-                throw MirrorError(.internal, "cannot start a download of \(digest): \(error.message)")
+                throw MirrorError(.storeFailed, "the local store cannot start a download of \(digest): \(error.message)")
             }
-            let fill = BlobFill(digest: digest, temporaryPath: writer.temporaryPath)
+            let fill = BlobFill(digest: digest, file: file, expectedSize: expectedSize)
             fills[key] = fill
             return (fill, writer)
         }
@@ -346,28 +398,40 @@ public final class PullThroughRegistry: RegistryContent {
 
     func runFill(_ fill: BlobFill, writer: any BlobWriter, repository: RepositoryKey, upstream: UpstreamRegistry, key: String) async {
         let digest = fill.digest
+        let sink = FillSink(writer: writer, fill: fill)
         let outcome: BlobFill.Outcome
         do {
-            let sink = FillSink(writer: writer, fill: fill, offset: 0)
-            _ = try await upstream.fetchBlob(repository.name, digest, sink: sink)
+            do {
+                _ = try await upstream.fetchBlob(repository.name, digest, sink: sink)
+            } catch {
+                // The transfer reports a sink that gave up as the upstream's fault; it was ours.
+                if let storeError = sink.storeError { throw storeError }
+                throw error
+            }
+            if let told = fill.snapshot.size, told != writer.bytesWritten {
+                throw StoreError(.verification, "\(writer.bytesWritten) bytes arrived, \(told) were announced")
+            }
             // Verified bytes may be sent in full now; durability (fsync, rename) follows.
             try writer.verify()
             fill.verified()
-            try writer.commit()
-            var batch = ContentBatch()
-            batch.addBlob(digest, size: writer.bytesWritten)
-            batch.link(repository, digest)
-            try index.record(batch)
+            try await publish(writer, repository: repository)
             maintenance?.nudge()
-            outcome = .done(path: writer.publishedPath)
+            outcome = .done
             logger.info("blob cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "bytes": "\(writer.bytesWritten)", "cache.result": "fill"])
         } catch let error as UpstreamError {
             writer.abort()
             outcome = .failed(Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .blobUnknown))
-        } catch let error as StoreError {
+        } catch let error as StoreError where error.code == .verification {
             writer.abort()
             stats?.verificationFailed()
             outcome = .failed(MirrorError(.invalidContent, "\(upstream.name) sent a bad blob for \(repository)@\(digest): \(error.message)"))
+        } catch let error as StoreError {
+            writer.abort()
+            stats?.storeFailed()
+            outcome = .failed(MirrorError(.storeFailed, "the local store failed while caching \(digest): \(error.message)"))
+        } catch let error as MirrorError {
+            writer.abort()
+            outcome = .failed(error)
         } catch {
             writer.abort()
             outcome = .failed(MirrorError(.internal, "download of \(digest) failed: \(error)"))
@@ -381,6 +445,31 @@ public final class PullThroughRegistry: RegistryContent {
             if fills[key] === fill { fills[key] = nil }
         }
         fill.finished(outcome)
+    }
+
+    /// Makes a verified blob durable and visible, then records it. fsync and rename block, so
+    /// they run on a thread of their own, off the cooperative pool. A blob the index cannot
+    /// record is deleted again (unless the index already knew it): nothing unindexed stays.
+    func publish(_ writer: any BlobWriter, repository: RepositoryKey) async throws {
+        let digest = writer.digest
+        let knownBefore = try local.wrap { () throws(IndexError) in try index.blobSize(digest) } != nil
+        try await BlockingWork.run { try writer.commit() }
+        var batch = ContentBatch()
+        batch.addBlob(digest, size: writer.bytesWritten)
+        batch.link(repository, digest)
+        try record(batch, stored: digest, knownBefore: knownBefore)
+    }
+
+    /// Records what was just stored; if the index refuses, the stored file goes again (unless
+    /// the index already knew it), so no file stays that the index does not know.
+    func record(_ batch: ContentBatch, stored digest: Digest, knownBefore: Bool) throws(MirrorError) {
+        do {
+            try index.record(batch)
+        } catch {
+            if !knownBefore { try? store.delete(digest) }
+            stats?.storeFailed()
+            throw MirrorError(.storeFailed, "the local index cannot record \(digest): \(error.message)")
+        }
     }
 
     // MARK: Tags and referrers

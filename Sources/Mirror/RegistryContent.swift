@@ -39,10 +39,15 @@ public struct ManifestContent: Sendable {
 }
 
 /// A blob ready to be streamed: stored, or still arriving from the upstream.
+///
+/// Either way it is already open, and leased against eviction in this process, before the
+/// response's head is sent: a blob that vanished before the open was a miss (fetched
+/// again), and one evicted after it still streams to the end. The response holds the value
+/// until its body is written.
 public enum BlobContent: Sendable {
-    case stored(Digest, BlobLocation)
-    /// A shared download in progress; stream from its growing file.
-    case filling(BlobFill)
+    case stored(ReadableFile, lease: BlobLease?)
+    /// A shared download in progress; read through the fill.
+    case filling(BlobFill, lease: BlobLease?)
 }
 
 /// Errors of the mirror core, mapped to wire codes in one table by the HTTP front.
@@ -61,6 +66,8 @@ public struct MirrorError: Error, Sendable, CustomStringConvertible {
         public static let invalidContent = Code(raw: "invalid content")
         /// The upstream has no referrers API: clients should use the tag fallback.
         public static let referrersUnsupported = Code(raw: "referrers unsupported")
+        /// The mirror's own store failed (a full disk, an I/O error): not the upstream's fault.
+        public static let storeFailed = Code(raw: "local store failure")
         public static let `internal` = Code(raw: "internal error")
     }
 

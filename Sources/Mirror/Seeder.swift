@@ -108,25 +108,23 @@ public struct Seeder: Sendable {
         let digest = blob.digest
         progress(.blobStarted(image: name, digest: digest, size: blob.size))
         switch try await registry.blob(repository, digest) {
-        case .stored(_, let location):
-            progress(.blobFinished(image: name, digest: digest, bytes: location.size, cached: true))
-            return location.size
-        case .filling(let fill):
+        case .stored(let file, _):
+            progress(.blobFinished(image: name, digest: digest, bytes: file.size, cached: true))
+            return file.size
+        case .filling(let fill, _):
             var seen: Int64 = -1
             while true {
-                let (written, outcome) = try await fill.available(beyond: seen)
-                if written != seen {
-                    seen = written
-                    progress(.blobProgress(image: name, digest: digest, bytes: written, size: fill.snapshot.size ?? blob.size))
+                let (sendable, complete) = try await fill.available(beyond: seen)
+                if sendable != seen {
+                    seen = sendable
+                    progress(.blobProgress(image: name, digest: digest, bytes: sendable, size: fill.snapshot.size ?? blob.size))
                 }
-                switch outcome {
-                case .running: continue
-                case .failed(let error): throw error
-                case .done:
-                    progress(.blobFinished(image: name, digest: digest, bytes: written, cached: false))
-                    return written
-                }
+                if complete { break }
             }
+            // Verified; wait for it to be published too.
+            let size = try await fill.completed()
+            progress(.blobFinished(image: name, digest: digest, bytes: size, cached: false))
+            return size
         }
     }
 

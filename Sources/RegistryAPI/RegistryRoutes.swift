@@ -32,7 +32,6 @@ struct TagList: Encodable {
 public struct RegistryRoutes<Content: RegistryContent>: Sendable {
     let content: Content
     let router: UpstreamRouter
-    let fileIO = FileIO()
 
     /// Told of every manifest and blob served (access times for LRU) and holds a lease on
     /// each stored blob while its response streams.
@@ -186,38 +185,52 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
             throw RegistryError(error)
         }
         maintenance?.touch(digest)
+        // The blob is open (and leased) already: once the head goes out, the body can finish.
         switch blob {
-        case .stored(_, .file(let path, let size)):
-            let (status, start, length) = try Self.resolveRange(request, size: size, headers: &headers)
+        case .stored(let file, let lease):
+            let (status, start, length) = try Self.resolveRange(request, size: file.size, headers: &headers)
             headers[.contentLength] = String(length)
-            if length == 0 { return Response(status: status, headers: headers) }
-            // Held by the body until the response is gone, so eviction leaves the file be.
-            let lease = maintenance?.lease(digest)
             headers[.xCache] = "HIT"
-            stats?.served(length, repository: repository)
-            return Response(status: status, headers: headers, body: fileBody(path: path, start: start, length: length, lease: lease, channel: context.channel, context: context))
-        case .filling(let fill):
+            if length == 0 { return Response(status: status, headers: headers) }
+            let source = BlobBody(file: file, fill: nil, start: start, length: length, holding: lease)
+            return Response(status: status, headers: headers, body: source.body(channel: context.channel, served: served(repository)))
+        case .filling(let fill, let lease):
+            headers[.xCache] = "MISS"
             // Headers go out as soon as the upstream's do; the body follows the download.
-            let size: Int64
+            var size: Int64?
             do {
                 size = try await fill.size()
-            } catch {
+                // An upstream that sends no length (chunked) and no manifest that names one: a
+                // Range needs the size, so wait a while for the end; a plain GET streams chunked.
+                if size == nil, request.headers[.range] != nil {
+                    size = try await fill.completedSize(within: Self.rangeWaitForSize)
+                    guard size != nil else {
+                        throw RegistryError(.unavailable, "\(digest) is still downloading and its size is not known yet; retry",
+                                            headers: [.retryAfter: "5"])
+                    }
+                }
+            } catch let error as MirrorError {
                 throw RegistryError(error)
+            }
+            guard let size else {
+                let source = BlobBody(file: fill.file, fill: fill, start: 0, length: nil, holding: lease)
+                return Response(status: .ok, headers: headers, body: source.body(channel: context.channel, served: served(repository)))
             }
             let (status, start, length) = try Self.resolveRange(request, size: size, headers: &headers)
             headers[.contentLength] = String(length)
-            headers[.xCache] = "MISS"
             if length == 0 { return Response(status: status, headers: headers) }
-            stats?.served(length, repository: repository)
-            // Opened before the headers go out, so a failure here is still a proper error status.
-            let descriptor: Int32
-            do {
-                descriptor = try await fill.openForReading()
-            } catch {
-                throw RegistryError(error)
-            }
-            return Response(status: status, headers: headers, body: Self.fillBody(fill, descriptor: descriptor, start: start, length: length, channel: context.channel))
+            let source = BlobBody(file: fill.file, fill: fill, start: start, length: length, holding: lease)
+            return Response(status: status, headers: headers, body: source.body(channel: context.channel, served: served(repository)))
         }
+    }
+
+    /// How long a Range for a blob of unknown size (a chunked upstream) waits for its download.
+    static var rangeWaitForSize: Duration { .seconds(20) }
+
+    /// Counts bytes that reached a client, once its body ends.
+    func served(_ repository: RepositoryKey) -> @Sendable (Int64) -> Void {
+        let stats = self.stats
+        return { bytes in stats?.served(bytes, repository: repository) }
     }
 
     /// Applies the request's `Range` to a blob of `size`: status, start and length, and `Content-Range`.
@@ -231,79 +244,6 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
         case .unsatisfiable:
             throw RegistryError(.rangeInvalid, "range \(request.headers[.range]?.prefix(100) ?? "") cannot be satisfied for a blob of \(size) bytes",
                                 headers: [.contentRange: "bytes */\(size)"])
-        }
-    }
-
-    /// Streams a blob that is still downloading from its growing file, at this reader's pace.
-    /// If the download fails, the body throws and the connection is cut: the client sees an
-    /// error, never wrong bytes.
-    ///
-    /// Where the connection can send files, each newly written stretch goes out as a file
-    /// region (sendfile), and the next is queued only once the one before it was written, so
-    /// a reader holds no data in memory and waits on its own socket. Otherwise it falls back
-    /// to small buffered reads.
-    static func fillBody(_ fill: BlobFill, descriptor: Int32, start: Int64, length: Int64, channel: any Channel) -> ResponseBody {
-        ResponseBody(contentLength: Int(length)) { writer in
-            defer { close(descriptor) }
-            let end = start + length
-            var offset = start
-            var inflight: [EventLoopFuture<Void>] = []
-            var buffer: ByteBuffer?
-            while offset < end {
-                let sendable: Int64
-                do throws(MirrorError) {
-                    sendable = try await fill.available(beyond: offset).written
-                } catch {
-                    throw RegistryError(error)
-                }
-                let limit = min(sendable, end)
-                if buffer == nil, let region = dup(descriptor) as Int32?, region >= 0 {
-                    if let written = await channel.enqueueFileRegion(descriptor: region, offset: offset, length: limit - offset) {
-                        try await writer.write(FileRegionHandler.marker)
-                        offset = limit
-                        inflight.append(written)
-                        // At most two regions queued: the socket's pace is the reader's pace.
-                        if inflight.count >= 2 { try await inflight.removeFirst().get() }
-                        continue
-                    }
-                    close(region)
-                }
-                var chunk = buffer ?? ByteBufferAllocator().buffer(capacity: 64 << 10)
-                while offset < limit {
-                    let count = Int(min(Int64(64 << 10), limit - offset))
-                    chunk.clear()
-                    let read = chunk.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
-                        max(0, pread(descriptor, raw.baseAddress!, count, off_t(offset)))
-                    }
-                    guard read > 0 else { throw RegistryError(.unknown, "reading the download of \(fill.digest) failed") }
-                    try await writer.write(chunk)
-                    offset += Int64(read)
-                }
-                buffer = chunk
-            }
-            for written in inflight { try await written.get() }
-            try await writer.finish(nil)
-        }
-    }
-
-    /// A body that sends the file zero-copy where the connection allows, else through buffers.
-    func fileBody(path: String, start: Int64, length: Int64, lease: BlobLease?, channel: any Channel, context: RegistryRequestContext) -> ResponseBody {
-        let fileIO = self.fileIO
-        return ResponseBody(contentLength: Int(length)) { writer in
-            defer { withExtendedLifetime(lease) {} }
-            // Opened now: a blob evicted after this point stays readable through the descriptor.
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw RegistryError(.blobUnknown, "blob file disappeared") }
-            if let written = await channel.enqueueFileRegion(descriptor: fd, offset: start, length: length) {
-                try await writer.write(FileRegionHandler.marker)
-                // The lease lasts until the file is on the wire, not just queued.
-                try await written.get()
-            } else {
-                close(fd)
-                let body = try await fileIO.loadFile(path: path, range: Int(start)...Int(start + length - 1), context: context)
-                try await body.write(writer)
-            }
-            try await writer.finish(nil)
         }
     }
 

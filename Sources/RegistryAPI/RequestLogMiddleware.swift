@@ -2,6 +2,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import Mirror
+import NIOCore
 
 /// The id of the request being served, for log lines written below the HTTP layer (the
 /// mirror core logs with its own logger; a metadata provider adds this id to its lines).
@@ -35,15 +36,17 @@ public struct RequestLogMiddleware<Context: RequestContext>: RouterMiddleware {
                 response.headers[.xRequestID] = id
                 let status = response.status.code
                 let cache = response.headers[.xCache]
-                let bytes = request.method == .head ? 0 : (response.headers[.contentLength].flatMap { Int($0) } ?? 0)
                 let body = response.body
                 response.body = ResponseBody(contentLength: body.contentLength) { writer in
+                    // `bytes=` is what was sent, not the Content-Length: a cut body logs less.
+                    let sent = SentBytes()
                     var failure: (any Error)?
                     do {
-                        try await body.write(writer)
+                        try await SentBytes.$current.withValue(sent) { try await body.write(CountingBodyWriter(writer, into: sent)) }
                     } catch {
                         failure = error
                     }
+                    let bytes = Int(sent.value)
                     self.finish(request, context, route: route, status: status, bytes: bytes, cache: cache, start: start, cut: failure != nil)
                     if let failure { throw failure }
                 }
@@ -97,4 +100,25 @@ public struct RequestLogMiddleware<Context: RequestContext>: RouterMiddleware {
 
 extension HTTPField.Name {
     static let xRequestID = Self("X-Request-Id")!
+}
+
+/// Passes a body through, counting its bytes (file-region markers excepted: `SentBytes`
+/// counts the regions they stand for).
+struct CountingBodyWriter: ResponseBodyWriter {
+    var inner: any ResponseBodyWriter
+    let sent: SentBytes
+
+    init(_ inner: any ResponseBodyWriter, into sent: SentBytes) {
+        self.inner = inner
+        self.sent = sent
+    }
+
+    mutating func write(_ buffer: ByteBuffer) async throws {
+        try await inner.write(buffer)
+        if buffer != FileRegionHandler.marker { sent.add(Int64(buffer.readableBytes)) }
+    }
+
+    consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
+        try await inner.finish(trailingHeaders)
+    }
 }

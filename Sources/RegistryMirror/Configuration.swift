@@ -55,6 +55,9 @@ public struct MirrorConfiguration: Sendable, Equatable {
         public var staleIfError = true
         /// `prefetch_platforms`: fetch these platforms' blobs in the background when an index arrives.
         public var prefetchPlatforms: [Platform] = []
+        /// `prefetch_max_children`: at most this many of an index's other children are fetched
+        /// in the background (`prefetch_platforms`' children always are).
+        public var prefetchMaxChildren = UpstreamPolicy().prefetchMaxChildren
         /// `connect_timeout`, `response_timeout` (the response head must arrive within it),
         /// `low_speed_limit` (bytes/s) and `low_speed_time`: a body slower than the limit for
         /// that long is abandoned.
@@ -70,7 +73,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
 
         public static let keys: Set<String> = [
             "name", "url", "username", "password_file", "password_env", "tag_ttl", "ca_file", "insecure", "stale_if_error",
-            "prefetch_platforms", "connect_timeout", "response_timeout", "low_speed_limit", "low_speed_time",
+            "prefetch_platforms", "prefetch_max_children", "connect_timeout", "response_timeout", "low_speed_limit", "low_speed_time",
         ]
     }
 
@@ -249,6 +252,11 @@ public struct MirrorConfiguration: Sendable, Equatable {
                     problems.append("\(at).low_speed_limit: must be bytes per second like 1024 or 10KiB, got \"\(value)\"")
                 }
             }
+            if let value = text("prefetch_max_children") {
+                if let count = Int(value), count >= 0 { upstream.prefetchMaxChildren = count } else {
+                    problems.append("\(at).prefetch_max_children: must be a whole number ≥ 0, got \"\(value)\"")
+                }
+            }
             upstream.caFile = text("ca_file")
             if let ca = upstream.caFile, !FileManager.default.fileExists(atPath: ca) { problems.append("\(at).ca_file: \(ca) does not exist") }
             if let v = text("insecure") { upstream.insecure = bool(v, "\(at).insecure", &problems) ?? false }
@@ -309,6 +317,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 policy.tagTTL = entry.tagTTL
                 policy.staleIfError = entry.staleIfError
                 policy.prefetchPlatforms = entry.prefetchPlatforms
+                policy.prefetchMaxChildren = entry.prefetchMaxChildren
                 settings.policies[entry.name] = policy
             }
         } else if let defaultUpstream {

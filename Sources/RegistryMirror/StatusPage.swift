@@ -58,7 +58,7 @@ enum StatusPage {
         let lookups = s.cache.values.reduce(0, +)
         html += "<div class=\"card\"><h2>Hit ratio</h2><div class=\"big\">\(ratio)</div><div class=\"sub\">\(lookups) manifest and blob lookups since start</div></div>"
         html += "<div class=\"card\"><h2>Bytes saved</h2><div class=\"big\">\(bytes(saved))</div><div class=\"sub\">\(bytes(s.servedBytes)) served, \(bytes(s.upstreamBytes)) fetched upstream</div></div>"
-        html += "<div class=\"card\"><h2>Downloads</h2><div class=\"big\">\(fills.count)</div><div class=\"sub\">in progress · \(s.evictedImages) images evicted · \(s.verificationFailures) verification failures</div></div>"
+        html += "<div class=\"card\"><h2>Downloads</h2><div class=\"big\">\(fills.count)</div><div class=\"sub\">in progress · \(s.evictedImages) images evicted · \(s.verificationFailures) verification failures · \(s.storeFailures) local store failures</div></div>"
         html += "</div>"
 
         // Upstreams.

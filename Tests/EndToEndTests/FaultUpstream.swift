@@ -42,6 +42,9 @@ enum FaultMode: Sendable, Equatable, CustomStringConvertible {
     /// The head (full `Content-Length`) and the first `afterBytes` bytes, then nothing until
     /// the peer leaves (or 60 s pass, then the rest): a fill caught mid-way.
     case stall(afterBytes: Int)
+    /// `Transfer-Encoding: chunked` with no `Content-Length`, the right bytes in 64 KiB
+    /// chunks; a HEAD answers with no length either.
+    case chunked
 
     var description: String {
         switch self {
@@ -59,6 +62,7 @@ enum FaultMode: Sendable, Equatable, CustomStringConvertible {
         case .dripHead: "dripHead"
         case .hang: "hang"
         case .stall(let afterBytes): "stall(afterBytes: \(afterBytes))"
+        case .chunked: "chunked"
         }
     }
 }
@@ -422,13 +426,27 @@ final class FaultUpstream: Sendable {
             note("dripped \(sent) bytes of the response head (injected)")
             return
         }
+        if mode == .chunked {
+            var text = Self.responseHead(status: 200, headers: baseHeaders, contentLength: nil)
+            if !head {
+                var chunks: [UInt8] = []
+                for start in stride(from: 0, to: content.count, by: 64 << 10) {
+                    let piece = content[start..<min(start + (64 << 10), content.count)]
+                    chunks += Array((String(piece.count, radix: 16) + "\r\n").utf8) + piece + [13, 10]
+                }
+                text += chunks + Array("0\r\n\r\n".utf8)
+            }
+            note("200 chunked, \(content.count) B, no Content-Length\(head ? " (HEAD)" : "")")
+            _ = Self.sendAll(fd, text)
+            return
+        }
         if head || mode == .none {
             note("200 \(content.count) B\(head ? " (HEAD)" : "")")
             _ = respond(fd, status: 200, headers: baseHeaders, body: content, head: head)
             return
         }
         switch mode {
-        case .none, .status, .dropConnection, .rateLimited, .hang, .dripHead:
+        case .none, .status, .dropConnection, .rateLimited, .hang, .dripHead, .chunked:
             break  // handled above
         case .contentLength(let delta):
             note("200 with Content-Length \(content.count + delta) for \(content.count) B, then FIN (injected)")
@@ -535,13 +553,14 @@ final class FaultUpstream: Sendable {
         return recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) <= 0
     }
 
-    private static func responseHead(status: Int, headers: [(String, String)], contentLength: Int) -> [UInt8] {
+    /// A nil `contentLength` sends `Transfer-Encoding: chunked` instead.
+    private static func responseHead(status: Int, headers: [(String, String)], contentLength: Int?) -> [UInt8] {
         let reason = [200: "OK", 301: "Moved Permanently", 302: "Found", 303: "See Other", 307: "Temporary Redirect",
                       308: "Permanent Redirect", 401: "Unauthorized", 429: "Too Many Requests", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
                       502: "Bad Gateway", 503: "Service Unavailable"][status] ?? "Status"
         var text = "HTTP/1.1 \(status) \(reason)\r\n"
         for (name, value) in headers { text += "\(name): \(value)\r\n" }
-        text += "Content-Length: \(contentLength)\r\n"
+        text += contentLength.map { "Content-Length: \($0)\r\n" } ?? "Transfer-Encoding: chunked\r\n"
         text += "Docker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n"
         return Array(text.utf8)
     }
