@@ -22,6 +22,10 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var htpasswdPath: String?
     /// `auth.htpasswd.realm`: the realm in the `WWW-Authenticate` challenge.
     public var htpasswdRealm = "registry-mirror"
+    /// `auth.hashing.threads`: threads that run bcrypt, off the request path.
+    public var hashingThreads = 1
+    /// `auth.hashing.max_waiting`: logins that may wait for those threads; more get 429.
+    public var hashingMaxWaiting = 32
     /// `http.idle_timeout`: close a keep-alive connection idle this long (never one mid-response).
     public var idleTimeout: Duration = .seconds(75)
     /// `http.sendfile`: send blob files with sendfile(2).
@@ -84,6 +88,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("log.format", "REGISTRY_MIRROR_LOG_FORMAT"),
         ("auth.htpasswd.path", "REGISTRY_MIRROR_AUTH_HTPASSWD_PATH"),
         ("auth.htpasswd.realm", "REGISTRY_MIRROR_AUTH_HTPASSWD_REALM"),
+        ("auth.hashing.threads", "REGISTRY_MIRROR_AUTH_HASHING_THREADS"),
+        ("auth.hashing.max_waiting", "REGISTRY_MIRROR_AUTH_HASHING_MAX_WAITING"),
         ("http.sendfile", "REGISTRY_MIRROR_HTTP_SENDFILE"),
         ("http.idle_timeout", "REGISTRY_MIRROR_HTTP_IDLE_TIMEOUT"),
         ("default_upstream", "REGISTRY_MIRROR_DEFAULT_UPSTREAM"),
@@ -168,6 +174,13 @@ public struct MirrorConfiguration: Sendable, Equatable {
         }
         if let v = values["auth.htpasswd.realm"] {
             if v.isEmpty || v.contains("\"") { problems.append("auth.htpasswd.realm: must be non-empty, without quotes") } else { htpasswdRealm = v }
+        }
+        for (key, path, least) in [("auth.hashing.threads", \MirrorConfiguration.hashingThreads, 1),
+                                   ("auth.hashing.max_waiting", \.hashingMaxWaiting, 0)] {
+            guard let v = values[key] else { continue }
+            if let n = Int(v), n >= least, n <= 100_000 { self[keyPath: path] = n } else {
+                problems.append("\(key): must be a whole number from \(least) to 100000; got \"\(v)\"")
+            }
         }
         if let v = values["http.sendfile"] { sendfile = Self.bool(v, "http.sendfile", &problems) ?? sendfile }
         if let v = values["http.idle_timeout"] {
@@ -288,6 +301,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
         settings.maxBytes = maxSize
         settings.htpasswdPath = htpasswdPath
         settings.htpasswdRealm = htpasswdRealm
+        settings.hashingThreads = hashingThreads
+        settings.hashingMaxWaiting = hashingMaxWaiting
         settings.evictionInterval = evictionInterval
         if !upstreams.isEmpty {
             settings.upstreams = upstreams.map { entry in
