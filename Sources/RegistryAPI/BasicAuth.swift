@@ -173,13 +173,19 @@ public final class Htpasswd: Sendable {
 /// HTTP Basic authentication against an htpasswd file, for every route but the health
 /// probes. `GET /v2/` answers 401 with the challenge: dockerd and containers/image learn
 /// how to authenticate only there.
-public struct BasicAuthMiddleware<Context: RequestContext>: RouterMiddleware {
+///
+/// Wrong passwords are counted per client address (`LoginThrottle`); past the limit the
+/// address gets 429 with `Retry-After`, after a pause, and no password is hashed for it,
+/// right or wrong.
+public struct BasicAuthMiddleware<Context: RemoteAddressRequestContext>: RouterMiddleware {
     let htpasswd: Htpasswd
     let realm: String
+    let throttle: LoginThrottle
 
-    public init(htpasswd: Htpasswd, realm: String) {
+    public init(htpasswd: Htpasswd, realm: String, throttle: LoginThrottle = LoginThrottle(limit: 10, window: .seconds(60))) {
         self.htpasswd = htpasswd
         self.realm = realm
+        self.throttle = throttle
     }
 
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -191,12 +197,19 @@ public struct BasicAuthMiddleware<Context: RequestContext>: RouterMiddleware {
         guard let (user, password) = Self.basic(header) else {
             throw challenge("invalid username or password")
         }
+        let address = context.remoteAddress?.ipAddress ?? "unknown"
+        // A throttled address is refused even a remembered pair: else guessing would go on, free.
+        if let wait = throttle.retryAfter(address) { throw await tooManyFailures(wait) }
+        if htpasswd.remembers(user: user, password: password) { return try await next(request, context) }
+        if let wait = throttle.admit(address) { throw await tooManyFailures(wait) }
         switch await htpasswd.verify(user: user, password: password) {
         case .accepted:
+            throttle.refund(address)
             return try await next(request, context)
         case .refused:
             throw challenge("invalid username or password")
         case .busy:
+            throttle.refund(address)
             throw RegistryError(.tooManyRequests, "too many logins are being checked; retry shortly", headers: [.retryAfter: "1"])
         }
     }
@@ -206,6 +219,15 @@ public struct BasicAuthMiddleware<Context: RequestContext>: RouterMiddleware {
         error.headers[.wwwAuthenticate] = "Basic realm=\"\(realm)\""
         error.headers[.dockerDistributionAPIVersion] = "registry/2.0"
         return error
+    }
+
+    /// The 429 for a throttled address, after a pause: answered at once, a guesser's
+    /// connections would turn into a flood of cheap requests that still crowds out others.
+    func tooManyFailures(_ wait: Duration) async -> RegistryError {
+        try? await Task.sleep(for: min(wait, throttle.pause))
+        let seconds = max(1, Int((wait / .seconds(1)).rounded(.up)))
+        return RegistryError(.tooManyRequests, "too many failed logins from this address; retry in \(seconds) s",
+                             headers: [.retryAfter: String(seconds)])
     }
 
     /// `Basic base64(user:password)` → (user, password), split at the first colon byte.

@@ -121,3 +121,41 @@ import Testing
     }
 }
 
+/// The failed-login allowance, on a clock the test moves.
+@Suite struct LoginAttemptsTests {
+    let start = ContinuousClock.now
+
+    @Test func anAddressIsRefusedPastItsLimitUntilItRefills() throws {
+        var attempts = LoginAttempts(limit: 3, window: .seconds(30))
+        for _ in 0..<3 { #expect(attempts.admit("10.0.0.1", now: start) == nil) }
+        let refused = attempts.admit("10.0.0.1", now: start)
+        let wait = try #require(refused)
+        #expect(abs(wait / .seconds(1) - 10) < 0.01, "one attempt back every window / limit, not \(wait)")
+        #expect(attempts.admit("10.0.0.2", now: start) == nil, "other addresses are not affected")
+        #expect(attempts.retryAfter("10.0.0.1", now: start + .seconds(9)) != nil)
+        let later = start + .seconds(10) + .milliseconds(1)
+        #expect(attempts.admit("10.0.0.1", now: later) == nil)
+        #expect(attempts.admit("10.0.0.1", now: later) != nil)
+    }
+
+    @Test func aRightPasswordGivesItsAttemptBack() {
+        var attempts = LoginAttempts(limit: 2, window: .seconds(60))
+        for _ in 0..<10 {
+            #expect(attempts.admit("10.0.0.1", now: start) == nil)
+            attempts.refund("10.0.0.1", now: start)
+        }
+        #expect(attempts.count == 0, "a full allowance is not stored")
+    }
+
+    @Test func limitZeroTurnsItOff() {
+        var attempts = LoginAttempts(limit: 0, window: .seconds(60))
+        for _ in 0..<100 { #expect(attempts.admit("10.0.0.1", now: start) == nil) }
+        #expect(attempts.count == 0)
+    }
+
+    @Test func theTableStaysBounded() {
+        var attempts = LoginAttempts(limit: 5, window: .seconds(60), maxAddresses: 100)
+        for i in 0..<10_000 { _ = attempts.admit("10.0.\(i / 256).\(i % 256)", now: start + .milliseconds(i)) }
+        #expect(attempts.count <= 100)
+    }
+}
