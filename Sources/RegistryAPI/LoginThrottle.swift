@@ -62,11 +62,12 @@ public struct LoginAttempts: Sendable {
     /// Addresses currently remembered.
     public var count: Int { buckets.count }
 
-    /// Drops the buckets that have refilled (they say nothing), then, if the table is still
-    /// full, the older half. Runs once per `maxAddresses / 2` new addresses at worst.
+    /// Drops the buckets that have refilled (they say nothing), then, if more than half the
+    /// table is left, all but the newest half: so this O(n) pass runs at most once per
+    /// `maxAddresses / 2` new addresses.
     private mutating func forgetOldest(now: Instant) {
         buckets = buckets.filter { refilled($0.value, at: now) < Double(limit) }
-        guard buckets.count >= maxAddresses else { return }
+        guard buckets.count > maxAddresses / 2 else { return }
         let keep = buckets.sorted { $0.value.updated > $1.value.updated }.prefix(maxAddresses / 2)
         buckets = Dictionary(uniqueKeysWithValues: keep.map { ($0.key, $0.value) })
     }
