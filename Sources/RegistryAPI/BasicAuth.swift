@@ -10,47 +10,72 @@ import Synchronization
 ///
 /// bcrypt is slow on purpose (tens of milliseconds), and registry clients send credentials
 /// on every request, so a verified (user, password) pair is remembered for a while by its
-/// SHA-256; changing the file forgets them all.
+/// SHA-256; changing the file forgets them all. Hashing runs on `CryptThreads`, never on
+/// the request's task.
+///
+/// User names are compared byte for byte: Swift's `String` equality is canonical
+/// equivalence, under which `u\u{308}` is `ü`, and two spellings must not share a password.
 public final class Htpasswd: Sendable {
     public let path: String
     let rememberFor: Duration
+    let hashing: CryptThreads
+    /// A verified pair: the user name's bytes and the password's SHA-256.
+    struct Remembered: Hashable {
+        let user: [UInt8]
+        let passwordDigest: String
+    }
     private struct State {
-        var entries: [String: String] = [:]
+        var entries: [[UInt8]: String] = [:]
+        /// Hashed against in place of an unknown user's entry, so that an unknown user costs
+        /// what a wrong password does and names cannot be told apart by timing.
+        var dummy = ""
         var modified: Date?
         var checked = ContinuousClock.now - .seconds(3600)
-        var verified: [String: ContinuousClock.Instant] = [:]
+        var verified: [Remembered: ContinuousClock.Instant] = [:]
     }
     private let state = Mutex(State())
 
+    /// What `verify` found.
+    public enum Verdict: Sendable, Equatable {
+        case accepted, refused
+        /// The hashing threads' line is full; nothing was checked.
+        case busy
+    }
+
     /// Loads `path`, failing with a message naming the bad line.
-    public init(path: String, rememberFor: Duration = .seconds(300)) throws {
+    public init(path: String, rememberFor: Duration = .seconds(300), hashing: CryptThreads = CryptThreads()) throws {
         self.path = path
         self.rememberFor = rememberFor
+        self.hashing = hashing
         let (entries, modified) = try Self.load(path)
+        let dummy = Self.dummySetting(like: Array(entries.values))
         state.withLock {
             $0.entries = entries
+            $0.dummy = dummy
             $0.modified = modified
             $0.checked = .now
         }
     }
 
-    static func load(_ path: String) throws -> ([String: String], Date?) {
+    static func load(_ path: String) throws -> ([[UInt8]: String], Date?) {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw MirrorSetupFailure("auth.htpasswd.path: cannot read \(path)")
         }
-        var entries: [String: String] = [:]
+        var entries: [[UInt8]: String] = [:]
         for (number, line) in text.split(whereSeparator: \.isNewline).enumerated() {
             let trimmed = line.trimmingCharacters(in: .whitespaces)
             if trimmed.isEmpty || trimmed.hasPrefix("#") { continue }
-            guard let colon = trimmed.firstIndex(of: ":") else {
+            // Split on the byte: a combining mark after the colon would hide it from Character search.
+            let bytes = Array(trimmed.utf8)
+            guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")) else {
                 throw MirrorSetupFailure("\(path):\(number + 1): expected user:hash")
             }
-            let hash = String(trimmed[trimmed.index(after: colon)...])
+            let hash = String(decoding: bytes[(colon + 1)...], as: UTF8.self)
             // crypt(3) verifies bcrypt and SHA-crypt; plain text and Apache's $apr1$ are refused.
             guard hash.hasPrefix("$2y$") || hash.hasPrefix("$2b$") || hash.hasPrefix("$2a$") || hash.hasPrefix("$5$") || hash.hasPrefix("$6$") else {
                 throw MirrorSetupFailure("\(path):\(number + 1): only bcrypt entries (htpasswd -B) are supported")
             }
-            entries[String(trimmed[..<colon])] = hash
+            entries[Array(bytes[..<colon])] = hash
         }
         let modified = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
         return (entries, modified)
@@ -68,33 +93,47 @@ public final class Htpasswd: Sendable {
         guard due else { return }
         let modified = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
         guard modified != state.withLock({ $0.modified }), let (entries, stamp) = try? Self.load(path) else { return }
+        let dummy = Self.dummySetting(like: Array(entries.values))
         state.withLock {
             $0.entries = entries
+            $0.dummy = dummy
             $0.modified = stamp
             $0.verified.removeAll()
         }
     }
 
-    public func verify(user: String, password: String) -> Bool {
+    /// Whether this pair was verified lately: the answer that costs no hashing.
+    public func remembers(user: String, password: String) -> Bool {
         refresh()
-        let key = user + "\u{0}" + DigestHasher.digest(of: Array(password.utf8)).hex
+        let key = Remembered(user: Array(user.utf8), passwordDigest: DigestHasher.digest(of: Array(password.utf8)).hex)
         let now = ContinuousClock.now
-        let (hash, remembered) = state.withLock { s -> (String?, Bool) in
-            if let until = s.verified[key], now < until { return (s.entries[user], true) }
-            return (s.entries[user], false)
+        return state.withLock { s in
+            guard s.entries[key.user] != nil, let until = s.verified[key] else { return false }
+            return now < until
         }
-        guard let hash else { return false }
-        if remembered { return true }
-        guard Self.crypt(password, setting: hash) == hash else { return false }
+    }
+
+    public func verify(user: String, password: String) async -> Verdict {
+        // crypt(3) takes C strings: a NUL would end the password early, and "secret\0junk" log in.
+        guard !password.utf8.contains(0) else { return .refused }
+        if remembers(user: user, password: password) { return .accepted }
+        let key = Remembered(user: Array(user.utf8), passwordDigest: DigestHasher.digest(of: Array(password.utf8)).hex)
+        let (hash, dummy) = state.withLock { ($0.entries[key.user], $0.dummy) }
+        // An unknown user is hashed too, against the dummy, and refused whatever comes out.
+        guard let result = await hashing.run({ Self.crypt(password, setting: hash ?? dummy) }) else { return .busy }
+        guard let hash, let result, result.utf8.elementsEqual(hash.utf8) else { return .refused }
+        let now = ContinuousClock.now
         state.withLock { s in
             if s.verified.count > 10_000 { s.verified.removeAll() }
             s.verified[key] = now + rememberFor
         }
-        return true
+        return .accepted
     }
 
-    /// crypt_r with its ~32 KiB state on the heap; nil if the setting is refused.
+    /// crypt_r with its ~32 KiB state on the heap; nil if the setting is refused or either
+    /// string holds a NUL (a C string would end there).
     static func crypt(_ password: String, setting: String) -> String? {
+        guard !password.utf8.contains(0), !setting.utf8.contains(0) else { return nil }
         let data = UnsafeMutablePointer<crypt_data>.allocate(capacity: 1)
         defer { data.deallocate() }
         memset(data, 0, MemoryLayout<crypt_data>.size)
@@ -102,18 +141,51 @@ public final class Htpasswd: Sendable {
         let text = String(cString: result)
         return text.hasPrefix("*") ? nil : text
     }
+
+    /// What crypt_gensalt needs to make a salt of an entry's cost.
+    struct Scheme: Hashable {
+        var prefix = "$2b$"
+        var count = 0
+    }
+
+    /// A fresh salt with the scheme and cost most entries use (bcrypt `$2b$NN$`, SHA-crypt
+    /// `rounds=N`): hashing against it costs what checking a real entry does.
+    static func dummySetting(like hashes: [String]) -> String {
+        func scheme(_ hash: String) -> Scheme {
+            let fields = hash.split(separator: "$")
+            guard let id = fields.first else { return Scheme() }
+            if id.hasPrefix("2") { return Scheme(prefix: "$2b$", count: fields.count > 1 ? Int(fields[1]) ?? 0 : 0) }
+            let rounds = fields.count > 1 && fields[1].hasPrefix("rounds=") ? Int(fields[1].dropFirst(7)) ?? 0 : 0
+            return Scheme(prefix: "$\(id)$", count: rounds)
+        }
+        var uses: [Scheme: Int] = [:]
+        for hash in hashes { uses[scheme(hash), default: 0] += 1 }
+        let common = uses.max { ($0.value, $0.key.count) < ($1.value, $1.key.count) }?.key ?? Scheme()
+        var output = [CChar](repeating: 0, count: Int(CRYPT_GENSALT_OUTPUT_SIZE))
+        guard crypt_gensalt_rn(common.prefix, UInt(common.count), nil, 0, &output, Int32(output.count)) != nil else {
+            // Not expected with libxcrypt; a real entry costs the same, and its answer is ignored.
+            return hashes.first ?? "$2b$10$abcdefghijklmnopqrstuu"
+        }
+        return String(cString: output)
+    }
 }
 
 /// HTTP Basic authentication against an htpasswd file, for every route but the health
 /// probes. `GET /v2/` answers 401 with the challenge: dockerd and containers/image learn
 /// how to authenticate only there.
-public struct BasicAuthMiddleware<Context: RequestContext>: RouterMiddleware {
+///
+/// Wrong passwords are counted per client address (`LoginThrottle`); past the limit the
+/// address gets 429 with `Retry-After`, after a pause, and no password is hashed for it,
+/// right or wrong.
+public struct BasicAuthMiddleware<Context: RemoteAddressRequestContext>: RouterMiddleware {
     let htpasswd: Htpasswd
     let realm: String
+    let throttle: LoginThrottle
 
-    public init(htpasswd: Htpasswd, realm: String) {
+    public init(htpasswd: Htpasswd, realm: String, throttle: LoginThrottle = LoginThrottle(limit: 10, window: .seconds(60))) {
         self.htpasswd = htpasswd
         self.realm = realm
+        self.throttle = throttle
     }
 
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -122,10 +194,24 @@ public struct BasicAuthMiddleware<Context: RequestContext>: RouterMiddleware {
         guard let header = request.headers[.authorization] else {
             throw challenge("authentication required")
         }
-        guard let (user, password) = Self.basic(header), htpasswd.verify(user: user, password: password) else {
+        guard let (user, password) = Self.basic(header) else {
             throw challenge("invalid username or password")
         }
-        return try await next(request, context)
+        let address = context.remoteAddress?.ipAddress ?? "unknown"
+        // A throttled address is refused even a remembered pair: else guessing would go on, free.
+        if let wait = throttle.retryAfter(address) { throw await tooManyFailures(wait) }
+        if htpasswd.remembers(user: user, password: password) { return try await next(request, context) }
+        if let wait = throttle.admit(address) { throw await tooManyFailures(wait) }
+        switch await htpasswd.verify(user: user, password: password) {
+        case .accepted:
+            throttle.refund(address)
+            return try await next(request, context)
+        case .refused:
+            throw challenge("invalid username or password")
+        case .busy:
+            throttle.refund(address)
+            throw RegistryError(.tooManyRequests, "too many logins are being checked; retry shortly", headers: [.retryAfter: "1"])
+        }
     }
 
     func challenge(_ message: String) -> RegistryError {
@@ -135,13 +221,22 @@ public struct BasicAuthMiddleware<Context: RequestContext>: RouterMiddleware {
         return error
     }
 
-    /// `Basic base64(user:password)` → (user, password).
+    /// The 429 for a throttled address, after a pause: answered at once, a guesser's
+    /// connections would turn into a flood of cheap requests that still crowds out others.
+    func tooManyFailures(_ wait: Duration) async -> RegistryError {
+        try? await Task.sleep(for: min(wait, throttle.pause))
+        let seconds = max(1, Int((wait / .seconds(1)).rounded(.up)))
+        return RegistryError(.tooManyRequests, "too many failed logins from this address; retry in \(seconds) s",
+                             headers: [.retryAfter: String(seconds)])
+    }
+
+    /// `Basic base64(user:password)` → (user, password), split at the first colon byte.
     static func basic(_ header: String) -> (String, String)? {
         let parts = header.split(separator: " ", maxSplits: 1)
         guard parts.count == 2, parts[0].lowercased() == "basic", parts[1].utf8.count < 4096,
               let data = Data(base64Encoded: String(parts[1]).trimmingCharacters(in: .whitespaces)),
-              let text = String(data: data, encoding: .utf8), let colon = text.firstIndex(of: ":") else { return nil }
-        return (String(text[..<colon]), String(text[text.index(after: colon)...]))
+              String(data: data, encoding: .utf8) != nil, let colon = data.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+        return (String(decoding: data[..<colon], as: UTF8.self), String(decoding: data[(colon + 1)...], as: UTF8.self))
     }
 }
 

@@ -32,6 +32,12 @@ public struct ServeSettings: Sendable {
     /// `auth.htpasswd.path`: require HTTP Basic credentials from this file. Nil: open.
     public var htpasswdPath: String?
     public var htpasswdRealm = "registry-mirror"
+    /// `auth.failures.*`: wrong passwords allowed per client address per window (0: no limit).
+    public var authFailureLimit = 10
+    public var authFailureWindow: Duration = .seconds(60)
+    /// `auth.hashing.*`: the threads that run bcrypt, and how many logins may wait for them.
+    public var hashingThreads = 1
+    public var hashingMaxWaiting = 32
 
     public init() {}
 
@@ -76,7 +82,9 @@ public func buildApplication(
     let router = Router(context: RegistryRequestContext.self)
     router.add(middleware: RequestLogMiddleware(stats: stats))
     if let path = settings.htpasswdPath {
-        router.add(middleware: BasicAuthMiddleware(htpasswd: try Htpasswd(path: path), realm: settings.htpasswdRealm))
+        let htpasswd = try Htpasswd(path: path, hashing: CryptThreads(threads: settings.hashingThreads, maxWaiting: settings.hashingMaxWaiting))
+        let throttle = LoginThrottle(limit: settings.authFailureLimit, window: settings.authFailureWindow)
+        router.add(middleware: BasicAuthMiddleware(htpasswd: htpasswd, realm: settings.htpasswdRealm, throttle: throttle))
     }
     RegistryRoutes(content: content, router: settings.upstreamRouter, maintenance: maintenance, stats: stats)
         .add(to: router)

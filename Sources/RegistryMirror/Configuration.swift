@@ -22,6 +22,14 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var htpasswdPath: String?
     /// `auth.htpasswd.realm`: the realm in the `WWW-Authenticate` challenge.
     public var htpasswdRealm = "registry-mirror"
+    /// `auth.failures.limit` wrong passwords per client address in `auth.failures.window`,
+    /// then 429 until the allowance refills. 0: no limit.
+    public var authFailureLimit = 10
+    public var authFailureWindow: Duration = .seconds(60)
+    /// `auth.hashing.threads`: threads that run bcrypt, off the request path.
+    public var hashingThreads = 1
+    /// `auth.hashing.max_waiting`: logins that may wait for those threads; more get 429.
+    public var hashingMaxWaiting = 32
     /// `http.idle_timeout`: close a keep-alive connection idle this long (never one mid-response).
     public var idleTimeout: Duration = .seconds(75)
     /// `http.sendfile`: send blob files with sendfile(2).
@@ -87,6 +95,10 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("log.format", "REGISTRY_MIRROR_LOG_FORMAT"),
         ("auth.htpasswd.path", "REGISTRY_MIRROR_AUTH_HTPASSWD_PATH"),
         ("auth.htpasswd.realm", "REGISTRY_MIRROR_AUTH_HTPASSWD_REALM"),
+        ("auth.failures.limit", "REGISTRY_MIRROR_AUTH_FAILURES_LIMIT"),
+        ("auth.failures.window", "REGISTRY_MIRROR_AUTH_FAILURES_WINDOW"),
+        ("auth.hashing.threads", "REGISTRY_MIRROR_AUTH_HASHING_THREADS"),
+        ("auth.hashing.max_waiting", "REGISTRY_MIRROR_AUTH_HASHING_MAX_WAITING"),
         ("http.sendfile", "REGISTRY_MIRROR_HTTP_SENDFILE"),
         ("http.idle_timeout", "REGISTRY_MIRROR_HTTP_IDLE_TIMEOUT"),
         ("default_upstream", "REGISTRY_MIRROR_DEFAULT_UPSTREAM"),
@@ -171,6 +183,18 @@ public struct MirrorConfiguration: Sendable, Equatable {
         }
         if let v = values["auth.htpasswd.realm"] {
             if v.isEmpty || v.contains("\"") { problems.append("auth.htpasswd.realm: must be non-empty, without quotes") } else { htpasswdRealm = v }
+        }
+        for (key, path, least) in [("auth.failures.limit", \MirrorConfiguration.authFailureLimit, 0),
+                                   ("auth.hashing.threads", \.hashingThreads, 1), ("auth.hashing.max_waiting", \.hashingMaxWaiting, 0)] {
+            guard let v = values[key] else { continue }
+            if let n = Int(v), n >= least, n <= 100_000 { self[keyPath: path] = n } else {
+                problems.append("\(key): must be a whole number from \(least) to 100000; got \"\(v)\"")
+            }
+        }
+        if let v = values["auth.failures.window"] {
+            if let d = UpstreamSpec.duration(v), d > .zero { authFailureWindow = d } else {
+                problems.append("auth.failures.window: must be a duration like 60s or 5m; got \"\(v)\"")
+            }
         }
         if let v = values["http.sendfile"] { sendfile = Self.bool(v, "http.sendfile", &problems) ?? sendfile }
         if let v = values["http.idle_timeout"] {
@@ -296,6 +320,10 @@ public struct MirrorConfiguration: Sendable, Equatable {
         settings.maxBytes = maxSize
         settings.htpasswdPath = htpasswdPath
         settings.htpasswdRealm = htpasswdRealm
+        settings.authFailureLimit = authFailureLimit
+        settings.authFailureWindow = authFailureWindow
+        settings.hashingThreads = hashingThreads
+        settings.hashingMaxWaiting = hashingMaxWaiting
         settings.evictionInterval = evictionInterval
         if !upstreams.isEmpty {
             settings.upstreams = upstreams.map { entry in

@@ -344,14 +344,14 @@ enum PullThroughBcrypt {
     private typealias Gensalt = @convention(c) (UnsafePointer<CChar>?, UInt, UnsafePointer<CChar>?, Int32) -> UnsafeMutablePointer<CChar>?
     private typealias Crypt = @convention(c) (UnsafePointer<CChar>?, UnsafePointer<CChar>?) -> UnsafeMutablePointer<CChar>?
 
-    /// crypt(password, crypt_gensalt("$2b$", 5, NULL, 0)); nil when libxcrypt is not there.
-    static func libcrypt(_ password: String) -> String? {
+    /// crypt(password, crypt_gensalt("$2b$", cost, NULL, 0)); nil when libxcrypt is not there.
+    static func libcrypt(_ password: String, cost: UInt = 5) -> String? {
         guard let handle = dlopen("libcrypt.so.1", RTLD_NOW) else { return nil }
         defer { dlclose(handle) }
         guard let gensaltSymbol = dlsym(handle, "crypt_gensalt"), let cryptSymbol = dlsym(handle, "crypt") else { return nil }
         let gensalt = unsafeBitCast(gensaltSymbol, to: Gensalt.self)
         let crypt = unsafeBitCast(cryptSymbol, to: Crypt.self)
-        guard let setting = gensalt("$2b$", 5, nil, 0) else { return nil }
+        guard let setting = gensalt("$2b$", cost, nil, 0) else { return nil }
         let settingText = String(cString: setting)
         guard let hashed = crypt(password, settingText) else { return nil }
         let hash = String(cString: hashed)

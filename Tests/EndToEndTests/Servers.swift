@@ -132,12 +132,13 @@ final class MirrorProcess: @unchecked Sendable {
 
     /// `--offline` by default: the mirror serves only what was imported and never reaches for an
     /// upstream (without it, it would try Docker Hub, which a sandbox cannot reach).
-    static func start(dataDirectory: URL, logDirectory: URL, extraArguments: [String] = ["--offline"]) async throws -> MirrorProcess {
+    static func start(dataDirectory: URL, logDirectory: URL, extraArguments: [String] = ["--offline"],
+                      environment: [String: String]? = nil) async throws -> MirrorProcess {
         let binary = try TestPaths.requireMirrorBinary()
         let process = try ChildProcess(
             name: "registry-mirror-serve", program: binary,
             arguments: ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDirectory.path] + extraArguments,
-            logDirectory: logDirectory)
+            logDirectory: logDirectory, environment: environment)
         var port: Int?
         do {
             try await waitUntil("registry-mirror to print its listening line", process: process) {
