@@ -50,6 +50,40 @@ extension FaultInjectionTests {
         }
     }
 
+    @Test("an https upstream that redirects to plain http: 502 naming the downgrade, not retried, the http target never reached")
+    func httpsNotDowngradedToHTTP() async throws {
+        _ = try TestPaths.requireMirrorBinary()
+        let work = try TemporaryDirectory(prefix: "registry-mirror-e2e-downgrade")
+        defer { work.remove() }
+        let trap = try ListenerTrap()
+        defer { trap.stop() }
+        let upstream = try await TLSRedirectUpstream.start(
+            in: work, path: "/v2/\(FaultImage.repository)/tags/list?n=1000",
+            location: "http://127.0.0.1:\(trap.port)/v2/\(FaultImage.repository)/tags/list?n=1000")
+        let config = work.url.appendingPathComponent("mirror.yaml")
+        try Data("upstreams:\n  - name: up\n    url: https://127.0.0.1:\(upstream.port)\n    insecure: true\n".utf8).write(to: config)
+        let mirror: MirrorProcess
+        do {
+            mirror = try await MirrorProcess.start(dataDirectory: work.url.appendingPathComponent("data"), logDirectory: try work.subdirectory("logs"),
+                                                   extraArguments: ["--config", config.path, "--log-level", "debug"])
+        } catch {
+            await upstream.stop()
+            throw error
+        }
+        let response = try await FaultRequest.get(port: mirror.port, path: "/v2/\(FaultImage.repository)/tags/list")
+        let diagnostics = "--- s_server ---\n\(upstream.process.stdout)\(upstream.process.stderr)\n--- mirror stderr (tail) ---\n\(mirror.stderr.suffix(3000))"
+        await mirror.stop()
+        await upstream.stop()
+
+        Progress.step("fault: https → http redirect: client saw \(response)")
+        #expect(response.status == 502, "\(response)\n\(diagnostics)")
+        let detail = String(decoding: response.body, as: UTF8.self)
+        #expect(detail.contains("downgrades https to http"), "the error does not name the downgrade: \(response)")
+        #expect(upstream.served == 1, "the https upstream answered \(upstream.served) requests, expected 1 (a refused redirect is not retried)\n\(diagnostics)")
+        let reached = trap.connections()
+        #expect(reached.isEmpty, "the plain-http target was connected to: \(reached)\n\(diagnostics)")
+    }
+
     @Test("libcurl itself speaks only http and https: a gopher, dict or file URL handed to the transport fails and reaches nothing")
     func transportSpeaksOnlyHTTP() async throws {
         let work = try TemporaryDirectory(prefix: "registry-mirror-e2e-schemes")
@@ -79,6 +113,46 @@ extension FaultInjectionTests {
         let opened = watch.events()
         #expect(opened.isEmpty, "the file:// target was opened or read: \(opened)")
     }
+}
+
+/// An https upstream that answers one path with a redirect: `openssl s_server -HTTP`, which
+/// serves files that hold whole HTTP responses (the fake upstream speaks only plain HTTP).
+struct TLSRedirectUpstream {
+    let process: ChildProcess
+    let port: Int
+
+    /// Serves `307 Location: location` for `path` (which must hold no `:` or `..`; s_server refuses those).
+    static func start(in work: TemporaryDirectory, path: String, location: String) async throws -> TLSRedirectUpstream {
+        _ = try TestPaths.executable("openssl")
+        let signer = try await TokenAuthSigner.make(in: work.url)
+        let www = try work.subdirectory("www")
+        let file = www.appendingPathComponent(String(path.dropFirst()))
+        try FileManager.default.createDirectory(at: file.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try Data("HTTP/1.1 307 Temporary Redirect\r\nLocation: \(location)\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8).write(to: file)
+        // s_server serves relative to its working directory; ChildProcess has none to give.
+        let process = try ChildProcess(
+            name: "tls-redirect-upstream", program: "sh",
+            arguments: ["-c", #"cd "$0" && exec openssl s_server -accept 127.0.0.1:0 -cert "$1" -key "$2" -HTTP"#,
+                        www.path, signer.certificatePath, signer.keyPath],
+            logDirectory: try work.subdirectory("tls-logs"))
+        var port: Int?
+        do {
+            try await waitUntil("openssl s_server to print its ACCEPT line", process: process) {
+                port = process.stdout.split(separator: "\n").first { $0.hasPrefix("ACCEPT 127.0.0.1:") }
+                    .flatMap { Int($0.dropFirst("ACCEPT 127.0.0.1:".count)) }
+                return port != nil
+            }
+        } catch {
+            await process.stop()
+            throw error
+        }
+        return TLSRedirectUpstream(process: process, port: port!)
+    }
+
+    /// How many requests s_server answered from a file (it notes each on stderr).
+    var served: Int { (process.stdout + "\n" + process.stderr).split(separator: "\n").filter { $0.hasPrefix("FILE:") }.count }
+
+    func stop() async { await process.stop() }
 }
 
 /// Counts body bytes and keeps none.

@@ -2,9 +2,8 @@ import Foundation
 import Testing
 import Upstream
 
-/// Which redirects the upstream client follows (issue 10, item 3). The end-to-end tests
-/// cover gopher, dict and file against a real mirror; the https → http downgrade is decided
-/// here, since the fake upstream speaks only plain HTTP.
+/// Which redirects the upstream client follows (issue 10, item 3), as a pure decision.
+/// `FaultRedirectTests` checks the same against a running mirror.
 @Suite struct RedirectPolicyTests {
     static func url(_ text: String) -> URL { URL(string: text)! }
 
