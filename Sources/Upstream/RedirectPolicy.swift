@@ -6,7 +6,7 @@ import Foundation
 /// `Location` naming one of them would make the mirror send bytes to an internal service
 /// or read a local file (a server-side request forgery). And never from `https` down to
 /// `http`, where anyone on the path could read or rewrite what follows.
-public enum RedirectPolicy {
+public enum RedirectPolicy: Sendable {
     /// The schemes the mirror speaks, for the first request and for every redirect.
     public static let schemes: Set<String> = ["http", "https"]
 

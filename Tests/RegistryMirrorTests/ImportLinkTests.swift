@@ -83,4 +83,19 @@ import Testing
         }
         #expect(h.storedBlobs.isEmpty, "a refused import stored \(h.storedBlobs)")
     }
+
+    @Test("a docker save folder whose manifest.json is a link is refused, naming it")
+    func dockerManifestLinkIsRefused() throws {
+        let h = try ImportHarness()
+        defer { h.dir.remove() }
+        let archive = try DockerArchiveFixture(root: h.dir.path + "/saved", repoTags: ["busybox:1"])
+        let linked = archive.root + "/manifest.json"
+        let outside = h.dir.path + "/outside-manifest.json"
+        try FileManager.default.moveItem(atPath: linked, toPath: outside)
+        try FileManager.default.createSymbolicLink(atPath: linked, withDestinationPath: outside)
+        #expect { try h.importer.importBundle(at: archive.root) } throws: { error in
+            (error as? BundleError)?.message.contains("\(linked) is a symbolic link") == true
+        }
+        #expect(h.storedBlobs.isEmpty, "a refused import stored \(h.storedBlobs)")
+    }
 }

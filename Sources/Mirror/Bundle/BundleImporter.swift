@@ -61,8 +61,8 @@ public struct BundleImporter: Sendable {
             let result: [Imported]
             if isDirectory.boolValue {
                 let isOCI = FileManager.default.fileExists(atPath: path + "/oci-layout")
-                if !isOCI, let manifest = FileManager.default.contents(atPath: path + "/manifest.json") {
-                    var archive = try DockerArchive(source: .directory(path), manifestJSON: Array(manifest))
+                if !isOCI, let manifest = try BundleDirectory(root: path).contents("manifest.json", limit: ManifestDocument.maxSize) {
+                    var archive = try DockerArchive(source: .directory(path), manifestJSON: manifest)
                     result = try importDockerArchive(&archive, options: options, session: &session)
                 } else {
                     let layout = try readDirectoryLayout(path, session: &session)
