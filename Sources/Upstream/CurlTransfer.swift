@@ -135,6 +135,12 @@ public final class CurlTransport: Sendable {
         }
         rm_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, list)
         rm_curl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, 0)
+        // Defence in depth behind `RedirectPolicy`: this handle speaks nothing but HTTP(S),
+        // whatever URL reaches it. Refuse to run on a libcurl that cannot promise that.
+        guard rm_curl_setopt_str(handle, CURLOPT_PROTOCOLS_STR, Self.protocols) == CURLE_OK,
+              rm_curl_setopt_str(handle, CURLOPT_REDIR_PROTOCOLS_STR, Self.protocols) == CURLE_OK else {
+            throw TransportError(kind: .other, message: "libcurl cannot be limited to http and https (it needs 7.85 or later)")
+        }
         rm_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
         rm_curl_setopt_long(handle, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_2TLS))
         rm_curl_setopt_long(handle, CURLOPT_BUFFERSIZE, 512 << 10)
@@ -171,6 +177,9 @@ public final class CurlTransport: Sendable {
         return head
     }
 
+    /// The protocols a handle may speak, for the request and (were it to follow one) a redirect.
+    static let protocols = RedirectPolicy.schemes.sorted().joined(separator: ",")
+
     static func transportError(_ code: CURLcode, context: TransferContext, url: URL) -> TransportError {
         let host = url.host.map { h in url.port.map { "\(h):\($0)" } ?? h } ?? "upstream"
         let text = String(cString: curl_easy_strerror(code))
@@ -182,6 +191,8 @@ public final class CurlTransport: Sendable {
         case CURLE_ABORTED_BY_CALLBACK:
             if context.cancelled.load(ordering: .relaxed) { return TransportError(kind: .aborted, message: "transfer from \(host) cancelled") }
             return TransportError(kind: .timeout, message: "\(host) sent no response headers in time")
+        case CURLE_UNSUPPORTED_PROTOCOL:
+            return TransportError(kind: .other, message: "\(url.scheme ?? "a missing") URL not fetched: the upstream client speaks only http and https")
         case CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_PARTIAL_FILE, CURLE_GOT_NOTHING:
             return TransportError(kind: .reset, message: "connection to \(host) failed mid-transfer: \(text)")
         default:

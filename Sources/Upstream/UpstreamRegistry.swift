@@ -216,11 +216,15 @@ public final class UpstreamRegistry: Sendable {
     }
 
     /// One logical request: follows redirects (at most 5; `Authorization` only to the
-    /// upstream's own host) and answers one authentication challenge.
+    /// upstream's own host; only those `RedirectPolicy` allows) and answers one
+    /// authentication challenge.
     func exchange(_ method: String, _ path: String, scope: String, accept: String?, sink: any TransferSink,
                   extraHeaders: [(String, String)]) async throws -> ResponseHead {
         guard var url = URL(string: configuration.url.absoluteString.trimmingSuffix("/") + path) else {
             throw UpstreamError(.invalidResponse, "cannot build a URL for \(path)")
+        }
+        if let refused = RedirectPolicy.refusal(of: url) {
+            throw UpstreamError(.invalidResponse, "\(name) at \(configuration.url) is not fetched: \(refused)")
         }
         let origin = Self.origin(of: url)
         var authorization = authorizationHeader(scope: scope)
@@ -233,8 +237,15 @@ public final class UpstreamRegistry: Sendable {
             let head = try await transport.perform(HTTPExchange(method: method, url: url, headers: headers), limits: configuration.limits, sink: sink)
             if (300..<400).contains(head.status), head.status != 304, let location = head.header("location") {
                 redirects += 1
-                guard redirects <= 5, let next = URL(string: location, relativeTo: url)?.absoluteURL else {
+                guard redirects <= 5 else {
                     throw UpstreamError(.invalidResponse, "\(name) redirected more than 5 times for \(path)")
+                }
+                guard let next = URL(string: location, relativeTo: url)?.absoluteURL else {
+                    throw UpstreamError(.invalidResponse, "\(name) redirected \(path) to an unreadable Location: \(location.prefix(200))")
+                }
+                // A protocol error, so `send` does not retry it.
+                if let refused = RedirectPolicy.refusal(from: url, to: next) {
+                    throw UpstreamError(.invalidResponse, "\(name) redirected \(path) to \(location.prefix(200)); not followed: \(refused)")
                 }
                 url = next
                 continue

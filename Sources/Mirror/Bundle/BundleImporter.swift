@@ -61,8 +61,8 @@ public struct BundleImporter: Sendable {
             let result: [Imported]
             if isDirectory.boolValue {
                 let isOCI = FileManager.default.fileExists(atPath: path + "/oci-layout")
-                if !isOCI, let manifest = FileManager.default.contents(atPath: path + "/manifest.json") {
-                    var archive = try DockerArchive(source: .directory(path), manifestJSON: Array(manifest))
+                if !isOCI, let manifest = try BundleDirectory(root: path).contents("manifest.json", limit: ManifestDocument.maxSize) {
+                    var archive = try DockerArchive(source: .directory(path), manifestJSON: manifest)
                     result = try importDockerArchive(&archive, options: options, session: &session)
                 } else {
                     let layout = try readDirectoryLayout(path, session: &session)
@@ -95,20 +95,20 @@ public struct BundleImporter: Sendable {
     /// The two small files of a layout, and where its blobs come from.
     struct LayoutFiles {
         let index: ImageIndex
-        /// A directory to read blobs from on demand; nil when they were already ingested from a tar.
-        let blobDirectory: String?
+        /// The layout to read blobs from on demand; nil when they were already ingested from a tar.
+        let blobDirectory: BundleDirectory?
     }
 
     private func readDirectoryLayout(_ root: String, session: inout IngestSession) throws(BundleError) -> LayoutFiles {
-        let layoutFile = root + "/oci-layout"
-        guard let layoutData = FileManager.default.contents(atPath: layoutFile) else {
+        let directory = BundleDirectory(root: root)
+        guard let layoutData = try directory.contents("oci-layout", limit: ManifestDocument.maxSize) else {
             throw BundleError("\(root) is not an OCI image layout: it has no oci-layout file")
         }
-        try checkLayoutVersion(Array(layoutData))
-        guard let indexData = FileManager.default.contents(atPath: root + "/index.json") else {
+        try checkLayoutVersion(layoutData)
+        guard let indexData = try directory.contents("index.json", limit: ManifestDocument.maxSize) else {
             throw BundleError("\(root) is not an OCI image layout: it has no index.json")
         }
-        return LayoutFiles(index: try decodeIndex(Array(indexData)), blobDirectory: root + "/blobs")
+        return LayoutFiles(index: try decodeIndex(indexData), blobDirectory: directory)
     }
 
     private func readTarLayout(_ path: String, session: inout IngestSession) throws(BundleError) -> LayoutFiles {
@@ -176,7 +176,7 @@ public struct BundleImporter: Sendable {
     }
 
     /// Walks each root, storing what is not stored yet, then records them all in one transaction.
-    func load(_ roots: [Root], blobDirectory: String?, options: Options, session: inout IngestSession) throws(BundleError) -> [Imported] {
+    func load(_ roots: [Root], blobDirectory: BundleDirectory?, options: Options, session: inout IngestSession) throws(BundleError) -> [Imported] {
         var results: [Imported] = []
         var batch = ContentBatch()
         for root in roots {
@@ -213,7 +213,7 @@ public struct BundleImporter: Sendable {
         var bytes: Int64 = 0
     }
 
-    private func visit(_ descriptor: Descriptor, depth: Int, blobDirectory: String?, session: inout IngestSession,
+    private func visit(_ descriptor: Descriptor, depth: Int, blobDirectory: BundleDirectory?, session: inout IngestSession,
                        walk: inout Walk, batch: inout ContentBatch) throws(BundleError) {
         guard depth < 4 else { throw BundleError("indexes are nested more than 4 deep at \(descriptor.digest)") }
         try ensure(descriptor, blobDirectory: blobDirectory, session: &session, role: "manifest")
@@ -260,21 +260,24 @@ public struct BundleImporter: Sendable {
         }
     }
 
-    private func layoutHas(_ digest: Digest, _ blobDirectory: String?) -> Bool {
-        guard let dir = blobDirectory else { return false }
-        return FileManager.default.fileExists(atPath: dir + "/" + digest.algorithm.rawValue + "/" + digest.hex)
+    private func layoutHas(_ digest: Digest, _ blobDirectory: BundleDirectory?) -> Bool {
+        blobDirectory?.hasEntry(Self.blobPath(digest)) ?? false
     }
+
+    /// Where a layout keeps a blob, relative to its root.
+    static func blobPath(_ digest: Digest) -> String { "blobs/\(digest.algorithm.rawValue)/\(digest.hex)" }
 
     /// Makes sure `descriptor`'s blob is in the store with the descriptor's size, ingesting it
     /// from a layout directory if needed.
-    private func ensure(_ descriptor: Descriptor, blobDirectory: String?, session: inout IngestSession, role: String) throws(BundleError) {
+    private func ensure(_ descriptor: Descriptor, blobDirectory: BundleDirectory?, session: inout IngestSession, role: String) throws(BundleError) {
         let digest = descriptor.digest
-        if store.size(of: digest) == nil, let dir = blobDirectory {
-            let file = dir + "/" + digest.algorithm.rawValue + "/" + digest.hex
-            guard FileManager.default.isReadableFile(atPath: file) else {
+        if store.size(of: digest) == nil, let layout = blobDirectory {
+            let path = Self.blobPath(digest)
+            guard let file = try layout.openRegularFile(path) else {
                 throw BundleError("bundle is incomplete: \(role) \(digest) is missing")
             }
-            try session.ingest(digest, size: descriptor.size, from: fileChunks(file))
+            defer { close(file) }
+            try session.ingest(digest, size: descriptor.size, from: descriptorChunks(file, path: layout.root + "/" + path))
         }
         guard let size = store.size(of: digest) else {
             throw BundleError("bundle is incomplete: \(role) \(digest) is missing")

@@ -71,8 +71,9 @@ struct DockerArchive {
     func resolve(_ name: String) throws(BundleError) -> String {
         var path = try Self.normalize(name, relativeTo: "")
         switch source {
-        case .directory:
-            return path  // the file system follows links
+        case .directory(let root):
+            try BundleDirectory(root: root).checkInside(path)
+            return path  // the file system follows links, within the bundle
         case .tar(_, let catalog):
             for _ in 0..<16 {
                 if catalog.regularFiles.contains(path) { return path }

@@ -73,17 +73,23 @@ struct IngestSession {
 /// Reads a file in 1 MiB chunks into a sink.
 func fileChunks(_ path: String) -> TarReader.Pump {
     { (sink) throws(BundleError) in
-        guard let handle = FileHandle(forReadingAtPath: path) else { throw BundleError("cannot open \(path)") }
-        defer { try? handle.close() }
+        let file = open(path, O_RDONLY | O_CLOEXEC)
+        guard file >= 0 else { throw BundleError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        defer { close(file) }
+        try descriptorChunks(file, path: path)(sink)
+    }
+}
+
+/// Reads an open file (which the caller closes) in 1 MiB chunks into a sink; `path` names it in errors.
+func descriptorChunks(_ file: Int32, path: String) -> TarReader.Pump {
+    { (sink) throws(BundleError) in
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
         while true {
-            let data: Data
-            do {
-                data = try handle.read(upToCount: 1 << 20) ?? Data()
-            } catch {
-                throw BundleError("reading \(path): \(error)")
-            }
-            if data.isEmpty { return }
-            try data.withUnsafeBytes { raw in Result { () throws(BundleError) in try sink(raw) } }.get()
+            let count = buffer.withUnsafeMutableBytes { read(file, $0.baseAddress, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            guard count >= 0 else { throw BundleError("reading \(path): \(String(cString: strerror(errno)))") }
+            if count == 0 { return }
+            try buffer.withUnsafeBytes { raw in Result { () throws(BundleError) in try sink(UnsafeRawBufferPointer(rebasing: raw[0..<count])) } }.get()
         }
     }
 }
