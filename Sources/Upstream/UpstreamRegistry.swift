@@ -284,6 +284,10 @@ public final class UpstreamRegistry: Sendable {
             query.append(URLQueryItem(name: "scope", value: challenge.parameters["scope"] ?? scope))
             components.queryItems = query
             guard let tokenURL = components.url else { throw UpstreamError(.invalidResponse, "\(name) sent an unusable token realm") }
+            // The realm is a redirect of sorts, and may carry our credentials: the same rule.
+            if let refused = RedirectPolicy.refusal(from: configuration.url, to: tokenURL) {
+                throw UpstreamError(.invalidResponse, "\(name) named the token realm \(realm); not used: \(refused)")
+            }
             var headers: [(String, String)] = [("Accept", "application/json")]
             if let credentials = configuration.credentials { headers.append(("Authorization", credentials.basicHeader)) }
             let sink = BufferSink(limit: 1 << 20)

@@ -50,6 +50,22 @@ extension FaultInjectionTests {
         }
     }
 
+    @Test("a Bearer challenge whose token realm is a gopher URL: refused, not retried, nothing connected to")
+    func tokenRealmOfAnotherScheme() async throws {
+        try await FaultEnvironment.with(layerSizes: [64 << 10]) { env in
+            let trap = try ListenerTrap()
+            defer { trap.stop() }
+            let path = FaultEnvironment.blobPath(env.image.layers[0].digest)
+            env.upstream.setRoute(.challenge(#"Bearer realm="gopher://127.0.0.1:\#(trap.port)/_SET%20owned%201",service="fake""#), for: path)
+            let response = try await FaultRequest.get(port: env.port, path: path)
+            #expect(response.status == 502, "\(response)\n\(env.diagnostics)")
+            #expect(String(decoding: response.body, as: UTF8.self).contains("the gopher scheme is not allowed"), "\(response)")
+            #expect(env.upstream.count("GET", path) == 1, "the challenge was retried\n\(env.diagnostics)")
+            let reached = trap.connections()
+            #expect(reached.isEmpty, "the realm's target was connected to: \(reached)")
+        }
+    }
+
     @Test("an https upstream that redirects to plain http: 502 naming the downgrade, not retried, the http target never reached")
     func httpsNotDowngradedToHTTP() async throws {
         _ = try TestPaths.requireMirrorBinary()

@@ -113,6 +113,8 @@ enum FaultRoute: Sendable {
     case redirect(String, status: Int = 307)
     /// 200 with these bytes; `Docker-Content-Digest` when `digest` is given.
     case content([UInt8], contentType: String, digest: Digest? = nil)
+    /// 401 with this `WWW-Authenticate` value.
+    case challenge(String)
 }
 
 /// One request as the fake received it.
@@ -338,6 +340,11 @@ final class FaultUpstream: Sendable {
             var headers = [("Content-Type", contentType)]
             if let digest { headers.append(("Docker-Content-Digest", digest.description)) }
             _ = respond(fd, status: 200, headers: headers, body: bytes, head: head)
+            return
+        case .challenge(let value):
+            note("401 WWW-Authenticate: \(value)")
+            _ = respond(fd, status: 401, headers: [("Content-Type", "application/json"), ("WWW-Authenticate", value)],
+                        body: Self.envelope("UNAUTHORIZED", "authentication required"), head: head)
             return
         case nil:
             break
