@@ -26,6 +26,9 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var idleTimeout: Duration = .seconds(75)
     /// `http.sendfile`: send blob files with sendfile(2).
     public var sendfile = true
+    /// `http.max_connections`: client connections beyond this are closed at once. Nil: derived
+    /// from the open-file limit (see `DescriptorLimit.defaultMaxConnections`).
+    public var maxConnections: Int?
     /// `upstreams`: every upstream, in order. The embedded default is Docker Hub alone.
     public var upstreams: [Upstream] = [Upstream(name: "docker.io", url: "https://registry-1.docker.io")]
     /// `default_upstream`: the upstream for requests that name none. Default: the first.
@@ -86,6 +89,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("auth.htpasswd.realm", "REGISTRY_MIRROR_AUTH_HTPASSWD_REALM"),
         ("http.sendfile", "REGISTRY_MIRROR_HTTP_SENDFILE"),
         ("http.idle_timeout", "REGISTRY_MIRROR_HTTP_IDLE_TIMEOUT"),
+        ("http.max_connections", "REGISTRY_MIRROR_HTTP_MAX_CONNECTIONS"),
         ("default_upstream", "REGISTRY_MIRROR_DEFAULT_UPSTREAM"),
         ("offline", "REGISTRY_MIRROR_OFFLINE"),
         ("storage.max_size", "REGISTRY_MIRROR_STORAGE_MAX_SIZE"),
@@ -173,6 +177,11 @@ public struct MirrorConfiguration: Sendable, Equatable {
         if let v = values["http.idle_timeout"] {
             if let d = UpstreamSpec.duration(v), d > .zero { idleTimeout = d } else {
                 problems.append("http.idle_timeout: must be a duration like 75s or 5m; got \"\(v)\"")
+            }
+        }
+        if let v = values["http.max_connections"] {
+            if let n = Int(v), n > 0 { maxConnections = n } else {
+                problems.append("http.max_connections: must be a positive number of connections; got \"\(v)\"")
             }
         }
         if let v = values["offline"] { offline = Self.bool(v, "offline", &problems) ?? offline }
@@ -289,6 +298,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         settings.htpasswdPath = htpasswdPath
         settings.htpasswdRealm = htpasswdRealm
         settings.evictionInterval = evictionInterval
+        settings.maxConnections = maxConnections
         if !upstreams.isEmpty {
             settings.upstreams = upstreams.map { entry in
                 var upstream = UpstreamConfiguration(name: entry.name, url: URL(string: entry.url)!)
