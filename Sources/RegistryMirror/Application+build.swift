@@ -31,6 +31,8 @@ public struct ServeSettings: Sendable {
     public var evictionInterval: Duration = .seconds(30)
     /// `http.max_connections`. Nil: `DescriptorLimit.defaultMaxConnections`.
     public var maxConnections: Int?
+    /// `storage.min_free_space`: below it, `/readyz` answers 503.
+    public var minFreeSpace: Int64 = 1 << 30
     /// `auth.htpasswd.path`: require HTTP Basic credentials from this file. Nil: open.
     public var htpasswdPath: String?
     public var htpasswdRealm = "registry-mirror"
@@ -96,13 +98,12 @@ public func buildApplication(
                         body: .init(byteBuffer: ByteBuffer(bytes: text)))
     }
     router.get("/healthz") { _, _ in "ok\n" }
+    let readiness = Readiness(data: data, minFreeSpace: settings.minFreeSpace)
     router.get("/readyz") { _, _ -> Response in
-        // Ready when the index answers a query and the store can be written.
-        _ = try data.index.schemaVersion()
-        guard FileManager.default.isWritableFile(atPath: data.path + "/blobs") else {
-            return Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: "the store is not writable\n")))
+        guard let reason = await readiness.check() else {
+            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ready\n")))
         }
-        return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ready\n")))
+        return Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: "not ready: \(reason)\n")))
     }
     let maxConnections = settings.connectionLimit(logger: logger)
     var app = Application(

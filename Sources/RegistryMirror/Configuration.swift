@@ -39,6 +39,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var maxSize: Int64?
     /// `storage.eviction_interval`: how often the store size is checked (also after each fill).
     public var evictionInterval: Duration = .seconds(30)
+    /// `storage.min_free_space`: `/readyz` says not ready while the store's filesystem has less free. 0: no floor.
+    public var minFreeSpace: Int64 = 1 << 30
 
     /// One entry of `upstreams`. Printing it never shows the password.
     public struct Upstream: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
@@ -94,6 +96,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("offline", "REGISTRY_MIRROR_OFFLINE"),
         ("storage.max_size", "REGISTRY_MIRROR_STORAGE_MAX_SIZE"),
         ("storage.eviction_interval", "REGISTRY_MIRROR_STORAGE_EVICTION_INTERVAL"),
+        ("storage.min_free_space", "REGISTRY_MIRROR_STORAGE_MIN_FREE_SPACE"),
     ]
 
     /// Loads `file` (if given) over the defaults, then the environment over that.
@@ -194,6 +197,11 @@ public struct MirrorConfiguration: Sendable, Equatable {
         if let v = values["storage.eviction_interval"] {
             if let d = UpstreamSpec.duration(v), d > .zero { evictionInterval = d } else {
                 problems.append("storage.eviction_interval: must be a duration like 30s or 5m; got \"\(v)\"")
+            }
+        }
+        if let v = values["storage.min_free_space"] {
+            if let size = ByteSize.parse(v) { minFreeSpace = size } else {
+                problems.append("storage.min_free_space: must be a size like 1GiB or 500MB, or 0; got \"\(v)\"")
             }
         }
     }
@@ -299,6 +307,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         settings.htpasswdRealm = htpasswdRealm
         settings.evictionInterval = evictionInterval
         settings.maxConnections = maxConnections
+        settings.minFreeSpace = minFreeSpace
         if !upstreams.isEmpty {
             settings.upstreams = upstreams.map { entry in
                 var upstream = UpstreamConfiguration(name: entry.name, url: URL(string: entry.url)!)
@@ -376,8 +385,8 @@ public enum UpstreamSpec {
 }
 
 /// Sizes as operators write them: `500MiB`, `20GiB`, `1.5TB`, `4096` (bytes). Binary units
-/// (KiB, MiB, GiB, TiB, and the bare K, M, G, T as Docker and Kubernetes read them) are
-/// powers of 1024; KB, MB, GB, TB are powers of 1000.
+/// (KiB, MiB, GiB, TiB, PiB, and the bare K, M, G, T, P as Docker and Kubernetes read them)
+/// are powers of 1024; KB, MB, GB, TB, PB are powers of 1000.
 public enum ByteSize {
     public static func parse(_ text: String) -> Int64? {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
@@ -391,14 +400,24 @@ public enum ByteSize {
         case "m", "mi", "mib": scale = 0x10_0000
         case "g", "gi", "gib": scale = 0x4000_0000
         case "t", "ti", "tib": scale = 0x100_0000_0000
+        case "p", "pi", "pib": scale = 0x4_0000_0000_0000
         case "kb": scale = 1e3
         case "mb": scale = 1e6
         case "gb": scale = 1e9
         case "tb": scale = 1e12
+        case "pb": scale = 1e15
         default: return nil
         }
         let bytes = value * scale
         guard bytes < 9e18 else { return nil }
         return Int64(bytes)
+    }
+
+    /// `1.5 MiB`: binary units, one decimal.
+    public static func format(_ bytes: Int64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+        var value = Double(bytes), unit = 0
+        while value >= 1024, unit < units.count - 1 { value /= 1024; unit += 1 }
+        return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
     }
 }
