@@ -100,8 +100,9 @@ final class ConnectionGuard: ChannelInboundHandler {
             return
         }
         // Not forwarded: NIO's AcceptBackoffHandler would delay the next accept by a second.
+        let drained = shedWaitingConnections()
         note(\.outOfDescriptors, context)
-        if shedWaitingConnections() { return }
+        if drained { return }
         pause(context)
         resumeLater?.cancel()
         resumeLater = context.eventLoop.assumeIsolated().scheduleTask(in: backoff) {
