@@ -54,6 +54,7 @@ let package = Package(
         .target(name: "RegistryMirror", dependencies: [
             "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "RegistryAPI",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Yams", package: "Yams"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -143,6 +143,32 @@ public final class FileSystemStore: BlobStore {
         return out
     }
 
+    /// Writes, fsyncs and removes a small file where blob writes go: what a fill would do
+    /// first. Throws what stopped it (a full disk, a read-only or vanished filesystem).
+    public func probeWrite() throws(StoreError) {
+        let path = tempDirectory + "/ready-probe"
+        let fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw StoreError(.io, "create \(path): \(String(cString: strerror(errno)))") }
+        defer {
+            close(fd)
+            unlink(path)
+        }
+        // One block, so a full filesystem refuses it (a zero-length file needs only an inode).
+        let block = [UInt8](repeating: 0x2e, count: 4096)
+        let written = block.withUnsafeBytes { Glibc.write(fd, $0.baseAddress!, $0.count) }
+        guard written == block.count else {
+            throw StoreError(.io, "write \(path): \(written < 0 ? String(cString: strerror(errno)) : "short write")")
+        }
+        guard fsync(fd) == 0 else { throw StoreError(.io, "fsync \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    /// Bytes an unprivileged writer can still use on the store's filesystem.
+    public func freeSpace() throws(StoreError) -> Int64 {
+        var fs = statvfs()
+        guard statvfs(root, &fs) == 0 else { throw StoreError(.io, "statvfs \(root): \(String(cString: strerror(errno)))") }
+        return Int64(fs.f_bavail) * Int64(fs.f_frsize)
+    }
+
     /// Publishes a verified temp file: fsync the data, rename, fsync the directory.
     fileprivate func publish(temporaryPath: String, descriptor: Int32, digest: Digest) throws(StoreError) {
         guard fsync(descriptor) == 0 else { throw StoreError(.io, "fsync: \(String(cString: strerror(errno)))") }

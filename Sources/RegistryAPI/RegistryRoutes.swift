@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore
+import Logging
 import Mirror
 import NIOCore
 import OCI
@@ -332,5 +333,13 @@ public enum RegistryServer {
     public static func http1(zeroCopy: Bool = true, idleTimeout: Duration = .seconds(75)) -> HTTPServerBuilder {
         .http1(configuration: .init(additionalChannelHandlers: (zeroCopy ? [FileRegionHandler()] : []) + [ParseErrorEnvelopeHandler()],
                                     idleTimeout: .nanoseconds(Int64(idleTimeout.components.seconds) * 1_000_000_000 + idleTimeout.components.attoseconds / 1_000_000_000)))
+    }
+
+    /// Guards a listening channel against more than `maxConnections` connections and against
+    /// running out of file descriptors (see `ConnectionGuard`). Call it from `onServerRunning`.
+    public static func guardConnections(of channel: any Channel, maxConnections: Int, logger: Logger) async throws {
+        try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.addHandler(ConnectionGuard(maxConnections: maxConnections, port: channel.localAddress?.port, logger: logger), position: .first)
+        }.get()
     }
 }

@@ -29,6 +29,10 @@ public struct ServeSettings: Sendable {
     /// `storage.max_size` in bytes: evict least recently used content above it. Nil: no cap.
     public var maxBytes: Int64?
     public var evictionInterval: Duration = .seconds(30)
+    /// `http.max_connections`. Nil: `DescriptorLimit.defaultMaxConnections`.
+    public var maxConnections: Int?
+    /// `storage.min_free_space`: below it, `/readyz` answers 503.
+    public var minFreeSpace: Int64 = 1 << 30
     /// `auth.htpasswd.path`: require HTTP Basic credentials from this file. Nil: open.
     public var htpasswdPath: String?
     public var htpasswdRealm = "registry-mirror"
@@ -102,23 +106,45 @@ public func buildApplication(
                         body: .init(byteBuffer: ByteBuffer(bytes: text)))
     }
     router.get("/healthz") { _, _ in "ok\n" }
+    let readiness = Readiness(data: data, minFreeSpace: settings.minFreeSpace)
     router.get("/readyz") { _, _ -> Response in
-        // Ready when the index answers a query and the store can be written.
-        _ = try data.index.schemaVersion()
-        guard FileManager.default.isWritableFile(atPath: data.path + "/blobs") else {
-            return Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: "the store is not writable\n")))
+        guard let reason = await readiness.check() else {
+            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ready\n")))
         }
-        return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ready\n")))
+        return Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: "not ready: \(reason)\n")))
     }
+    let maxConnections = settings.connectionLimit(logger: logger)
     var app = Application(
         router: router,
         server: RegistryServer.http1(zeroCopy: settings.zeroCopy, idleTimeout: settings.idleTimeout),
         configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: nil),
-        onServerRunning: onServerRunning,
+        onServerRunning: { channel in
+            do {
+                try await RegistryServer.guardConnections(of: channel, maxConnections: maxConnections, logger: logger)
+            } catch {
+                logger.error("cannot guard the listening socket against running out of descriptors: \(error)")
+            }
+            await onServerRunning(channel)
+        },
         logger: logger
     )
     app.addServices(MaintenanceService(maintenance: maintenance))
     return app
+}
+
+extension ServeSettings {
+    /// Raises the open-file limit to its hard limit and settles the connection cap, saying both.
+    func connectionLimit(logger: Logger) -> Int {
+        let limit = DescriptorLimit.raiseToHard()
+        let cap = maxConnections ?? limit.defaultMaxConnections
+        logger.info("file descriptor limit \(limit.soft) (soft limit was \(limit.initialSoft), hard limit \(limit.hard)); http.max_connections \(cap)\(maxConnections == nil ? ", derived from the limit" : "")",
+                    metadata: ["fd.limit": "\(limit.soft)", "fd.initial_soft_limit": "\(limit.initialSoft)", "fd.hard_limit": "\(limit.hard)",
+                               "http.max_connections": "\(cap)"])
+        if cap > limit.defaultMaxConnections {
+            logger.warning("http.max_connections \(cap) leaves fewer than a quarter of the \(limit.soft) file descriptors for blob files, downloads and the index; when they run out, new connections are closed at once")
+        }
+        return cap
+    }
 }
 
 extension ServeSettings {

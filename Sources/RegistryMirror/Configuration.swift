@@ -34,6 +34,9 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var idleTimeout: Duration = .seconds(75)
     /// `http.sendfile`: send blob files with sendfile(2).
     public var sendfile = true
+    /// `http.max_connections`: client connections beyond this are closed at once. Nil: derived
+    /// from the open-file limit (see `DescriptorLimit.defaultMaxConnections`).
+    public var maxConnections: Int?
     /// `upstreams`: every upstream, in order. The embedded default is Docker Hub alone.
     public var upstreams: [Upstream] = [Upstream(name: "docker.io", url: "https://registry-1.docker.io")]
     /// `default_upstream`: the upstream for requests that name none. Default: the first.
@@ -44,6 +47,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var maxSize: Int64?
     /// `storage.eviction_interval`: how often the store size is checked (also after each fill).
     public var evictionInterval: Duration = .seconds(30)
+    /// `storage.min_free_space`: `/readyz` says not ready while the store's filesystem has less free. 0: no floor.
+    public var minFreeSpace: Int64 = 1 << 30
 
     /// One entry of `upstreams`. Printing it never shows the password.
     public struct Upstream: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
@@ -101,10 +106,12 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("auth.hashing.max_waiting", "REGISTRY_MIRROR_AUTH_HASHING_MAX_WAITING"),
         ("http.sendfile", "REGISTRY_MIRROR_HTTP_SENDFILE"),
         ("http.idle_timeout", "REGISTRY_MIRROR_HTTP_IDLE_TIMEOUT"),
+        ("http.max_connections", "REGISTRY_MIRROR_HTTP_MAX_CONNECTIONS"),
         ("default_upstream", "REGISTRY_MIRROR_DEFAULT_UPSTREAM"),
         ("offline", "REGISTRY_MIRROR_OFFLINE"),
         ("storage.max_size", "REGISTRY_MIRROR_STORAGE_MAX_SIZE"),
         ("storage.eviction_interval", "REGISTRY_MIRROR_STORAGE_EVICTION_INTERVAL"),
+        ("storage.min_free_space", "REGISTRY_MIRROR_STORAGE_MIN_FREE_SPACE"),
     ]
 
     /// Loads `file` (if given) over the defaults, then the environment over that.
@@ -202,6 +209,11 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 problems.append("http.idle_timeout: must be a duration like 75s or 5m; got \"\(v)\"")
             }
         }
+        if let v = values["http.max_connections"] {
+            if let n = Int(v), n > 0 { maxConnections = n } else {
+                problems.append("http.max_connections: must be a positive number of connections; got \"\(v)\"")
+            }
+        }
         if let v = values["offline"] { offline = Self.bool(v, "offline", &problems) ?? offline }
         if let v = values["default_upstream"] { defaultUpstream = v }
         if let v = values["storage.max_size"] {
@@ -212,6 +224,11 @@ public struct MirrorConfiguration: Sendable, Equatable {
         if let v = values["storage.eviction_interval"] {
             if let d = UpstreamSpec.duration(v), d > .zero { evictionInterval = d } else {
                 problems.append("storage.eviction_interval: must be a duration like 30s or 5m; got \"\(v)\"")
+            }
+        }
+        if let v = values["storage.min_free_space"] {
+            if let size = ByteSize.parse(v) { minFreeSpace = size } else {
+                problems.append("storage.min_free_space: must be a size like 1GiB or 500MB, or 0; got \"\(v)\"")
             }
         }
     }
@@ -325,6 +342,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
         settings.hashingThreads = hashingThreads
         settings.hashingMaxWaiting = hashingMaxWaiting
         settings.evictionInterval = evictionInterval
+        settings.maxConnections = maxConnections
+        settings.minFreeSpace = minFreeSpace
         if !upstreams.isEmpty {
             settings.upstreams = upstreams.map { entry in
                 var upstream = UpstreamConfiguration(name: entry.name, url: URL(string: entry.url)!)
@@ -403,8 +422,8 @@ public enum UpstreamSpec {
 }
 
 /// Sizes as operators write them: `500MiB`, `20GiB`, `1.5TB`, `4096` (bytes). Binary units
-/// (KiB, MiB, GiB, TiB, and the bare K, M, G, T as Docker and Kubernetes read them) are
-/// powers of 1024; KB, MB, GB, TB are powers of 1000.
+/// (KiB, MiB, GiB, TiB, PiB, and the bare K, M, G, T, P as Docker and Kubernetes read them)
+/// are powers of 1024; KB, MB, GB, TB, PB are powers of 1000.
 public enum ByteSize {
     public static func parse(_ text: String) -> Int64? {
         let trimmed = text.trimmingCharacters(in: .whitespaces)
@@ -418,14 +437,24 @@ public enum ByteSize {
         case "m", "mi", "mib": scale = 0x10_0000
         case "g", "gi", "gib": scale = 0x4000_0000
         case "t", "ti", "tib": scale = 0x100_0000_0000
+        case "p", "pi", "pib": scale = 0x4_0000_0000_0000
         case "kb": scale = 1e3
         case "mb": scale = 1e6
         case "gb": scale = 1e9
         case "tb": scale = 1e12
+        case "pb": scale = 1e15
         default: return nil
         }
         let bytes = value * scale
         guard bytes < 9e18 else { return nil }
         return Int64(bytes)
+    }
+
+    /// `1.5 MiB`: binary units, one decimal.
+    public static func format(_ bytes: Int64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+        var value = Double(bytes), unit = 0
+        while value >= 1024, unit < units.count - 1 { value /= 1024; unit += 1 }
+        return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
     }
 }

@@ -117,12 +117,7 @@ enum StatusPage {
         return out
     }
 
-    static func bytes(_ n: Int64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var value = Double(n), unit = 0
-        while value >= 1024, unit < units.count - 1 { value /= 1024; unit += 1 }
-        return unit == 0 ? "\(n) B" : String(format: "%.1f %@", value, units[unit])
-    }
+    static func bytes(_ n: Int64) -> String { ByteSize.format(n) }
 
     static func duration(_ seconds: TimeInterval) -> String {
         let s = Int(max(0, seconds))

@@ -103,7 +103,8 @@ enum RawHTTP {
         try request("HEAD", port: port, path: path, headers: headers)
     }
 
-    static func connectLoopback(port: Int, timeout: Int) throws -> Int32 {
+    /// `waiting: false`: a non-blocking socket whose handshake completes (or not) in the background.
+    static func connectLoopback(port: Int, timeout: Int, waiting: Bool = true) throws -> Int32 {
         #if canImport(Glibc)
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         #else
@@ -113,6 +114,7 @@ enum RawHTTP {
         var tv = timeval(tv_sec: timeout, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        if !waiting { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -120,7 +122,7 @@ enum RawHTTP {
         let connected = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard connected == 0 else {
+        guard connected == 0 || (!waiting && errno == EINPROGRESS) else {
             let code = errno
             close(fd)
             throw E2EError("connect to 127.0.0.1:\(port) failed: errno \(code)")

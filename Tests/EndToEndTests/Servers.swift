@@ -132,12 +132,14 @@ final class MirrorProcess: @unchecked Sendable {
 
     /// `--offline` by default: the mirror serves only what was imported and never reaches for an
     /// upstream (without it, it would try Docker Hub, which a sandbox cannot reach).
+    /// `launcher`: a command that ends by exec'ing its arguments (`prlimit --nofile=…`), to run
+    /// the mirror under other limits or namespaces; its pid stays the mirror's.
     static func start(dataDirectory: URL, logDirectory: URL, extraArguments: [String] = ["--offline"],
-                      environment: [String: String]? = nil) async throws -> MirrorProcess {
+                      environment: [String: String]? = nil, launcher: [String] = []) async throws -> MirrorProcess {
         let binary = try TestPaths.requireMirrorBinary()
+        let command = launcher + [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDirectory.path] + extraArguments
         let process = try ChildProcess(
-            name: "registry-mirror-serve", program: binary,
-            arguments: ["serve", "--listen", "127.0.0.1:0", "--data-dir", dataDirectory.path] + extraArguments,
+            name: "registry-mirror-serve", program: command[0], arguments: Array(command.dropFirst()),
             logDirectory: logDirectory, environment: environment)
         var port: Int?
         do {
@@ -161,6 +163,18 @@ final class MirrorProcess: @unchecked Sendable {
     }
 
     func stop() async { await process.stop() }
+
+    /// Runs `body` on this mirror, then stops it however `body` ends.
+    func stopping<T>(after body: (MirrorProcess) async throws -> T) async throws -> T {
+        do {
+            let result = try await body(self)
+            await stop()
+            return result
+        } catch {
+            await stop()
+            throw error
+        }
+    }
 
     /// SIGKILL, no grace: a crash, as far as the data directory can tell.
     func kill() async { await process.kill() }

@@ -1,0 +1,45 @@
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import RegistryMirror
+import Testing
+
+/// `/readyz` (issue 10, item 6): ready means a small write succeeds in the store and its
+/// filesystem has more free space than `storage.min_free_space`. (A full disk, where the write
+/// itself fails, is an end-to-end test: it needs a filesystem of its own.)
+@Suite struct ReadinessTests {
+    /// The application as `serve` would build it from a configuration file with `yaml` in it.
+    func app(_ yaml: String, in dir: TemporaryDirectory) throws -> some ApplicationProtocol {
+        let file = dir.path + "/mirror.yaml"
+        try "listen: 127.0.0.1:0\ndata_dir: \(dir.path)/data\noffline: true\n\(yaml)".write(toFile: file, atomically: true, encoding: .utf8)
+        let configuration = try MirrorConfiguration.load(file: file, environment: [:])
+        return try buildApplication(configuration.serveSettings, logger: Logger(label: "test"))
+    }
+
+    @Test func lessFreeSpaceThanTheFloorIsNotReady() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        try await app("storage:\n  min_free_space: 1PiB\n", in: dir).test(.router) { client in
+            let response = try await client.execute(uri: "/readyz", method: .get)
+            let body = String(buffer: response.body)
+            #expect(response.status == .serviceUnavailable, "\(body)")
+            #expect(body.contains("free, below storage.min_free_space (1.0 PiB)"), "\(body)")
+            // Alive all the same: only readiness depends on the disk.
+            #expect(try await client.execute(uri: "/healthz", method: .get).status == .ok)
+        }
+    }
+
+    @Test func enoughFreeSpaceAndAWritableStoreIsReady() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        try await app("storage:\n  min_free_space: 1MiB\n", in: dir).test(.router) { client in
+            let response = try await client.execute(uri: "/readyz", method: .get)
+            #expect(response.status == .ok, "\(String(buffer: response.body))")
+            // The probe leaves nothing behind in the store's temp folder.
+            let temp = dir.path + "/data/tmp"
+            let leftovers = regularFiles(under: temp).filter { !$0.hasSuffix(".lock") }
+            #expect(leftovers.isEmpty, "\(leftovers)")
+        }
+    }
+}
