@@ -348,9 +348,8 @@ public struct ContentBatch: Sendable {
             self.mediaType = document.mediaType
             self.size = size
             self.subject = document.subject?.digest
-            self.artifactType = document.artifactType ?? document.config.flatMap {
-                $0.mediaType == MediaType.ociEmpty || $0.mediaType.hasSuffix("container.image.v1+json") ? nil : $0.mediaType
-            }
+            // What a referrers index lists it as (its own, else its config's media type).
+            self.artifactType = document.referrerArtifactType
             self.annotations = document.annotations
             self.references = document.blobs.map(\.digest)
             self.children = document.manifests

@@ -97,10 +97,38 @@ public struct LocalRegistry: RegistryContent {
         return try wrap { () throws(IndexError) in try index.tags(repository) }
     }
 
+    /// Cached manifests of `repository` whose subject is `digest`, then what a cached
+    /// referrers-tag-scheme index lists of what is cached here too: an offline mirror lists
+    /// nothing a client could not then fetch.
     public func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor] {
-        try wrap { () throws(IndexError) in try index.referrers(repository, subject: digest) }.map {
-            Descriptor(mediaType: $0.mediaType, digest: $0.digest, size: $0.size, annotations: $0.annotations, artifactType: $0.artifactType)
+        let recorded = try wrap { () throws(IndexError) in try index.referrers(repository, subject: digest) }.map { record in
+            var descriptor = Descriptor(mediaType: record.mediaType, digest: record.digest, size: record.size,
+                                        annotations: record.annotations, artifactType: record.artifactType)
+            // Rows recorded before the spec's rule (config media type when no artifactType) lack it.
+            if descriptor.artifactType == nil, let document = try? parsedManifest(record.digest, mediaType: record.mediaType) {
+                descriptor.artifactType = document.referrerArtifactType
+            }
+            return descriptor
         }
+        let listed = try schemeIndexReferrers(repository, digest).filter { descriptor in
+            (try? index.manifest(descriptor.digest, in: repository))?.linked == true
+        }
+        return Referrers.merge(recorded, listed)
+    }
+
+    /// What the cached referrers-tag-scheme index (`sha256-<hex>`) of `digest` lists, or
+    /// nothing when that tag is not cached or is not an index.
+    public func schemeIndexReferrers(_ repository: RepositoryKey, _ digest: Digest) throws(MirrorError) -> [Descriptor] {
+        guard let tagged = try wrap({ () throws(IndexError) in try index.tag(repository, Referrers.schemeTag(for: digest)) }),
+              MediaType.isIndex(tagged.mediaType),
+              let document = try? parsedManifest(tagged.digest, mediaType: tagged.mediaType) else { return [] }
+        return document.manifests
+    }
+
+    /// A stored manifest, parsed.
+    func parsedManifest(_ digest: Digest, mediaType: String) throws -> ManifestDocument {
+        let content = try manifestContent(digest, mediaType: mediaType)
+        return try ManifestDocument(bytes: content.bytes, contentType: content.mediaType)
     }
 
     func wrap<T>(_ body: () throws(IndexError) -> T) throws(MirrorError) -> T {

@@ -46,7 +46,8 @@ public final class PullThroughRegistry: RegistryContent {
     let logger: Logger
     private let fills = Mutex<[String: BlobFill]>([:])
     private let manifestFlights = SingleFlight<String, ManifestContent>()
-    private let referrerCache = Mutex<[String: [Descriptor]]>([:])
+    /// The last referrers answer per (repository, subject), for when the upstream fails.
+    let referrerCache = ReferrerCache(capacity: 4096)
     private let prefetchSlots = AsyncSemaphore(4)
 
     public init(local: LocalRegistry, upstreams: [UpstreamRegistry], policies: [String: UpstreamPolicy] = [:],
@@ -472,7 +473,7 @@ public final class PullThroughRegistry: RegistryContent {
         }
     }
 
-    // MARK: Tags and referrers
+    // MARK: Tags (referrers: PullThroughRegistry+Referrers.swift)
 
     public func tags(_ repository: RepositoryKey) async throws(MirrorError) -> [String] {
         guard let upstream = upstream(for: repository) else { return try await local.tags(repository) }
@@ -481,27 +482,6 @@ public final class PullThroughRegistry: RegistryContent {
         } catch {
             if error.isUpstreamFailure, let cached = try? await local.tags(repository) { return cached }
             throw Self.map(error, upstream: upstream, what: "\(repository)", unknown: .nameUnknown)
-        }
-    }
-
-    public func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor] {
-        guard let upstream = upstream(for: repository) else { return try await local.referrers(repository, digest) }
-        let key = "\(repository)@\(digest)"
-        do {
-            guard let bytes = try await upstream.referrers(repository.name, digest) else {
-                throw MirrorError(.referrersUnsupported, "\(upstream.name) has no referrers API; use the tag fallback")
-            }
-            guard let index = try? JSONDecoder().decode(ImageIndex.self, from: Data(bytes)) else {
-                throw MirrorError(.invalidContent, "\(upstream.name) sent an unreadable referrers index")
-            }
-            referrerCache.withLock { $0[key] = index.manifests }
-            return index.manifests
-        } catch {
-            if (error as? UpstreamError)?.isUpstreamFailure == true {
-                if let cached = referrerCache.withLock({ $0[key] }) { return cached }
-                return try await local.referrers(repository, digest)
-            }
-            throw Self.map(error, upstream: upstream, what: key, unknown: .manifestUnknown)
         }
     }
 

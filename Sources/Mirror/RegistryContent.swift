@@ -16,7 +16,8 @@ public protocol RegistryContent: Sendable {
     func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64
     /// Sorted tag names. Throws `.nameUnknown` for an unknown repository.
     func tags(_ repository: RepositoryKey) async throws(MirrorError) -> [String]
-    /// Manifests whose subject is `digest`.
+    /// Descriptors of the manifests that refer to `digest` (their `subject`), as a referrers
+    /// index lists them. Never "unsupported": an unknown subject has none.
     func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor]
 }
 
@@ -64,8 +65,6 @@ public struct MirrorError: Error, Sendable, CustomStringConvertible {
         public static let tooManyRequests = Code(raw: "too many requests")
         public static let unsupported = Code(raw: "unsupported")
         public static let invalidContent = Code(raw: "invalid content")
-        /// The upstream has no referrers API: clients should use the tag fallback.
-        public static let referrersUnsupported = Code(raw: "referrers unsupported")
         /// The mirror's own store failed (a full disk, an I/O error): not the upstream's fault.
         public static let storeFailed = Code(raw: "local store failure")
         public static let `internal` = Code(raw: "internal error")

@@ -10,6 +10,11 @@ import Upstream
 /// For an index, the chosen instances are copied (`PlatformSelection`) and the index itself
 /// is kept byte-exact; instances not chosen stay absent, so an offline mirror answers 404
 /// for them.
+///
+/// What refers to the image travels with it (unless `referrers` is off): OCI 1.1 referrers of
+/// the root and of each copied instance (signatures, SBOMs, attestations with a `subject`),
+/// as the mirror's referrers API lists them, and cosign's `sha256-<hex>.sig|.att|.sbom` tags.
+/// A site that admits only signed images needs them offline.
 public struct Seeder: Sendable {
     public struct Result: Sendable {
         public let digest: Digest
@@ -18,20 +23,33 @@ public struct Seeder: Sendable {
         public let instances: Int
         public let listed: Int
         public let bytes: Int64
+        /// Referrers and cosign tag artifacts copied with the image.
+        public var referrers = 0
     }
 
     let registry: PullThroughRegistry
     /// Blob downloads in flight per image.
     let parallelBlobs: Int
+    /// Copy referrers and cosign tag artifacts with each image.
+    let referrers: Bool
 
-    public init(registry: PullThroughRegistry, parallelBlobs: Int = 4) {
+    /// How far signatures of signatures are followed (a signed SBOM of a signed image is 2).
+    static let referrerDepth = 3
+
+    public init(registry: PullThroughRegistry, parallelBlobs: Int = 4, referrers: Bool = true) {
         self.registry = registry
         self.parallelBlobs = parallelBlobs
+        self.referrers = referrers
     }
 
     /// Seeds one image; `name` labels progress events. Pins the root when `pin` is set.
     public func seed(_ repository: RepositoryKey, _ reference: ManifestReference, platforms: PlatformSelection, pin: Bool,
                      name: String, progress: @escaping ProgressHandler) async throws(MirrorError) -> Result {
+        try await seed(repository, reference, platforms: platforms, pin: pin, name: name, withReferrers: referrers, progress: progress)
+    }
+
+    func seed(_ repository: RepositoryKey, _ reference: ManifestReference, platforms: PlatformSelection, pin: Bool,
+              name: String, withReferrers: Bool, progress: @escaping ProgressHandler) async throws(MirrorError) -> Result {
         progress(.imageStarted(image: name))
         let root = try await registry.manifest(repository, reference)
         let document = try Self.parse(root)
@@ -51,7 +69,8 @@ public struct Seeder: Sendable {
                 bytes += Int64(content.bytes.count)
                 // A nested index (rare) is kept whole: its own children are all copied.
                 if try Self.parse(content).isIndex {
-                    let nested = try await seed(repository, .digest(child.digest), platforms: .all, pin: false, name: name, progress: { _ in })
+                    let nested = try await seed(repository, .digest(child.digest), platforms: .all, pin: false, name: name,
+                                                withReferrers: false, progress: { _ in })
                     bytes += nested.bytes - Int64(content.bytes.count)
                 } else {
                     images.append(content)
@@ -72,7 +91,69 @@ public struct Seeder: Sendable {
                 throw MirrorError(.internal, "pinning \(name): \(error.message)")
             }
         }
-        return Result(digest: root.digest, mediaType: root.mediaType, instances: instances, listed: listed, bytes: bytes)
+        var copied: (count: Int, bytes: Int64) = (0, 0)
+        if withReferrers {
+            let subjects = [root.digest] + images.map(\.digest).filter { $0 != root.digest }
+            copied = try await seedReferrers(of: subjects, repository: repository, pin: pin, name: name, progress: progress)
+        }
+        return Result(digest: root.digest, mediaType: root.mediaType, instances: instances, listed: listed,
+                      bytes: bytes + copied.bytes, referrers: copied.count)
+    }
+
+    /// Copies what refers to `subjects`: the referrers the mirror lists (the upstream's API or
+    /// its tag scheme) and cosign's tags, each with its blobs, then what refers to those, a
+    /// few levels deep. A referrer that cannot be fetched fails the image: a site that checks
+    /// signatures is better told now than at admission.
+    func seedReferrers(of subjects: [Digest], repository: RepositoryKey, pin: Bool, name: String,
+                       progress: @escaping ProgressHandler) async throws(MirrorError) -> (count: Int, bytes: Int64) {
+        var queue = subjects.map { ($0, 1) }
+        var seen = Set(subjects)
+        var count = 0
+        var bytes: Int64 = 0
+        while !queue.isEmpty {
+            let (subject, depth) = queue.removeFirst()
+            var artifacts: [ManifestContent] = []
+            for descriptor in try await registry.referrers(repository, subject) where seen.insert(descriptor.digest).inserted {
+                artifacts.append(try await fetch(repository, .digest(descriptor.digest), what: "referrer \(descriptor.digest) of \(subject)"))
+            }
+            for tag in Referrers.cosignTags(for: subject) {
+                do throws(MirrorError) {
+                    let artifact = try await registry.manifest(repository, .tag(tag))
+                    if seen.insert(artifact.digest).inserted { artifacts.append(artifact) }
+                } catch where error.code == .manifestUnknown {
+                    continue
+                }
+            }
+            for artifact in artifacts {
+                if try Self.parse(artifact).isIndex {
+                    let nested = try await seed(repository, .digest(artifact.digest), platforms: .all, pin: false, name: name,
+                                                withReferrers: false, progress: { _ in })
+                    bytes += nested.bytes
+                } else {
+                    bytes += Int64(artifact.bytes.count)
+                    bytes += try await copyBlobs(try Self.parse(artifact).blobs, repository: repository, name: name, progress: progress)
+                }
+                if pin {
+                    do {
+                        try registry.index.setPinned(artifact.digest, true)
+                    } catch {
+                        throw MirrorError(.internal, "pinning a referrer of \(name): \(error.message)")
+                    }
+                }
+                count += 1
+                if depth < Self.referrerDepth { queue.append((artifact.digest, depth + 1)) }
+            }
+        }
+        return (count, bytes)
+    }
+
+    /// A manifest by digest, its failure naming what it was for.
+    func fetch(_ repository: RepositoryKey, _ reference: ManifestReference, what: String) async throws(MirrorError) -> ManifestContent {
+        do {
+            return try await registry.manifest(repository, reference)
+        } catch {
+            throw MirrorError(error.code, "\(what): \(error.message) (seed --no-referrers skips referrers)", retryAfter: error.retryAfter)
+        }
     }
 
     /// Fetches blobs a few at a time, reporting each one's progress. Returns their total size.

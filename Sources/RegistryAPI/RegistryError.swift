@@ -5,8 +5,11 @@ import Mirror
 
 /// An error as the Distribution API puts it on the wire: `{"errors":[{"code","message","detail"}]}`.
 ///
-/// The only place where errors become HTTP statuses and codes. Codes and statuses are
-/// distribution's (`registry/api/errcode` and `registry/api/v2/errors.go`).
+/// The only place where errors become HTTP statuses and codes. Every 4xx carries a code from
+/// the distribution spec's table (BLOB_UNKNOWN … TOOMANYREQUESTS); where the spec has none for
+/// a case (an unknown endpoint, a bad page size or range), `UNSUPPORTED` with the fitting status.
+/// The spec has no code for a server failure, so 5xx keep distribution's own `UNKNOWN` and
+/// `UNAVAILABLE` (`registry/api/errcode/register.go`), which its client libraries know.
 public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertible {
     /// A wire code with its fixed status.
     public struct Code: Sendable, Equatable {
@@ -27,12 +30,15 @@ public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertibl
         public static let manifestInvalid = Code(name: "MANIFEST_INVALID", status: .badRequest, message: "manifest invalid")
         public static let nameInvalid = Code(name: "NAME_INVALID", status: .badRequest, message: "invalid repository name")
         public static let nameUnknown = Code(name: "NAME_UNKNOWN", status: .notFound, message: "repository name not known to registry")
-        public static let paginationNumberInvalid = Code(name: "PAGINATION_NUMBER_INVALID", status: .badRequest, message: "invalid number of results requested")
-        public static let rangeInvalid = Code(name: "RANGE_INVALID", status: .rangeNotSatisfiable, message: "invalid content range")
+        /// distribution says PAGINATION_NUMBER_INVALID, which is not in the spec's table.
+        public static let paginationNumberInvalid = Code(name: "UNSUPPORTED", status: .badRequest, message: "invalid number of results requested")
+        /// distribution says RANGE_INVALID, which is not in the spec's table.
+        public static let rangeInvalid = Code(name: "UNSUPPORTED", status: .rangeNotSatisfiable, message: "invalid content range")
         public static let unauthorized = Code(name: "UNAUTHORIZED", status: .unauthorized, message: "authentication required")
         public static let denied = Code(name: "DENIED", status: .forbidden, message: "requested access to the resource is denied")
         public static let unsupported = Code(name: "UNSUPPORTED", status: .methodNotAllowed, message: "The operation is unsupported.")
-        public static let notFound = Code(name: "NOT_FOUND", status: .notFound, message: "no such endpoint")
+        /// A path or method the API does not have. `NOT_FOUND` is in neither the spec nor distribution.
+        public static let notFound = Code(name: "UNSUPPORTED", status: .notFound, message: "no such endpoint")
         public static let tooManyRequests = Code(name: "TOOMANYREQUESTS", status: .tooManyRequests, message: "too many requests")
         public static let unavailable = Code(name: "UNAVAILABLE", status: .serviceUnavailable, message: "service unavailable")
         public static let badGateway = Code(name: "UNKNOWN", status: .badGateway, message: "the upstream sent content that failed verification")
@@ -41,6 +47,11 @@ public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertibl
         public static let badRequest = Code(name: "UNSUPPORTED", status: .badRequest, message: "bad request")
         /// A request line and headers over the decoder's limits.
         public static let headersTooLarge = Code(name: "UNSUPPORTED", status: .requestHeaderFieldsTooLarge, message: "request header fields too large")
+
+        /// Every code above; the tests hold each against the spec's table.
+        static let all: [Code] = [blobUnknown, digestInvalid, manifestUnknown, manifestInvalid, nameInvalid, nameUnknown,
+                                  paginationNumberInvalid, rangeInvalid, unauthorized, denied, unsupported, notFound,
+                                  tooManyRequests, unavailable, badGateway, unknown, badRequest, headersTooLarge]
     }
 
     public let code: Code
@@ -70,7 +81,6 @@ public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertibl
         case .tooManyRequests: code = .tooManyRequests
         case .unsupported: code = .unsupported
         case .invalidContent: code = .badGateway
-        case .referrersUnsupported: code = .notFound
         default: code = .unknown
         }
         var headers: HTTPFields = [:]

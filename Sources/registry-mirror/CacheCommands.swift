@@ -50,8 +50,10 @@ struct Seed: AsyncParsableCommand {
             Images are pulled exactly as a client's pull through the mirror would, and pinned (never \
             evicted) unless --no-pin is given. For a multi-platform image, only this machine's platform \
             is copied unless --platform or --all-platforms says otherwise; the index itself is always \
-            kept byte-exact. Safe to run while `serve` uses the same data directory. Exits 1 if any \
-            image failed, listing the failures at the end.
+            kept byte-exact. What refers to each image goes along (OCI referrers such as signatures, \
+            SBOMs and attestations, and cosign's sha256-<hex>.sig/.att/.sbom tags), pinned with it, \
+            unless --no-referrers is given. Safe to run while `serve` uses the same data directory. \
+            Exits 1 if any image failed, listing the failures at the end.
             """
     )
 
@@ -61,6 +63,8 @@ struct Seed: AsyncParsableCommand {
     var file: String?
     @Flag(name: .customLong("no-pin"), help: "Do not pin the seeded images: they may be evicted like any pulled image.")
     var noPin = false
+    @Flag(name: .customLong("no-referrers"), help: "Do not copy the images' referrers (signatures, SBOMs, attestations) and cosign tags.")
+    var noReferrers = false
     @OptionGroup var platform: PlatformOptions
     @OptionGroup var upstream: UpstreamOptions
     @OptionGroup var common: CommonOptions
@@ -75,7 +79,7 @@ struct Seed: AsyncParsableCommand {
         let settings = try upstream.settings(configuration)
         guard !settings.offline else { throw ValidationError("seed needs an upstream, but the configuration says offline") }
         let (_, content, _) = try settings.makeCache(logger: logger, seeding: true)
-        let seeder = Seeder(registry: content)
+        let seeder = Seeder(registry: content, referrers: !noReferrers)
         let reporter = ProgressReporter(verb: "seed")
         var failures: [(String, String)] = []
         var seeded = 0
@@ -87,6 +91,7 @@ struct Seed: AsyncParsableCommand {
                 reporter.handle(.imageFinished(image: name, error: nil))
                 var line = "seeded \(name) \(result.digest) \(ByteCount(result.bytes))"
                 if MediaType.isIndex(result.mediaType) { line += " (\(result.instances)/\(result.listed) platforms)" }
+                if result.referrers > 0 { line += ", \(result.referrers) referrer\(result.referrers == 1 ? "" : "s")" }
                 if !noPin { line += ", pinned" }
                 print(line)
                 seeded += 1

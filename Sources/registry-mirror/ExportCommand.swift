@@ -17,7 +17,10 @@ struct Export: AsyncParsableCommand {
             non-empty directory there is never overwritten.
             Multi-platform images: by default every platform that is fully cached is written; \
             --platform and --all-platforms demand the named platforms, and fail if one is not cached. \
-            The index itself is always written byte-exact.
+            The index itself is always written byte-exact. \
+            What refers to each image goes along as entries of its own: cosign's sha256-<hex>.sig/.att/.sbom \
+            tags by tag, and OCI referrers (signatures, SBOMs, attestations) by digest (name@sha256:...); \
+            --no-referrers leaves them out, as `podman load` of a one-image bundle needs.
             """
     )
 
@@ -27,6 +30,8 @@ struct Export: AsyncParsableCommand {
     var file: String?
     @Option(name: .shortAndLong, help: ArgumentHelp("Bundle to write: a directory, or a tar if it ends in .tar.", valueName: "bundle"))
     var output: String
+    @Flag(name: .customLong("no-referrers"), help: "Write only the images, not their referrers and cosign tag artifacts.")
+    var noReferrers = false
     @OptionGroup var platform: PlatformOptions
     @OptionGroup var common: CommonOptions
 
@@ -46,10 +51,14 @@ struct Export: AsyncParsableCommand {
         let exporter = BundleExporter(store: dir.store, index: dir.index, logger: logger)
         let reporter = ProgressReporter(verb: "export")
         do {
-            let summary = try exporter.export(references, to: output, options: .init(platforms: selection, progress: reporter.handler))
+            let summary = try exporter.export(references, to: output, options: .init(platforms: selection, progress: reporter.handler, referrers: !noReferrers))
             for image in summary.images {
                 var line = "exported \(image.name) \(image.digest) \(image.mediaType) \(ByteCount(image.bytes))"
-                if MediaType.isIndex(image.mediaType) { line += " (\(image.platformsWritten)/\(image.platformsListed) platforms)" }
+                if let subject = image.referrerOf {
+                    line += " (refers to \(subject))"
+                } else if MediaType.isIndex(image.mediaType) {
+                    line += " (\(image.platformsWritten)/\(image.platformsListed) platforms)"
+                }
                 print(line)
             }
             let images = summary.images.count == 1 ? "1 image" : "\(summary.images.count) images"

@@ -16,6 +16,12 @@ import Glibc
 /// instances of an index go along is the `Options.platforms` choice. Every blob is re-hashed
 /// while it is copied, so a damaged cache file fails the export rather than reaching the
 /// bundle, and a failed export leaves no output (see `LayoutOutput`).
+///
+/// What refers to an image goes along (unless `Options.referrers` is off), as entries of
+/// their own: cosign's tags under their tag (`…/app:sha256-<hex>.sig`), and cached manifests
+/// whose `subject` is the image or one of its written instances under their digest
+/// (`…/app@sha256:…`), which the ref-name grammar allows. `import` records those with their
+/// subject and no tag. A referrer that is not fully cached is left out, with a notice.
 public struct BundleExporter: Sendable {
     public struct Options: Sendable {
         /// Instances of multi-platform images to write. nil: every instance that is fully
@@ -23,10 +29,13 @@ public struct BundleExporter: Sendable {
         /// Single-platform images are written as they are, whatever this says.
         public var platforms: PlatformSelection?
         public var progress: ProgressHandler?
+        /// Also write the images' referrers and cosign tag artifacts.
+        public var referrers: Bool
 
-        public init(platforms: PlatformSelection? = nil, progress: ProgressHandler? = nil) {
+        public init(platforms: PlatformSelection? = nil, progress: ProgressHandler? = nil, referrers: Bool = true) {
             self.platforms = platforms
             self.progress = progress
+            self.referrers = referrers
         }
     }
 
@@ -41,6 +50,8 @@ public struct BundleExporter: Sendable {
         public let platformsListed: Int
         /// Bytes of everything the image needs, shared blobs included.
         public let bytes: Int64
+        /// For a referrer or cosign tag artifact: the digest it refers to.
+        public let referrerOf: Digest?
     }
 
     public struct Summary: Sendable {
@@ -71,6 +82,11 @@ public struct BundleExporter: Sendable {
             let plan = try makePlan(text, selection: options.platforms)
             if !plans.contains(where: { $0.name == plan.name }) { plans.append(plan) }
         }
+        if options.referrers {
+            for image in plans where image.referrerOf == nil {
+                for plan in try referrerPlans(of: image) where !plans.contains(where: { $0.name == plan.name }) { plans.append(plan) }
+            }
+        }
 
         var out = try LayoutOutput(destination: output)
         var written: Set<Digest> = []
@@ -99,7 +115,7 @@ public struct BundleExporter: Sendable {
         }
         let images = plans.map {
             Exported(name: $0.name, digest: $0.root.digest, mediaType: $0.root.mediaType, platformsWritten: $0.platformsWritten,
-                     platformsListed: $0.platformsListed, bytes: $0.blobs.reduce(0) { $0 + $1.size })
+                     platformsListed: $0.platformsListed, bytes: $0.blobs.reduce(0) { $0 + $1.size }, referrerOf: $0.referrerOf)
         }
         return Summary(images: images, blobs: written.count, bytes: bytes, output: out.destination)
     }
@@ -109,6 +125,10 @@ public struct BundleExporter: Sendable {
     struct ImagePlan {
         let name: String
         let root: Descriptor
+        let repository: RepositoryKey
+        var referrerOf: Digest?
+        /// The root and every instance written: what referrers may refer to.
+        var subjects: [Digest] = []
         /// Manifests, configs and layers in write order; may repeat across images.
         var blobs: [Descriptor] = []
         var platformsWritten = 1
@@ -126,7 +146,8 @@ public struct BundleExporter: Sendable {
             throw BundleError("bad reference \(text): \(error.message)")
         }
         let root = try resolve(reference, as: text)
-        var plan = ImagePlan(name: reference.description, root: root)
+        let repository = RepositoryKey(upstream: reference.host, name: reference.repository)
+        var plan = ImagePlan(name: reference.description, root: root, repository: repository)
         try walk(root, depth: 0, selection: selection, plan: &plan)
         if MediaType.isIndex(root.mediaType) {
             var required: [Platform] = []
@@ -152,9 +173,57 @@ public struct BundleExporter: Sendable {
         guard let found else {
             throw BundleError("\(text) is not in the cache (as \(reference)); fetch it first with `registry-mirror seed \(text)`")
         }
-        let name = reference.description
-        return Descriptor(mediaType: found.manifest.mediaType, digest: found.digest, size: found.manifest.size,
-                          annotations: [Descriptor.refNameAnnotation: name, Self.containerdNameAnnotation: name])
+        return Self.named(Descriptor(mediaType: found.manifest.mediaType, digest: found.digest, size: found.manifest.size),
+                          reference.description)
+    }
+
+    /// `descriptor` as an `index.json` entry named `name`.
+    static func named(_ descriptor: Descriptor, _ name: String) -> Descriptor {
+        var named = descriptor
+        named.annotations = [Descriptor.refNameAnnotation: name, containerdNameAnnotation: name]
+        return named
+    }
+
+    // MARK: Referrers
+
+    /// How far signatures of signatures are followed, as `seed` does.
+    static let referrerDepth = 3
+
+    /// Entries for what refers to `image` and is fully cached: cosign's tags of each subject,
+    /// then manifests whose `subject` it is, then what refers to those.
+    private func referrerPlans(of image: ImagePlan) throws(BundleError) -> [ImagePlan] {
+        let repository = image.repository
+        let base = "\(repository.upstream)/\(repository.name.value)"
+        var plans: [ImagePlan] = []
+        var queue = image.subjects.map { ($0, 1) }
+        var seen = Set(image.subjects)
+        while !queue.isEmpty {
+            let (subject, depth) = queue.removeFirst()
+            var found: [(name: String, descriptor: Descriptor)] = []
+            do throws(IndexError) {
+                for tag in Referrers.cosignTags(for: subject) {
+                    guard let tagged = try index.tag(repository, tag), let record = try index.manifest(tagged.digest) else { continue }
+                    found.append(("\(base):\(tag)", Descriptor(mediaType: record.mediaType, digest: record.digest, size: record.size)))
+                }
+                for record in try index.referrers(repository, subject: subject) {
+                    found.append(("\(base)@\(record.digest)", Descriptor(mediaType: record.mediaType, digest: record.digest, size: record.size)))
+                }
+            } catch {
+                throw BundleError("reading the index: \(error.message)")
+            }
+            for (name, descriptor) in found where seen.insert(descriptor.digest).inserted {
+                if let missing = try firstMissing(descriptor, image: name) {
+                    logger.notice("not exported: a referrer is not fully cached; seed its image again to fetch it", metadata: [
+                        "oci.reference": "\(name)", "oci.subject": "\(subject)", "oci.digest": "\(missing)"])
+                    continue
+                }
+                var plan = ImagePlan(name: name, root: Self.named(descriptor, name), repository: repository, referrerOf: subject)
+                try walk(plan.root, depth: 0, selection: nil, plan: &plan)
+                plans.append(plan)
+                if depth < Self.referrerDepth { queue.append((descriptor.digest, depth + 1)) }
+            }
+        }
+        return plans
     }
 
     /// By digest: only if the repository is linked to it, as the registry API would serve it.
@@ -175,6 +244,7 @@ public struct BundleExporter: Sendable {
         guard depth < 4 else { throw BundleError("indexes are nested more than 4 deep at \(descriptor.digest)") }
         let document = try readManifest(descriptor, image: plan.name)
         plan.blobs.append(descriptor)
+        plan.subjects.append(descriptor.digest)
         guard document.isIndex else {
             for blob in document.blobs {
                 try checkStored(blob, image: plan.name, role: "blob of manifest \(descriptor.digest)")
