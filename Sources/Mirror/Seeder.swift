@@ -30,10 +30,16 @@ public struct Seeder: Sendable {
     }
 
     /// Seeds one image; `name` labels progress events. Pins the root when `pin` is set.
+    /// `revalidate` asks the upstream for a tag's digest now, whatever its TTL (the watch list).
     public func seed(_ repository: RepositoryKey, _ reference: ManifestReference, platforms: PlatformSelection, pin: Bool,
-                     name: String, progress: @escaping ProgressHandler) async throws(MirrorError) -> Result {
+                     revalidate: Bool = false, name: String, progress: @escaping ProgressHandler) async throws(MirrorError) -> Result {
         progress(.imageStarted(image: name))
-        let root = try await registry.manifest(repository, reference)
+        let root: ManifestContent
+        if revalidate, case .tag(let tag) = reference {
+            root = try await registry.revalidate(repository, tag)
+        } else {
+            root = try await registry.manifest(repository, reference)
+        }
         let document = try Self.parse(root)
         var bytes = Int64(root.bytes.count)
         var instances = 1, listed = 1
