@@ -6,6 +6,54 @@ import Testing
 /// names in `export`, `pin` and `unpin` resolved as `seed` resolves them.
 @Suite("Watch list and short names", .serialized)
 struct WatchTests {
+    @Test("a watched tag is fetched at start and again when it moves upstream, with no client asking")
+    func watchedTagFollowsTheUpstream() async throws {
+        try await PullThroughScope.run("watch") { scope in
+            let upstream = try await scope.registry()
+            try await scope.push(try scope.singleImage(seed: 91), to: upstream.host, "lab/app")
+            let first = try PullThroughHTTP.upstreamImage(port: upstream.port, "lab/app", tag: "v1")
+            let config = scope.unique("watch").appendingPathExtension("yaml")
+            try """
+            watch:
+              interval: 1s
+              images:
+                - {ref: lab/app:v1, platforms: all}
+            """.write(to: config, atomically: true, encoding: .utf8)
+            let data = scope.unique("watch-data")
+            let mark = upstream.requests.count
+            let mirror = try await scope.mirrorOn(data, ["--upstream", "http://\(upstream.host)", "--config", config.path])
+
+            // The status page names the digest once the whole image is stored.
+            func watchRow() throws -> String {
+                let page = String(decoding: try RawHTTP.get(port: mirror.port, path: "/").body, as: UTF8.self)
+                guard let section = page.range(of: "<section id=\"watch\">") else { return "" }
+                return String(page[section.lowerBound...].prefix { $0 != "\n" })
+            }
+            func shows(_ digest: Digest) throws -> Bool { try watchRow().contains(String(digest.description.prefix(19))) }
+            try await waitUntil("the watch list to fetch v1", timeout: .seconds(15)) { try shows(first.rootDigest) }
+            let fetched = PullThroughLog.blobGets(await upstream.requests(since: mark))
+            for blob in first.blobs {
+                #expect(fetched["/v2/lab/app/blobs/\(blob)"] != nil, "the watch did not GET \(blob)")
+                #expect(CacheFiles.exists(blob, in: data), "\(blob) is not in the store")
+            }
+            #expect(try watchRow().contains("\(upstream.host)/lab/app:v1"))
+
+            // The tag moves upstream: the new digest and its blobs arrive by themselves.
+            try await scope.push(try scope.singleImage(seed: 92), to: upstream.host, "lab/app")
+            let second = try PullThroughHTTP.upstreamImage(port: upstream.port, "lab/app", tag: "v1")
+            try #require(second.rootDigest != first.rootDigest)
+            try await waitUntil("the watch list to fetch the moved v1", timeout: .seconds(15)) { try shows(second.rootDigest) }
+            for blob in second.blobs { #expect(CacheFiles.exists(blob, in: data), "\(blob) of the new digest is not in the store") }
+            let row = try watchRow()
+            #expect(row.contains("updated") && row.contains("fetched"), "\(row)")
+            let ls = try await MirrorCLI.list(dataDirectory: data)
+            #expect(ls.stdout.contains("\(upstream.host)/lab/app:v1") && ls.stdout.contains(second.rootDigest.description), "\(ls.summary)")
+            // Not pinned: a watch that pinned every digest would fill the disk.
+            let pins = try await MirrorCLI.run(["pin", "--data-dir", data.path])
+            #expect(!pins.stdout.contains("sha256:"), "\(pins.summary)")
+        }
+    }
+
     @Test("export, pin and unpin resolve short names with --upstream as seed does; a miss lists the other upstreams' copy")
     func shortNamesResolveLikeSeed() async throws {
         try await PullThroughScope.run("short-names") { scope in
