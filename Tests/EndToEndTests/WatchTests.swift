@@ -54,6 +54,34 @@ struct WatchTests {
         }
     }
 
+    @Test("a shutdown during a refresh stops the server at once, though the watch is waiting on a stalled download")
+    func shutdownCancelsARefresh() async throws {
+        try await PullThroughScope.run("watch-shutdown") { scope in
+            let image = FaultImage.make(layerSizes: [200_000])
+            let upstream = try FaultUpstream.start(image: image)
+            do {
+                let layer = image.layers[0].digest
+                upstream.setFault(.stall(afterBytes: 1000), for: layer)
+                let config = scope.unique("watch").appendingPathExtension("yaml")
+                try "watch: {images: [\(FaultImage.repository):\(FaultImage.tag)]}\n".write(to: config, atomically: true, encoding: .utf8)
+                let mirror = try await scope.mirrorOn(scope.unique("data"), ["--upstream", "http://\(upstream.host)", "--config", config.path])
+                try await waitUntil("the watch's download of the layer to stall") {
+                    upstream.count("GET", FaultEnvironment.blobPath(layer)) >= 1
+                }
+                let clock = ContinuousClock()
+                let started = clock.now
+                await mirror.stop()
+                let took = clock.now - started
+                // timeout(1), which the server runs under, kills it 5 s after the SIGTERM.
+                #expect(took < .seconds(4), "the server took \(took) to stop after SIGTERM")
+            } catch {
+                await upstream.stop()
+                throw error
+            }
+            await upstream.stop()
+        }
+    }
+
     @Test("export, pin and unpin resolve short names with --upstream as seed does; a miss lists the other upstreams' copy")
     func shortNamesResolveLikeSeed() async throws {
         try await PullThroughScope.run("short-names") { scope in
