@@ -216,7 +216,9 @@ struct ConfigCommand: AsyncParsableCommand {
 
         func run() async throws {
             do {
-                _ = try MirrorConfiguration.load(file: file, environment: [:])
+                let configuration = try MirrorConfiguration.load(file: file, environment: [:])
+                // As `serve` would start with this file alone: watched images name its upstreams.
+                _ = try configuration.serveSettings.resolvedWatchImages()
                 print("\(file): ok")
             } catch {
                 FileHandle.standardError.write(Data("\(file): \(error.description)\n".utf8))

@@ -57,12 +57,19 @@ import Testing
         }
     }
 
-    /// Hosts are checked against the upstreams the server starts with, every bad entry at once.
+    /// Hosts are checked against the upstreams the server starts with, every bad entry at once;
+    /// `config check` checks them against the file's own.
     @Test func entriesNamingNoUpstreamFailTheStart() throws {
-        let config = try load("""
+        let yaml = """
             watch:
               images: [quay.io/org/a:1, library/alpine:3.20, ghcr.io/org/b:2]
-            """)
+            """
+        let config = try load(yaml)
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        try yaml.write(toFile: dir.path + "/watch.yaml", atomically: true, encoding: .utf8)
+        let check = try Tools.mirror(["config", "check", dir.path + "/watch.yaml"])
+        #expect(check.status == 2 && check.stderr.contains("watch.images[0].ref:") && check.stderr.contains("watch.images[2].ref:"), "\(check)")
         do {
             _ = try config.serveSettings.resolvedWatchImages()
             Issue.record("entries for unconfigured upstreams were accepted")
