@@ -53,8 +53,6 @@ public final class WatchList: Sendable {
         public var outcome = Outcome.pending
         /// The digest the last successful refresh found.
         public var digest: Digest?
-        /// When the digest last changed, by a refresh of this process.
-        public var changedAt: Date?
         public var checkedAt: Date?
         /// Bytes downloaded by the last refresh (zero when everything was cached).
         public var fetchedBytes: Int64 = 0
@@ -140,14 +138,11 @@ public final class WatchList: Sendable {
             let bytes = fetched.total
             let updated = known != result.digest
             state.withLock {
-                var status = $0.images[position]
-                if status.digest != result.digest { status.changedAt = now }
-                status.outcome = updated ? .updated : .current
-                status.digest = result.digest
-                status.checkedAt = now
-                status.fetchedBytes = bytes
-                status.error = nil
-                $0.images[position] = status
+                $0.images[position].outcome = updated ? .updated : .current
+                $0.images[position].digest = result.digest
+                $0.images[position].checkedAt = now
+                $0.images[position].fetchedBytes = bytes
+                $0.images[position].error = nil
             }
             if updated || bytes > 0 {
                 logger.info("watch list: fetched", metadata: metadata.merging([
