@@ -53,7 +53,7 @@ public struct Seeder: Sendable {
             }
             instances = chosen.count
             for child in chosen {
-                let content = try await registry.manifest(repository, .digest(child.digest))
+                let content = try await manifest(repository, child.digest)
                 bytes += Int64(content.bytes.count)
                 // A nested index (rare) is kept whole: its own children are all copied.
                 if try Self.parse(content).isIndex {
@@ -79,6 +79,14 @@ public struct Seeder: Sendable {
             }
         }
         return Result(digest: root.digest, mediaType: root.mediaType, instances: instances, listed: listed, bytes: bytes)
+    }
+
+    /// A child manifest: from the cache when this repository holds it, else through the
+    /// pull-through path. Cache reads go around the registry's statistics, so a watch run that
+    /// finds everything in place does not pose as clients' hits on the status page.
+    func manifest(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> ManifestContent {
+        if let cached = try? await registry.local.manifest(repository, .digest(digest)) { return cached }
+        return try await registry.manifest(repository, .digest(digest))
     }
 
     /// Fetches blobs a few at a time, reporting each one's progress. Returns their total size.
@@ -113,6 +121,11 @@ public struct Seeder: Sendable {
                      progress: @escaping ProgressHandler) async throws(MirrorError) -> Int64 {
         let digest = blob.digest
         progress(.blobStarted(image: name, digest: digest, size: blob.size))
+        // Stored whole and linked: read around the statistics, as child manifests are.
+        if case .stored(let file, _)? = try? await registry.local.blob(repository, digest) {
+            progress(.blobFinished(image: name, digest: digest, bytes: file.size, cached: true))
+            return file.size
+        }
         switch try await registry.blob(repository, digest) {
         case .stored(let file, _):
             progress(.blobFinished(image: name, digest: digest, bytes: file.size, cached: true))

@@ -38,6 +38,17 @@ struct WatchTests {
             }
             #expect(try watchRow().contains("\(upstream.host)/lab/app:v1"))
 
+            // Runs that find everything in place ask the upstream a HEAD and count no client lookups.
+            func number(before suffix: String) throws -> Int {
+                let page = String(decoding: try RawHTTP.get(port: mirror.port, path: "/").body, as: UTF8.self)
+                guard let end = page.range(of: suffix) else { throw E2EError("no \"\(suffix)\" on the status page") }
+                return Int(String(page[..<end.lowerBound].reversed().prefix { $0.isNumber }.reversed())) ?? -1
+            }
+            let lookups = try number(before: " manifest and blob lookups since start")
+            let runs = try number(before: " runs</p>")
+            try await waitUntil("two more watch runs", timeout: .seconds(10)) { try number(before: " runs</p>") >= runs + 2 }
+            #expect(try number(before: " manifest and blob lookups since start") == lookups)
+
             // The tag moves upstream: the new digest and its blobs arrive by themselves.
             try await scope.push(try scope.singleImage(seed: 92), to: upstream.host, "lab/app")
             let second = try PullThroughHTTP.upstreamImage(port: upstream.port, "lab/app", tag: "v1")
