@@ -99,10 +99,25 @@ public final class PullThroughRegistry: RegistryContent {
         return content
     }
 
-    func manifest(_ repository: RepositoryKey, tag: Tag, upstream: UpstreamRegistry) async throws(MirrorError) -> ManifestContent {
+    /// A tag's manifest revalidated with the upstream now, whatever the tag's TTL: for the
+    /// watch list, whose interval is the freshness the operator asked for. A stale answer
+    /// (the upstream failed, the cached digest served) is an error here, not a success.
+    public func revalidate(_ repository: RepositoryKey, _ tag: Tag) async throws(MirrorError) -> ManifestContent {
+        guard let upstream = upstream(for: repository) else {
+            throw MirrorError(.upstreamUnavailable, "\(repository) cannot be revalidated: \(offline ? "the mirror is offline" : "no upstream is named \(repository.upstream)")")
+        }
+        let content = try await manifest(repository, tag: tag, upstream: upstream, maxAge: .zero)
+        guard content.cacheResult != .stale else {
+            throw MirrorError(.upstreamUnavailable, "\(upstream.name) did not answer for \(repository):\(tag); the cached \(content.digest) stays")
+        }
+        return content
+    }
+
+    /// `maxAge` overrides the policy's tag TTL (`.zero`: always ask the upstream).
+    func manifest(_ repository: RepositoryKey, tag: Tag, upstream: UpstreamRegistry, maxAge: Duration? = nil) async throws(MirrorError) -> ManifestContent {
         let cached = try local.wrap { () throws(IndexError) in try index.tag(repository, tag) }
         let policy = policy(repository)
-        if let cached, Self.now - cached.checkedAt < Int64(policy.tagTTL.components.seconds),
+        if let cached, Self.now - cached.checkedAt < Int64((maxAge ?? policy.tagTTL).components.seconds),
            let content = try? local.manifestContent(cached.digest, mediaType: cached.mediaType) {
             return content
         }

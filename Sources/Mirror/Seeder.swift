@@ -43,15 +43,21 @@ public struct Seeder: Sendable {
     }
 
     /// Seeds one image; `name` labels progress events. Pins the root when `pin` is set.
+    /// `revalidate` asks the upstream for a tag's digest now, whatever its TTL (the watch list).
     public func seed(_ repository: RepositoryKey, _ reference: ManifestReference, platforms: PlatformSelection, pin: Bool,
-                     name: String, progress: @escaping ProgressHandler) async throws(MirrorError) -> Result {
-        try await seed(repository, reference, platforms: platforms, pin: pin, name: name, withReferrers: referrers, progress: progress)
+                     revalidate: Bool = false, name: String, progress: @escaping ProgressHandler) async throws(MirrorError) -> Result {
+        try await seed(repository, reference, platforms: platforms, pin: pin, revalidate: revalidate, name: name, withReferrers: referrers, progress: progress)
     }
 
     func seed(_ repository: RepositoryKey, _ reference: ManifestReference, platforms: PlatformSelection, pin: Bool,
-              name: String, withReferrers: Bool, progress: @escaping ProgressHandler) async throws(MirrorError) -> Result {
+              revalidate: Bool = false, name: String, withReferrers: Bool, progress: @escaping ProgressHandler) async throws(MirrorError) -> Result {
         progress(.imageStarted(image: name))
-        let root = try await registry.manifest(repository, reference)
+        let root: ManifestContent
+        if revalidate, case .tag(let tag) = reference {
+            root = try await registry.revalidate(repository, tag)
+        } else {
+            root = try await registry.manifest(repository, reference)
+        }
         let document = try Self.parse(root)
         var bytes = Int64(root.bytes.count)
         var instances = 1, listed = 1
@@ -65,7 +71,7 @@ public struct Seeder: Sendable {
             }
             instances = chosen.count
             for child in chosen {
-                let content = try await registry.manifest(repository, .digest(child.digest))
+                let content = try await manifest(repository, child.digest)
                 bytes += Int64(content.bytes.count)
                 // A nested index (rare) is kept whole: its own children are all copied.
                 if try Self.parse(content).isIndex {
@@ -156,6 +162,14 @@ public struct Seeder: Sendable {
         }
     }
 
+    /// A child manifest: from the cache when this repository holds it, else through the
+    /// pull-through path. Cache reads go around the registry's statistics, so a watch run that
+    /// finds everything in place does not pose as clients' hits on the status page.
+    func manifest(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> ManifestContent {
+        if let cached = try? await registry.local.manifest(repository, .digest(digest)) { return cached }
+        return try await registry.manifest(repository, .digest(digest))
+    }
+
     /// Fetches blobs a few at a time, reporting each one's progress. Returns their total size.
     func copyBlobs(_ blobs: [Descriptor], repository: RepositoryKey, name: String, progress: @escaping ProgressHandler) async throws(MirrorError) -> Int64 {
         let registry = self.registry
@@ -188,6 +202,11 @@ public struct Seeder: Sendable {
                      progress: @escaping ProgressHandler) async throws(MirrorError) -> Int64 {
         let digest = blob.digest
         progress(.blobStarted(image: name, digest: digest, size: blob.size))
+        // Stored whole and linked: read around the statistics, as child manifests are.
+        if case .stored(let file, _)? = try? await registry.local.blob(repository, digest) {
+            progress(.blobFinished(image: name, digest: digest, bytes: file.size, cached: true))
+            return file.size
+        }
         switch try await registry.blob(repository, digest) {
         case .stored(let file, _):
             progress(.blobFinished(image: name, digest: digest, bytes: file.size, cached: true))

@@ -42,6 +42,9 @@ public struct ServeSettings: Sendable {
     /// `auth.hashing.*`: the threads that run bcrypt, and how many logins may wait for them.
     public var hashingThreads = 1
     public var hashingMaxWaiting = 32
+    /// `watch.*`: images kept fresh on a schedule, before any client asks (`WatchList`).
+    public var watchImages: [WatchEntry] = []
+    public var watchInterval = MirrorConfiguration.defaultWatchInterval
 
     public init() {}
 
@@ -83,6 +86,7 @@ public func buildApplication(
     let prometheus = PrometheusCollectorRegistry()
     let stats = MirrorStats(factory: PrometheusMetricsFactory(registry: prometheus))
     let (data, content, maintenance) = try settings.makeCache(logger: logger, stats: stats)
+    let watch = try makeWatchList(settings, content: content, logger: logger)
     let router = Router(context: RegistryRequestContext.self)
     router.add(middleware: RequestLogMiddleware(stats: stats))
     if let path = settings.htpasswdPath {
@@ -95,7 +99,8 @@ public func buildApplication(
     let upstreamList = settings.upstreams.map { (name: $0.name, url: $0.url.absoluteString) }
     router.get("/") { _, _ -> Response in
         let fills = content.activeFills.map { StatusPage.Fill(upstream: $0.upstream, digest: $0.digest, written: $0.written, size: $0.size) }
-        let html = StatusPage.render(stats.snapshot, upstreams: upstreamList, fills: fills, offline: settings.offline, version: "registry-mirror")
+        let html = StatusPage.render(stats.snapshot, upstreams: upstreamList, fills: fills, offline: settings.offline, version: "registry-mirror",
+                                     watch: watch?.snapshot)
         return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
                         body: .init(byteBuffer: ByteBuffer(string: html)))
     }
@@ -129,6 +134,7 @@ public func buildApplication(
         logger: logger
     )
     app.addServices(MaintenanceService(maintenance: maintenance))
+    if let watch { app.addServices(WatchService(watch: watch)) }
     return app
 }
 

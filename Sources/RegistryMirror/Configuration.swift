@@ -49,6 +49,10 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var evictionInterval: Duration = .seconds(30)
     /// `storage.min_free_space`: `/readyz` says not ready while the store's filesystem has less free. 0: no floor.
     public var minFreeSpace: Int64 = 1 << 30
+    /// `watch.interval`: how often the watch list is refreshed.
+    public var watchInterval = MirrorConfiguration.defaultWatchInterval
+    /// `watch.images`: images the server keeps fresh on that schedule.
+    public var watchImages: [WatchEntry] = []
 
     /// One entry of `upstreams`. Printing it never shows the password.
     public struct Upstream: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
@@ -112,6 +116,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("storage.max_size", "REGISTRY_MIRROR_STORAGE_MAX_SIZE"),
         ("storage.eviction_interval", "REGISTRY_MIRROR_STORAGE_EVICTION_INTERVAL"),
         ("storage.min_free_space", "REGISTRY_MIRROR_STORAGE_MIN_FREE_SPACE"),
+        ("watch.interval", "REGISTRY_MIRROR_WATCH_INTERVAL"),
     ]
 
     /// Loads `file` (if given) over the defaults, then the environment over that.
@@ -119,6 +124,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         var values: [String: String] = [:]
         var problems: [String] = []
         var upstreamNodes: Any?
+        var watchNodes: Any?
         if let file {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
                 throw ConfigurationError(problems: ["\(file): cannot be read"])
@@ -127,6 +133,13 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 var node = try Yams.load(yaml: text)
                 if var mapping = node as? [String: Any], let list = mapping.removeValue(forKey: "upstreams") {
                     upstreamNodes = list
+                    node = mapping
+                }
+                // `watch.images` is a list of mappings, parsed like `upstreams`.
+                if var mapping = node as? [String: Any], var watch = mapping["watch"] as? [String: Any],
+                   let list = watch.removeValue(forKey: "images") {
+                    watchNodes = list
+                    mapping["watch"] = watch
                     node = mapping
                 }
                 if let node { flatten(node, path: "", into: &values, problems: &problems) }
@@ -140,6 +153,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
         var config = MirrorConfiguration()
         config.apply(values, problems: &problems)
         if let upstreamNodes { config.upstreams = parseUpstreams(upstreamNodes, environment: environment, problems: &problems) }
+        if let watchNodes { config.watchImages = parseWatchImages(watchNodes, problems: &problems) }
+        config.applyWatch(values, problems: &problems)
         if let name = config.defaultUpstream, !config.upstreams.isEmpty, !config.upstreams.contains(where: { $0.name == name }) {
             problems.append("default_upstream: \"\(name)\" is not one of the upstreams")
         }
@@ -344,6 +359,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
         settings.evictionInterval = evictionInterval
         settings.maxConnections = maxConnections
         settings.minFreeSpace = minFreeSpace
+        settings.watchInterval = watchInterval
+        settings.watchImages = watchImages
         if !upstreams.isEmpty {
             settings.upstreams = upstreams.map { entry in
                 var upstream = UpstreamConfiguration(name: entry.name, url: URL(string: entry.url)!)

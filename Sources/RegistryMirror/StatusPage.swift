@@ -14,7 +14,7 @@ enum StatusPage {
     }
 
     static func render(_ s: MirrorStats.Snapshot, upstreams: [(name: String, url: String)], fills: [Fill],
-                       offline: Bool, version: String, now: Date = Date()) -> String {
+                       offline: Bool, version: String, watch: WatchList.Snapshot? = nil, now: Date = Date()) -> String {
         let saved = max(0, s.servedBytes - s.upstreamBytes)
         var html = """
         <!doctype html>
@@ -98,7 +98,9 @@ enum StatusPage {
             }
             html += "</table>"
         }
-        html += "</section></main></body></html>\n"
+        html += "</section>"
+        if let watch { html += watchSection(watch, now: now) }
+        html += "</main></body></html>\n"
         return html
     }
 

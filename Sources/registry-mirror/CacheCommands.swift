@@ -152,25 +152,17 @@ struct GC: AsyncParsableCommand {
     }
 }
 
-/// Resolves a reference in the cache to the digest of its root manifest.
-func cachedDigest(_ text: String, _ common: CommonOptions) throws -> (DataDirectory, Digest, String) {
+/// Resolves references in the cache to the digests of their root manifests, as `seed` resolved
+/// them. Prints the error and exits 1 for one that is not cached.
+func cachedRoots(_ texts: [String], _ common: CommonOptions, _ upstream: UpstreamNameOptions) throws -> (DataDirectory, [(digest: Digest, name: String)]) {
     let configuration = try common.resolve()
-    let settings = configuration.serveSettings
+    let settings = try upstream.settings(configuration)
     let data = try DataDirectory(path: configuration.dataDirectory)
     do throws(MirrorError) {
-        let (repository, reference, name) = try settings.resolve(text, anyHost: true)
-        switch reference {
-        case .digest(let digest):
-            guard try LocalRegistry.wrapIndex({ () throws(IndexError) in try data.index.manifest(digest) }) != nil else {
-                throw MirrorError(.manifestUnknown, "\(name) is not in the cache")
-            }
-            return (data, digest, name)
-        case .tag(let tag):
-            guard let record = try LocalRegistry.wrapIndex({ () throws(IndexError) in try data.index.tag(repository, tag) }) else {
-                throw MirrorError(.manifestUnknown, "\(name) is not in the cache")
-            }
-            return (data, record.digest, name)
-        }
+        return (data, try texts.map { (text) throws(MirrorError) in
+            let found = try settings.cachedRoot(text, in: data.index)
+            return (found.digest, found.name)
+        })
     } catch {
         FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
         throw ExitCode(1)
@@ -183,6 +175,7 @@ struct Pin: AsyncParsableCommand {
 
     @Argument(help: "Cached images: [host/]name[:tag|@digest].")
     var references: [String] = []
+    @OptionGroup var upstream: UpstreamNameOptions
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
@@ -193,8 +186,8 @@ struct Pin: AsyncParsableCommand {
             }
             return
         }
-        for text in references {
-            let (data, digest, name) = try cachedDigest(text, common)
+        let (data, roots) = try cachedRoots(references, common, upstream)
+        for (digest, name) in roots {
             try data.index.setPinned(digest, true)
             print("pinned \(name) \(digest)")
         }
@@ -206,11 +199,12 @@ struct Unpin: AsyncParsableCommand {
 
     @Argument(help: "Cached images: [host/]name[:tag|@digest].")
     var references: [String]
+    @OptionGroup var upstream: UpstreamNameOptions
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
-        for text in references {
-            let (data, digest, name) = try cachedDigest(text, common)
+        let (data, roots) = try cachedRoots(references, common, upstream)
+        for (digest, name) in roots {
             try data.index.setPinned(digest, false)
             print("unpinned \(name) \(digest)")
         }

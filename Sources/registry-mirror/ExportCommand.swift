@@ -9,7 +9,8 @@ struct Export: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write cached images to an OCI image layout (a directory, or a .tar of one).",
         discussion: """
-            Reads only the cache; the data directory must exist. Each image is named in index.json by its full reference \
+            Reads only the cache; the data directory must exist. Short names resolve as `seed` \
+            resolves them, against --upstream or the configuration's upstreams. Each image is named in index.json by its full reference \
             (docker.io/library/alpine:3.20), which is what `skopeo copy oci:DIR:REF` and \
             `oci-archive:FILE.tar:REF` take. Every blob is re-hashed as it is written; a damaged \
             cache file fails the export. The bundle is written beside its final path under a temporary \
@@ -33,6 +34,7 @@ struct Export: AsyncParsableCommand {
     @Flag(name: .customLong("no-referrers"), help: "Write only the images, not their referrers and cosign tag artifacts.")
     var noReferrers = false
     @OptionGroup var platform: PlatformOptions
+    @OptionGroup var upstream: UpstreamNameOptions
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
@@ -47,11 +49,12 @@ struct Export: AsyncParsableCommand {
             FileHandle.standardError.write(Data("error: data directory \(configuration.dataDirectory) does not exist\n".utf8))
             throw ExitCode(1)
         }
-        let dir = try DataDirectory(path: configuration.dataDirectory)
+        // Short names mean what they meant to `seed`: resolved against the same upstreams.
+        let (dir, roots) = try cachedRoots(references, common, upstream)
         let exporter = BundleExporter(store: dir.store, index: dir.index, logger: logger)
         let reporter = ProgressReporter(verb: "export")
         do {
-            let summary = try exporter.export(references, to: output, options: .init(platforms: selection, progress: reporter.handler, referrers: !noReferrers))
+            let summary = try exporter.export(roots.map(\.name), to: output, options: .init(platforms: selection, progress: reporter.handler, referrers: !noReferrers))
             for image in summary.images {
                 var line = "exported \(image.name) \(image.digest) \(image.mediaType) \(ByteCount(image.bytes))"
                 if let subject = image.referrerOf {

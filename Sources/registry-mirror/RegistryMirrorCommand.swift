@@ -91,16 +91,16 @@ struct Serve: AsyncParsableCommand {
     }
 }
 
-/// Upstream flags shared by `serve` and `seed`.
-struct UpstreamOptions: ParsableArguments {
+/// The `--upstream` flag: the upstreams, and so what a short image name means. Shared by every
+/// command that takes image names, so `seed`, `serve`, `export`, `pin` and `unpin` resolve
+/// `lab/app:1` to the same cached image.
+struct UpstreamNameOptions: ParsableArguments {
     @Option(name: .customLong("upstream"), help: ArgumentHelp(
         "An upstream registry, URL or NAME=URL; repeatable. The first is the default. Default: Docker Hub.",
         valueName: "[NAME=]URL"))
     var upstreams: [String] = []
-    @Option(name: .customLong("tag-ttl"), help: "How long a cached tag is served without asking the upstream (30s, 5m, 1h). Default: 5m.")
-    var tagTTL: String?
 
-    /// The configuration's serve settings with these flags applied over them.
+    /// The configuration's serve settings with `--upstream` applied over them.
     func settings(_ configuration: MirrorConfiguration) throws -> ServeSettings {
         var settings = configuration.serveSettings
         if !upstreams.isEmpty {
@@ -111,6 +111,19 @@ struct UpstreamOptions: ParsableArguments {
             }
             settings.defaultUpstream = settings.upstreams[0].name
         }
+        return settings
+    }
+}
+
+/// Upstream flags shared by `serve` and `seed`.
+struct UpstreamOptions: ParsableArguments {
+    @OptionGroup var names: UpstreamNameOptions
+    @Option(name: .customLong("tag-ttl"), help: "How long a cached tag is served without asking the upstream (30s, 5m, 1h). Default: 5m.")
+    var tagTTL: String?
+
+    /// The configuration's serve settings with these flags applied over them.
+    func settings(_ configuration: MirrorConfiguration) throws -> ServeSettings {
+        var settings = try names.settings(configuration)
         if let tagTTL {
             guard let ttl = UpstreamSpec.duration(tagTTL) else { throw ValidationError("--tag-ttl must look like 30s, 5m or 1h, got \(tagTTL)") }
             var policy = UpstreamPolicy()
@@ -203,7 +216,9 @@ struct ConfigCommand: AsyncParsableCommand {
 
         func run() async throws {
             do {
-                _ = try MirrorConfiguration.load(file: file, environment: [:])
+                let configuration = try MirrorConfiguration.load(file: file, environment: [:])
+                // As `serve` would start with this file alone: watched images name its upstreams.
+                _ = try configuration.serveSettings.resolvedWatchImages()
                 print("\(file): ok")
             } catch {
                 FileHandle.standardError.write(Data("\(file): \(error.description)\n".utf8))

@@ -195,7 +195,11 @@ import Testing
         }
         #expect(rows.contains { $0.hasPrefix("| `upstreams` |") })
         // No row for a key the parser does not know: documentation must not promise what is refused.
-        let known = Set(MirrorConfiguration.keys.map(\.path)).union(MirrorConfiguration.Upstream.keys).union(["upstreams"])
+        for key in WatchEntry.keys.sorted() {
+            #expect(rows.contains { $0.hasPrefix("| `\(key)` |") }, "docs/configuration.md has no row for watch.images[].\(key)")
+        }
+        let known = Set(MirrorConfiguration.keys.map(\.path)).union(MirrorConfiguration.Upstream.keys).union(WatchEntry.keys)
+            .union(["upstreams", "watch.images"])
         for row in rows {
             let key = row.dropFirst(3).prefix { $0 != "`" }
             #expect(known.contains(String(key)), "docs/configuration.md documents an unknown key \(key)")
