@@ -134,6 +134,8 @@ public final class CurlTransport: Sendable {
             rm_curl_setopt_str(handle, CURLOPT_CUSTOMREQUEST, exchange.method)
         }
         rm_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, list)
+        // Every transfer (API, token service, a redirect's target) says who is calling.
+        rm_curl_setopt_str(handle, CURLOPT_USERAGENT, RegistryMirrorVersion.userAgent)
         rm_curl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, 0)
         // Defence in depth behind `RedirectPolicy`: this handle speaks nothing but HTTP(S),
         // whatever URL reaches it. Refuse to run on a libcurl that cannot promise that.
