@@ -400,6 +400,7 @@ public final class PullThroughRegistry: RegistryContent {
         let digest = fill.digest
         let sink = FillSink(writer: writer, fill: fill)
         let outcome: BlobFill.Outcome
+        var level = Logger.Level.warning
         do {
             do {
                 _ = try await upstream.fetchBlob(repository.name, digest, sink: sink)
@@ -420,6 +421,8 @@ public final class PullThroughRegistry: RegistryContent {
             logger.info("blob cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "bytes": "\(writer.bytesWritten)", "cache.result": "fill"])
         } catch let error as UpstreamError {
             writer.abort()
+            // A blob the upstream does not have is the client's question, not a fault.
+            if error.code == .notFound { level = .debug }
             outcome = .failed(Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .blobUnknown))
         } catch let error as StoreError where error.code == .verification {
             writer.abort()
@@ -437,7 +440,7 @@ public final class PullThroughRegistry: RegistryContent {
             outcome = .failed(MirrorError(.internal, "download of \(digest) failed: \(error)"))
         }
         if case .failed(let error) = outcome {
-            logger.warning("blob download failed; nothing was cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "error": "\(error.message)"])
+            logger.log(level: level, "blob download failed; nothing was cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "error": "\(error.message)"])
         }
         // Leave the in-flight map first: a request arriving now starts afresh (or finds the
         // published blob) instead of joining a download that already failed.
