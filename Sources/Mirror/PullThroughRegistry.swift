@@ -120,12 +120,10 @@ public final class PullThroughRegistry: RegistryContent {
                 // No digest in the HEAD answer: GET by tag and trust the bytes' own digest.
                 return try await self.fetchManifest(repository, digest: nil, tag: tag, upstream: upstream)
             } catch let error as UpstreamError {
-                if error.isUpstreamFailure, let cached, policy.staleIfError,
-                   var content = try? self.local.manifestContent(cached.digest, mediaType: cached.mediaType) {
-                    self.logger.warning("serving a stale tag: the upstream failed", metadata: [
+                if error.isUpstreamFailure, let cached, policy.staleIfError, let content = self.stale(cached) {
+                    // Marking the upstream down was logged once, as a warning; not again per request.
+                    self.logger.log(level: error.markedDown ? .debug : .warning, "serving a stale tag: the upstream failed", metadata: [
                         "oci.repository": "\(repository)", "oci.tag": "\(tag)", "cache.result": "stale", "error": "\(error.message)"])
-                    content.warning = #"110 - "Response is Stale""#
-                    content.cacheResult = .stale
                     return content
                 }
                 throw Self.map(error, upstream: upstream, what: "\(repository):\(tag)", unknown: .manifestUnknown)
@@ -135,6 +133,14 @@ public final class PullThroughRegistry: RegistryContent {
                 throw MirrorError(.internal, "\(error)")
             }
         }
+    }
+
+    /// The cached digest of a tag, marked stale (`Warning: 110`); nil if its manifest is gone.
+    func stale(_ cached: TagRecord) -> ManifestContent? {
+        guard var content = try? local.manifestContent(cached.digest, mediaType: cached.mediaType) else { return nil }
+        content.warning = #"110 - "Response is Stale""#
+        content.cacheResult = .stale
+        return content
     }
 
     func manifest(_ repository: RepositoryKey, digest: Digest, upstream: UpstreamRegistry) async throws(MirrorError) -> ManifestContent {
@@ -421,8 +427,9 @@ public final class PullThroughRegistry: RegistryContent {
             logger.info("blob cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "bytes": "\(writer.bytesWritten)", "cache.result": "fill"])
         } catch let error as UpstreamError {
             writer.abort()
-            // A blob the upstream does not have is the client's question, not a fault.
-            if error.code == .notFound { level = .debug }
+            // A blob the upstream does not have is the client's question, not a fault; and an
+            // upstream marked down was logged as such once.
+            if error.code == .notFound || error.markedDown { level = .debug }
             outcome = .failed(Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .blobUnknown))
         } catch let error as StoreError where error.code == .verification {
             writer.abort()
@@ -515,7 +522,7 @@ public final class PullThroughRegistry: RegistryContent {
         case .notFound: return MirrorError(unknown, "\(what) is not on \(upstream.name): \(error.message)")
         case .denied: return MirrorError(.upstreamDenied, error.message)
         case .tooManyRequests: return MirrorError(.tooManyRequests, error.message, retryAfter: error.retryAfter)
-        case .unavailable: return MirrorError(.upstreamUnavailable, "upstream \(upstream.name) is unavailable: \(error.message)")
+        case .unavailable: return MirrorError(.upstreamUnavailable, "upstream \(upstream.name) is unavailable: \(error.message)", retryAfter: error.retryAfter)
         case .invalidResponse: return MirrorError(.invalidContent, error.message)
         }
     }

@@ -79,6 +79,7 @@ public func buildApplication(
     let prometheus = PrometheusCollectorRegistry()
     let stats = MirrorStats(factory: PrometheusMetricsFactory(registry: prometheus))
     let (data, content, maintenance) = try settings.makeCache(logger: logger, stats: stats)
+    stats.register(upstreams: settings.upstreams.map(\.name))
     let router = Router(context: RegistryRequestContext.self)
     router.add(middleware: RequestLogMiddleware(stats: stats))
     if let path = settings.htpasswdPath {

@@ -65,6 +65,9 @@ public struct TransportError: Error, Sendable, CustomStringConvertible {
     public enum Kind: Sendable { case connect, timeout, reset, aborted, other }
     public let kind: Kind
     public let message: String
+    /// A response head had arrived before the failure (a body cut or too slow): the upstream
+    /// is alive, if unwell.
+    public var afterHead = false
     public var description: String { message }
 }
 
@@ -171,7 +174,9 @@ public final class CurlTransport: Sendable {
         if code != CURLE_OK {
             reusable = false
             if context.discarding, let head = context.head { return head }
-            throw Self.transportError(code, context: context, url: exchange.url)
+            var error = Self.transportError(code, context: context, url: exchange.url)
+            error.afterHead = context.head != nil
+            throw error
         }
         guard let head = context.head else {
             throw TransportError(kind: .other, message: "\(exchange.url.host ?? "upstream") sent no response")

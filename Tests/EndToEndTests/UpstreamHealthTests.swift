@@ -3,7 +3,9 @@ import OCI
 import Testing
 import Upstream
 
-/// Being a better neighbour to the upstream: a plain 404 for a missing blob is not logged as a warning.
+/// Being a better neighbour to the upstream: a `User-Agent` on every request, an upstream
+/// that is down remembered (stale tags and 503s at once, one probe at a time), and a plain
+/// 404 for a missing blob not logged as a warning.
 @Suite("registry-mirror and an unwell upstream", .serialized)
 struct UpstreamHealthTests {
     static let manifestAccept = [("Accept", MediaType.manifestAccept.joined(separator: ", "))]
@@ -13,6 +15,89 @@ struct UpstreamHealthTests {
         let started = clock.now
         let result = try body()
         return (result, clock.now - started)
+    }
+
+    @Test("a stopped upstream is marked down: stale tags and 503s at once, shown on the status page and /metrics; a probe finds it back")
+    func stoppedUpstreamIsRememberedAndProbed() async throws {
+        try await PullThroughScope.run("upstream-down") { scope in
+            let upstream = try await scope.registry()
+            try await scope.push(try scope.singleImage(seed: 1313), to: upstream.host, "health/app")
+            // Every tag request revalidates, so each one would ask the dead upstream.
+            let mirror = try await scope.mirror(["--upstream", "http://\(upstream.host)", "--tag-ttl", "0s"])
+            let tagPath = "/v2/health/app/manifests/v1"
+            let warm = try PullThroughHTTP.manifest(port: mirror.port, tagPath)
+            try #require(warm.status == 200, "\(warm)")
+            #expect(warm.header("Warning") == nil, "\(warm)")
+            let userAgent = RegistryMirrorVersion.userAgent
+            #expect(upstream.accessLog.contains("\"\(userAgent)\""), "the upstream's access log shows no \(userAgent):\n\(upstream.accessLog.suffix(2000))")
+
+            await upstream.stop()
+            // down_after is 3: the first three failing revalidations each pay for the retries.
+            var slow: [Duration] = []
+            for i in 1...3 {
+                let (stale, elapsed) = try Self.timed { try PullThroughHTTP.manifest(port: mirror.port, tagPath) }
+                #expect(stale.status == 200 && stale.body == warm.body, "stale answer \(i): \(stale)")
+                #expect(stale.header("Warning")?.hasPrefix("110") == true, "stale answer \(i): \(stale)")
+                slow.append(elapsed)
+            }
+            // Marked down: the stale tag comes at once, with no upstream attempt.
+            let (fast, fastElapsed) = try Self.timed { try PullThroughHTTP.manifest(port: mirror.port, tagPath) }
+            Progress.step("upstream down: stale answers took \(slow) before it was marked down, \(fastElapsed) after")
+            #expect(fast.status == 200 && fast.body == warm.body, "\(fast)")
+            #expect(fast.header("Warning")?.hasPrefix("110") == true, "\(fast)")
+            #expect(slow[0] >= .milliseconds(500), "the first failing answer took only \(slow[0]): were there no retries?")
+            #expect(fastElapsed < .milliseconds(300), "a stale answer while marked down took \(fastElapsed)\n\(mirror.stderr.suffix(3000))")
+            #expect(fastElapsed * 3 < slow[0], "marked down: \(fastElapsed), the first failing answer: \(slow[0])")
+
+            // Uncached content: a clear 503 at once, naming the upstream.
+            let uncachedBlob = "/v2/health/app/blobs/\(Array("never cached \(UUID())".utf8).sha256)"
+            for path in ["/v2/health/other/manifests/v1", uncachedBlob] {
+                let (refused, elapsed) = try Self.timed {
+                    try RawHTTP.request("GET", port: mirror.port, path: path, headers: Self.manifestAccept)
+                }
+                #expect(refused.status == 503 && refused.errorCodes == ["UNAVAILABLE"], "\(path): \(refused)")
+                let detail = PullThroughHTTP.errorDetails(refused).joined()
+                #expect(detail.contains(upstream.host) && detail.contains("marked down"), "\(path): \(detail)")
+                #expect(refused.header("Retry-After").flatMap { Int($0) }.map { $0 >= 1 } == true, "\(path): \(refused)")
+                #expect(elapsed < .milliseconds(300), "\(path): a 503 while marked down took \(elapsed)")
+            }
+
+            let metrics = try RawHTTP.get(port: mirror.port, path: "/metrics").bodyText
+            let downSeries = #"registry_mirror_upstream_down{upstream="\#(upstream.host)"}"#
+            #expect(metrics.contains(downSeries + " ") && MetricsText.value(metrics, downSeries) == 1, "\(metrics)")
+            #expect(MetricsText.value(metrics, #"registry_mirror_upstream_marked_down_total{upstream="\#(upstream.host)"}"#) == 1, "\(metrics)")
+            let page = try RawHTTP.get(port: mirror.port, path: "/").bodyText
+            #expect(page.contains("<span class=\"bad\">down</span>") && page.contains("next check in"), "\(page)")
+            let warnings = mirror.stderr.split(separator: "\n").filter { $0.contains("upstream marked down") }
+            #expect(warnings.count == 1 && warnings.allSatisfy { $0.contains(" warning ") }, "\(warnings)")
+
+            // The upstream comes back on the same port: a probe (after 1 s, 2 s, 4 s …) finds it.
+            let back = try await upstream.restarted()
+            do {
+                let clock = ContinuousClock()
+                let restarted = clock.now
+                var fresh: RawResponse?
+                try await waitUntil("a tag answer that is not stale", timeout: .seconds(20)) {
+                    let response = try PullThroughHTTP.manifest(port: mirror.port, tagPath)
+                    if response.status == 200, response.header("Warning") == nil { fresh = response }
+                    return fresh != nil
+                }
+                Progress.step("upstream down: fresh again \(clock.now - restarted) after the upstream restarted")
+                #expect(fresh?.body == warm.body)
+                let cold = try PullThroughHTTP.manifest(port: mirror.port, "/v2/health/other/manifests/v1")
+                #expect(cold.status == 404 && cold.errorCodes == ["MANIFEST_UNKNOWN"], "an answer again, not a refusal: \(cold)")
+                let after = try RawHTTP.get(port: mirror.port, path: "/metrics").bodyText
+                #expect(after.contains(downSeries + " ") && MetricsText.value(after, downSeries) == 0, "\(after)")
+                let upPage = try RawHTTP.get(port: mirror.port, path: "/").bodyText
+                #expect(!upPage.contains("<span class=\"bad\">down</span>") && upPage.contains("<span class=\"ok\">up</span>"), "\(upPage)")
+                #expect(mirror.stderr.contains("upstream is back"), "\(mirror.stderr.suffix(3000))")
+                #expect(back.accessLog.contains("\"\(userAgent)\""), "\(back.accessLog.suffix(2000))")
+            } catch {
+                await back.stop()
+                throw error
+            }
+            await back.stop()
+        }
     }
 
     @Test("a blob the upstream does not have: 404 BLOB_UNKNOWN, logged at debug, not as a warning")
