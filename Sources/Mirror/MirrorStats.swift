@@ -19,7 +19,8 @@ import Upstream
 ///   mirror's own disk or index, never the upstream's fault), `registry_mirror_prefetches_total{kind}`
 /// - `registry_mirror_store_bytes`, `registry_mirror_store_objects`, `registry_mirror_store_max_bytes`,
 ///   `registry_mirror_evicted_images_total`, `registry_mirror_evicted_bytes_total`
-/// - `registry_mirror_upstream_down{upstream}` (1 while marked down), `registry_mirror_upstream_marked_down_total{upstream}`
+/// - `registry_mirror_upstream_down{upstream}` (1 while marked down), `registry_mirror_upstream_marked_down_total{upstream}`,
+///   `registry_mirror_upstream_ratelimit_remaining{upstream}` (Docker Hub's `ratelimit-remaining`, once seen)
 public final class MirrorStats: UpstreamObserver, Sendable {
     public enum CacheKind: String, Sendable { case manifestByTag = "manifest_tag", manifestByDigest = "manifest_digest", blob }
     public enum CacheResult: String, Sendable { case hit, revalidated, miss, stale, join }
@@ -35,6 +36,8 @@ public final class MirrorStats: UpstreamObserver, Sendable {
         public var bytes: Int64 = 0
         /// Rate-limit headers last seen (Docker Hub's `ratelimit-remaining`, and the like).
         public var rateLimit: [String: String] = [:]
+        /// The count in the last `ratelimit-remaining` header: pulls left in the window.
+        public var rateLimitRemaining: Int?
         /// Marked down: requests fail at once until a probe gets an answer.
         public var down = false
         public var downSince: Date?
@@ -175,7 +178,11 @@ public final class MirrorStats: UpstreamObserver, Sendable {
             for (name, value) in head.headers where name.hasPrefix("ratelimit-") || name.hasPrefix("x-ratelimit-") || name == "retry-after" {
                 health.rateLimit[name] = value
             }
+            if let remaining = head.rateLimitRemaining { health.rateLimitRemaining = remaining }
             s.upstreams[upstream] = health
+        }
+        if let remaining = head.rateLimitRemaining {
+            gauge("registry_mirror_upstream_ratelimit_remaining", [("upstream", upstream)]).record(remaining)
         }
         counter("registry_mirror_upstream_requests_total", [("upstream", upstream), ("status", String(head.status))]).increment()
         if bodyBytes > 0 { counter("registry_mirror_upstream_bytes_total", [("upstream", upstream)]).increment(by: bodyBytes) }

@@ -18,6 +18,11 @@ public struct UpstreamPolicy: Sendable {
     /// At most this many of an index's other child manifests are fetched in the background.
     /// Each is a pull on the upstream's rate limit, and a crafted index can list hundreds.
     public var prefetchMaxChildren = 32
+    /// When the upstream says (Docker Hub's `ratelimit-remaining`) that this many pulls or
+    /// fewer are left, a tag whose HEAD shows a new digest keeps its cached one (served stale,
+    /// with the `Warning`) instead of spending a pull on the GET: the rest are kept for content
+    /// the cache cannot serve at all.
+    public var rateLimitReserve = 10
 
     public init() {}
 }
@@ -115,8 +120,10 @@ public final class PullThroughRegistry: RegistryContent {
                         content.cacheResult = .revalidated
                         return content
                     }
+                    if let content = self.keepingReserve(cached, repository: repository, tag: tag, upstream: upstream) { return content }
                     return try await self.fetchManifest(repository, digest: digest, tag: tag, upstream: upstream)
                 }
+                if let content = self.keepingReserve(cached, repository: repository, tag: tag, upstream: upstream) { return content }
                 // No digest in the HEAD answer: GET by tag and trust the bytes' own digest.
                 return try await self.fetchManifest(repository, digest: nil, tag: tag, upstream: upstream)
             } catch let error as UpstreamError {
@@ -133,6 +140,18 @@ public final class PullThroughRegistry: RegistryContent {
                 throw MirrorError(.internal, "\(error)")
             }
         }
+    }
+
+    /// The cached digest of a tag, served stale, when getting the new one would spend one of
+    /// the last pulls the upstream's rate limit allows (`UpstreamPolicy.rateLimitReserve`).
+    /// The HEAD that found the new digest is free against Docker Hub's limit; the GET is not.
+    func keepingReserve(_ cached: TagRecord?, repository: RepositoryKey, tag: Tag, upstream: UpstreamRegistry) -> ManifestContent? {
+        let reserve = policy(repository).rateLimitReserve
+        guard let cached, let remaining = upstream.rateLimitRemaining, remaining <= reserve, let content = stale(cached) else { return nil }
+        logger.info("serving a stale tag: the upstream's rate limit is down to its reserve", metadata: [
+            "oci.repository": "\(repository)", "oci.tag": "\(tag)", "cache.result": "stale",
+            "ratelimit.remaining": "\(remaining)", "ratelimit.reserve": "\(reserve)"])
+        return content
     }
 
     /// The cached digest of a tag, marked stale (`Warning: 110`); nil if its manifest is gone.

@@ -78,6 +78,9 @@ public struct MirrorConfiguration: Sendable, Equatable {
         /// longest wait between probes while it is down.
         public var downAfter = UpstreamConfiguration.dockerHub.downAfter
         public var downMax = UpstreamConfiguration.dockerHub.downMax
+        /// `rate_limit_reserve`: at this many pulls left (`ratelimit-remaining`), a tag whose
+        /// digest moved is served stale rather than spend one.
+        public var rateLimitReserve = UpstreamPolicy().rateLimitReserve
 
         public init(name: String, url: String) {
             self.name = name
@@ -87,7 +90,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         public static let keys: Set<String> = [
             "name", "url", "username", "password_file", "password_env", "tag_ttl", "ca_file", "insecure", "stale_if_error",
             "prefetch_platforms", "prefetch_max_children", "connect_timeout", "response_timeout", "low_speed_limit", "low_speed_time",
-            "down_after", "down_max",
+            "down_after", "down_max", "rate_limit_reserve",
         ]
     }
 
@@ -282,7 +285,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
                     problems.append("\(at).low_speed_limit: must be bytes per second like 1024 or 10KiB, got \"\(value)\"")
                 }
             }
-            for (key, path) in [("prefetch_max_children", \Upstream.prefetchMaxChildren), ("down_after", \.downAfter)] {
+            for (key, path) in [("prefetch_max_children", \Upstream.prefetchMaxChildren), ("down_after", \.downAfter),
+                                ("rate_limit_reserve", \.rateLimitReserve)] {
                 guard let value = text(key) else { continue }
                 if let count = Int(value), count >= 0 { upstream[keyPath: path] = count } else {
                     problems.append("\(at).\(key): must be a whole number ≥ 0, got \"\(value)\"")
@@ -355,6 +359,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 policy.staleIfError = entry.staleIfError
                 policy.prefetchPlatforms = entry.prefetchPlatforms
                 policy.prefetchMaxChildren = entry.prefetchMaxChildren
+                policy.rateLimitReserve = entry.rateLimitReserve
                 settings.policies[entry.name] = policy
             }
         } else if let defaultUpstream {

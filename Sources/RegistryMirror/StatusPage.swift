@@ -69,7 +69,8 @@ enum StatusPage {
             let error = h.lastError.map { message in
                 "<span class=\"bad\">\(escape(String(message.prefix(120))))</span>" + (h.lastErrorAt.map { " <span class=\"muted\">\(duration(now.timeIntervalSince($0))) ago</span>" } ?? "")
             } ?? "<span class=\"muted\">none</span>"
-            let limits = h.rateLimit.isEmpty ? "<span class=\"muted\">not seen</span>" : h.rateLimit.sorted { $0.key < $1.key }.map { "<code>\(escape($0.key)): \(escape(String($0.value.prefix(40))))</code>" }.joined(separator: "<br>")
+            var limits = h.rateLimit.isEmpty ? "<span class=\"muted\">not seen</span>" : h.rateLimit.sorted { $0.key < $1.key }.map { "<code>\(escape($0.key)): \(escape(String($0.value.prefix(40))))</code>" }.joined(separator: "<br>")
+            if let remaining = h.rateLimitRemaining { limits = "<strong>\(remaining) pulls left</strong><br>" + limits }
             html += "<tr><td><code>\(escape(upstream.name))</code></td><td><code>\(escape(upstream.url))</code></td><td>\(state(h, now: now))</td><td class=\"num\">\(h.requests)</td><td class=\"num\">\(h.failures)</td><td class=\"num\">\(h.staleServes)</td><td>\(status)</td><td>\(error)</td><td>\(limits)</td></tr>"
         }
         html += "</table></section>"

@@ -119,3 +119,12 @@ public struct UpstreamAvailability: Sendable, Equatable {
         }
     }
 }
+
+extension ResponseHead {
+    /// Docker Hub's `ratelimit-remaining: 76;w=21600` (the pulls left in the window), or nil.
+    public var rateLimitRemaining: Int? {
+        guard let value = header("ratelimit-remaining") else { return nil }
+        let count = value.split(separator: ";", maxSplits: 1).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+        return Int(count)
+    }
+}

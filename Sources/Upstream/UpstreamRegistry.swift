@@ -96,6 +96,7 @@ public final class UpstreamRegistry: Sendable {
     let logger: Logger
     let observer: (any UpstreamObserver)?
     let availability: Mutex<UpstreamAvailability>
+    private let rateLimit = Mutex<Int?>(nil)
 
     public init(_ configuration: UpstreamConfiguration, transport: CurlTransport, observer: (any UpstreamObserver)? = nil, logger: Logger) {
         self.configuration = configuration
@@ -106,6 +107,9 @@ public final class UpstreamRegistry: Sendable {
     }
 
     public var name: String { configuration.name }
+
+    /// The pulls Docker Hub last said are left in its window (`ratelimit-remaining`), if it said.
+    public var rateLimitRemaining: Int? { rateLimit.withLock { $0 } }
 
     /// Whether requests to this upstream are being refused at once (see `UpstreamAvailability`).
     public var isMarkedDown: Bool { availability.withLock { $0.isDown } }
@@ -235,6 +239,7 @@ public final class UpstreamRegistry: Sendable {
             do {
                 let head = try await exchange(method, path, scope: scope, accept: accept, sink: counting, extraHeaders: extraHeaders)
                 outcome = .answered
+                if let remaining = head.rateLimitRemaining { rateLimit.withLock { $0 = remaining } }
                 observer?.upstreamResponded(name, head: head, bodyBytes: Int64(counting.received))
                 switch head.status {
                 case 200..<300:

@@ -4,8 +4,8 @@ import Testing
 import Upstream
 
 /// Being a better neighbour to the upstream: a `User-Agent` on every request, an upstream
-/// that is down remembered (stale tags and 503s at once, one probe at a time), and a plain
-/// 404 for a missing blob not logged as a warning.
+/// that is down remembered (stale tags and 503s at once, one probe at a time), Docker Hub's
+/// rate limit kept in reserve, and a plain 404 for a missing blob not logged as a warning.
 @Suite("registry-mirror and an unwell upstream", .serialized)
 struct UpstreamHealthTests {
     static let manifestAccept = [("Accept", MediaType.manifestAccept.joined(separator: ", "))]
@@ -98,6 +98,65 @@ struct UpstreamHealthTests {
             }
             await back.stop()
         }
+    }
+
+    @Test("at Docker Hub's rate-limit reserve, a moved tag keeps its cached digest (stale, with Warning) instead of spending a pull")
+    func rateLimitReserveKeepsTheLastPulls() async throws {
+        try await FaultEnvironment.with(layerSizes: [4096], upstreamSettings: [("tag_ttl", "0s"), ("rate_limit_reserve", "10")]) { env in
+            let tagPath = FaultEnvironment.manifestPath(FaultImage.tag)
+            env.upstream.extraHeaders = [("RateLimit-Limit", "100;w=21600"), ("RateLimit-Remaining", "50;w=21600")]
+            let first = try await FaultRequest.get(port: env.port, path: tagPath, headers: Self.manifestAccept)
+            try #require(first.status == 200 && first.header("Docker-Content-Digest") == env.image.manifestDigest.description, "\(first)\n\(env.diagnostics)")
+
+            // The tag moves; 50 pulls left is above the reserve: the new digest is fetched.
+            let second = try moveTag(env, annotation: "second")
+            let moved = try await FaultRequest.get(port: env.port, path: tagPath, headers: Self.manifestAccept)
+            #expect(moved.status == 200 && moved.header("Docker-Content-Digest") == second.digest.description, "\(moved)\n\(env.diagnostics)")
+            #expect(moved.header("Warning") == nil, "\(moved)")
+            #expect(env.upstream.count("GET", FaultEnvironment.manifestPath(second.digest.description)) == 1, "\(env.diagnostics)")
+
+            // It moves again, and the HEAD says 10 are left: the reserve. No GET; the cached digest, stale.
+            env.upstream.extraHeaders = [("RateLimit-Limit", "100;w=21600"), ("RateLimit-Remaining", "10;w=21600")]
+            let third = try moveTag(env, annotation: "third")
+            let getsBefore = env.upstream.requests().filter { $0.method == "GET" && $0.path.contains("/manifests/") }.count
+            let kept = try await FaultRequest.get(port: env.port, path: tagPath, headers: Self.manifestAccept)
+            #expect(kept.status == 200 && kept.header("Docker-Content-Digest") == second.digest.description, "\(kept)\n\(env.diagnostics)")
+            #expect(kept.body == second.bytes, "\(kept)")
+            #expect(kept.header("Warning")?.hasPrefix("110") == true, "\(kept)")
+            let getsAfter = env.upstream.requests().filter { $0.method == "GET" && $0.path.contains("/manifests/") }.count
+            #expect(getsAfter == getsBefore, "a manifest GET was spent at the reserve\n\(env.diagnostics)")
+            #expect(env.upstream.count("HEAD", tagPath) == 3, "the revalidation HEADs (free) still go out\n\(env.diagnostics)")
+
+            let page = try RawHTTP.get(port: env.port, path: "/").bodyText
+            #expect(page.contains("10 pulls left"), "\(page)")
+            let metrics = try RawHTTP.get(port: env.port, path: "/metrics").bodyText
+            #expect(MetricsText.value(metrics, #"registry_mirror_upstream_ratelimit_remaining{upstream="up"}"#) == 10, "\(metrics)")
+            #expect(MetricsText.value(metrics, #"registry_mirror_stale_serves_total{upstream="up"}"#) == 1, "\(metrics)")
+
+            // The window refills: the next revalidation fetches the new digest.
+            env.upstream.extraHeaders = [("RateLimit-Limit", "100;w=21600"), ("RateLimit-Remaining", "99;w=21600")]
+            let fresh = try await FaultRequest.get(port: env.port, path: tagPath, headers: Self.manifestAccept)
+            #expect(fresh.status == 200 && fresh.header("Docker-Content-Digest") == third.digest.description && fresh.header("Warning") == nil,
+                    "\(fresh)\n\(env.diagnostics)")
+
+            // Every request the upstream saw said who was calling.
+            let requests = env.upstream.requests()
+            #expect(!requests.isEmpty && requests.allSatisfy { $0.header("User-Agent") == RegistryMirrorVersion.userAgent },
+                    "\(requests.filter { $0.header("User-Agent") != RegistryMirrorVersion.userAgent })")
+        }
+    }
+
+    /// Points the fake's tag at a new manifest over the same blobs (it differs by an annotation).
+    func moveTag(_ env: FaultEnvironment, annotation: String) throws -> (digest: Digest, bytes: [UInt8]) {
+        var text = String(decoding: env.image.manifest, as: UTF8.self)
+        text.removeLast()
+        text += #","annotations":{"moved":"\#(annotation)"}}"#
+        let bytes = Array(text.utf8)
+        let digest = bytes.sha256
+        for reference in [FaultImage.tag, digest.description] {
+            env.upstream.setRoute(.content(bytes, contentType: MediaType.ociManifest, digest: digest), for: FaultEnvironment.manifestPath(reference))
+        }
+        return (digest, bytes)
     }
 
     @Test("a blob the upstream does not have: 404 BLOB_UNKNOWN, logged at debug, not as a warning")

@@ -1,4 +1,5 @@
 import Foundation
+import Mirror
 import RegistryMirror
 import Testing
 @testable import Upstream
@@ -79,6 +80,13 @@ import Testing
         #expect(a.admit(now: at(100)) == .go)
     }
 
+    @Test(arguments: [("76;w=21600", 76), ("0;w=21600", 0), (" 12 ", 12), ("100", 100), ("many", nil)] as [(String, Int?)])
+    func rateLimitRemaining(_ value: String, _ expected: Int?) {
+        let head = ResponseHead(status: 200, headers: [("ratelimit-limit", "100;w=21600"), ("ratelimit-remaining", value)])
+        #expect(head.rateLimitRemaining == expected)
+        #expect(ResponseHead(status: 200, headers: []).rateLimitRemaining == nil)
+    }
+
     @Test func configurationKeysReachTheUpstreamAndPolicy() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("availability-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -89,21 +97,24 @@ import Testing
               - url: https://registry-1.docker.io
                 down_after: 5
                 down_max: 2m
+                rate_limit_reserve: 25
               - url: https://ghcr.io
 
             """.utf8).write(to: file)
         let settings = try MirrorConfiguration.load(file: file.path, environment: [:]).serveSettings
         #expect(settings.upstreams[0].downAfter == 5)
         #expect(settings.upstreams[0].downMax == .seconds(120))
+        #expect(settings.policies["docker.io"]?.rateLimitReserve == 25)
         #expect(settings.upstreams[1].downAfter == 3)
         #expect(settings.upstreams[1].downMax == .seconds(60))
+        #expect(settings.policies["ghcr.io"]?.rateLimitReserve == 10)
 
-        try Data("upstreams:\n  - url: https://ghcr.io\n    down_after: -1\n    down_max: 0s\n".utf8).write(to: file)
+        try Data("upstreams:\n  - url: https://ghcr.io\n    down_after: -1\n    down_max: 0s\n    rate_limit_reserve: x\n".utf8).write(to: file)
         #expect {
             _ = try MirrorConfiguration.load(file: file.path, environment: [:])
         } throws: { error in
             let problems = (error as? ConfigurationError)?.problems ?? []
-            return ["down_after", "down_max"].allSatisfy { key in problems.contains { $0.hasPrefix("upstreams[0].\(key):") } }
+            return ["down_after", "down_max", "rate_limit_reserve"].allSatisfy { key in problems.contains { $0.hasPrefix("upstreams[0].\(key):") } }
         }
     }
 }
