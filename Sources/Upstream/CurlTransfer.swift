@@ -65,9 +65,9 @@ public struct TransportError: Error, Sendable, CustomStringConvertible {
     public enum Kind: Sendable { case connect, timeout, reset, aborted, other }
     public let kind: Kind
     public let message: String
-    /// A response head had arrived before the failure (a body cut or too slow): the upstream
-    /// is alive, if unwell.
-    public var afterHead = false
+    /// The upstream had answered before the failure (this response's head, then a body cut or
+    /// too slow; or a redirect to a host that failed): it is alive, if unwell.
+    public var afterAnswer = false
     public var description: String { message }
 }
 
@@ -175,7 +175,7 @@ public final class CurlTransport: Sendable {
             reusable = false
             if context.discarding, let head = context.head { return head }
             var error = Self.transportError(code, context: context, url: exchange.url)
-            error.afterHead = context.head != nil
+            error.afterAnswer = context.head != nil
             throw error
         }
         guard let head = context.head else {

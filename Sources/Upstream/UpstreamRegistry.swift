@@ -270,7 +270,7 @@ public final class UpstreamRegistry: Sendable {
                 throw error
             } catch let error as TransportError {
                 lastError = UpstreamError(.unavailable, error.message)
-                if error.afterHead {
+                if error.afterAnswer {
                     outcome = .answered
                 } else if error.kind != .aborted, outcome != .answered {
                     outcome = .failed(error.message)
@@ -309,7 +309,14 @@ public final class UpstreamRegistry: Sendable {
             var headers = extraHeaders
             if let accept { headers.append(("Accept", accept)) }
             if let authorization, Self.origin(of: url) == origin { headers.append(("Authorization", authorization)) }
-            let head = try await transport.perform(HTTPExchange(method: method, url: url, headers: headers), limits: configuration.limits, sink: sink)
+            let head: ResponseHead
+            do {
+                head = try await transport.perform(HTTPExchange(method: method, url: url, headers: headers), limits: configuration.limits, sink: sink)
+            } catch var error as TransportError where redirects > 0 {
+                // The upstream answered with a redirect; the host it named failed (a CDN, say).
+                error.afterAnswer = true
+                throw error
+            }
             if (300..<400).contains(head.status), head.status != 304, let location = head.header("location") {
                 redirects += 1
                 guard redirects <= 5 else {

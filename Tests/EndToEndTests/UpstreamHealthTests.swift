@@ -100,6 +100,23 @@ struct UpstreamHealthTests {
         }
     }
 
+    @Test("a dead host behind the upstream's redirect (a CDN) fails those blobs but does not mark the upstream down")
+    func deadRedirectTargetIsNotTheUpstreamDown() async throws {
+        try await FaultEnvironment.with(layerSizes: [4096, 4096, 4096]) { env in
+            let deadCDN = try Ports.free()
+            for (i, layer) in env.image.layers.enumerated() {
+                env.upstream.setRoute(.redirect("http://127.0.0.1:\(deadCDN)/blob-\(i)", status: 307), for: FaultEnvironment.blobPath(layer.digest))
+                let failed = try await FaultRequest.get(port: env.port, path: FaultEnvironment.blobPath(layer.digest))
+                #expect(failed.status == 503 && failed.errorCodes == ["UNAVAILABLE"], "blob \(i): \(failed)\n\(env.diagnostics)")
+                #expect(env.upstream.count("GET", FaultEnvironment.blobPath(layer.digest)) == 3, "blob \(i): retried as before\n\(env.diagnostics)")
+            }
+            // The registry itself answered every time: its manifests are still asked for.
+            let manifest = try await FaultRequest.get(port: env.port, path: FaultEnvironment.manifestPath(FaultImage.tag), headers: Self.manifestAccept)
+            #expect(manifest.status == 200 && manifest.body == env.image.manifest, "\(manifest)\n\(env.diagnostics)")
+            #expect(!env.mirror.stderr.contains("upstream marked down"), "\(env.diagnostics)")
+        }
+    }
+
     @Test("at Docker Hub's rate-limit reserve, a moved tag keeps its cached digest (stale, with Warning) instead of spending a pull")
     func rateLimitReserveKeepsTheLastPulls() async throws {
         try await FaultEnvironment.with(layerSizes: [4096], upstreamSettings: [("tag_ttl", "0s"), ("rate_limit_reserve", "10")]) { env in
