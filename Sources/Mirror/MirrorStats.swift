@@ -19,6 +19,8 @@ import Upstream
 ///   mirror's own disk or index, never the upstream's fault), `registry_mirror_prefetches_total{kind}`
 /// - `registry_mirror_store_bytes`, `registry_mirror_store_objects`, `registry_mirror_store_max_bytes`,
 ///   `registry_mirror_evicted_images_total`, `registry_mirror_evicted_bytes_total`
+/// - `registry_mirror_upstream_down{upstream}` (1 while marked down), `registry_mirror_upstream_marked_down_total{upstream}`,
+///   `registry_mirror_upstream_ratelimit_remaining{upstream}` (Docker Hub's `ratelimit-remaining`, once seen)
 public final class MirrorStats: UpstreamObserver, Sendable {
     public enum CacheKind: String, Sendable { case manifestByTag = "manifest_tag", manifestByDigest = "manifest_digest", blob }
     public enum CacheResult: String, Sendable { case hit, revalidated, miss, stale, join }
@@ -34,6 +36,13 @@ public final class MirrorStats: UpstreamObserver, Sendable {
         public var bytes: Int64 = 0
         /// Rate-limit headers last seen (Docker Hub's `ratelimit-remaining`, and the like).
         public var rateLimit: [String: String] = [:]
+        /// The count in the last `ratelimit-remaining` header: pulls left in the window.
+        public var rateLimitRemaining: Int?
+        /// Marked down: requests fail at once until a probe gets an answer.
+        public var down = false
+        public var downSince: Date?
+        /// When the next probe may go out (while down).
+        public var nextCheck: Date?
 
         public init() {}
     }
@@ -169,7 +178,11 @@ public final class MirrorStats: UpstreamObserver, Sendable {
             for (name, value) in head.headers where name.hasPrefix("ratelimit-") || name.hasPrefix("x-ratelimit-") || name == "retry-after" {
                 health.rateLimit[name] = value
             }
+            if let remaining = head.rateLimitRemaining { health.rateLimitRemaining = remaining }
             s.upstreams[upstream] = health
+        }
+        if let remaining = head.rateLimitRemaining {
+            gauge("registry_mirror_upstream_ratelimit_remaining", [("upstream", upstream)]).record(remaining)
         }
         counter("registry_mirror_upstream_requests_total", [("upstream", upstream), ("status", String(head.status))]).increment()
         if bodyBytes > 0 { counter("registry_mirror_upstream_bytes_total", [("upstream", upstream)]).increment(by: bodyBytes) }
@@ -188,6 +201,27 @@ public final class MirrorStats: UpstreamObserver, Sendable {
         }
         counter("registry_mirror_upstream_requests_total", [("upstream", upstream), ("status", "error")]).increment()
         if bodyBytes > 0 { counter("registry_mirror_upstream_bytes_total", [("upstream", upstream)]).increment(by: bodyBytes) }
+    }
+
+    public func upstreamAvailabilityChanged(_ upstream: String, down: Bool, nextCheck: Duration?, reason: String?) {
+        let now = Date()
+        let newlyDown = state.withLock { s in
+            var health = s.upstreams[upstream, default: UpstreamHealth()]
+            let wasDown = health.down
+            health.down = down
+            health.downSince = down ? (health.downSince ?? now) : nil
+            health.nextCheck = nextCheck.map { now.addingTimeInterval(Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18) }
+            s.upstreams[upstream] = health
+            return down && !wasDown
+        }
+        gauge("registry_mirror_upstream_down", [("upstream", upstream)]).record(down ? 1 : 0)
+        if newlyDown { counter("registry_mirror_upstream_marked_down_total", [("upstream", upstream)]).increment() }
+    }
+
+    /// Starts each upstream's availability gauge at "up", so `/metrics` has the series before
+    /// anything goes wrong.
+    public func register(upstreams: [String]) {
+        for upstream in upstreams { gauge("registry_mirror_upstream_down", [("upstream", upstream)]).record(0) }
     }
 
     // MARK: Reading
@@ -226,11 +260,12 @@ public final class MirrorStats: UpstreamObserver, Sendable {
         }
     }
 
-    private func gauge(_ label: String) -> Gauge {
+    private func gauge(_ label: String, _ dimensions: [(String, String)] = []) -> Gauge {
         gauges.withLock { cache in
-            if let gauge = cache[label] { return gauge }
-            let gauge = Gauge(label: label, dimensions: [], factory: factory)
-            cache[label] = gauge
+            let key = Self.key(label, dimensions)
+            if let gauge = cache[key] { return gauge }
+            let gauge = Gauge(label: label, dimensions: dimensions, factory: factory)
+            cache[key] = gauge
             return gauge
         }
     }

@@ -18,6 +18,11 @@ public struct UpstreamPolicy: Sendable {
     /// At most this many of an index's other child manifests are fetched in the background.
     /// Each is a pull on the upstream's rate limit, and a crafted index can list hundreds.
     public var prefetchMaxChildren = 32
+    /// When the upstream says (Docker Hub's `ratelimit-remaining`) that this many pulls or
+    /// fewer are left, a tag whose HEAD shows a new digest keeps its cached one (served stale,
+    /// with the `Warning`) instead of spending a pull on the GET: the rest are kept for content
+    /// the cache cannot serve at all.
+    public var rateLimitReserve = 10
 
     public init() {}
 }
@@ -131,17 +136,17 @@ public final class PullThroughRegistry: RegistryContent {
                         content.cacheResult = .revalidated
                         return content
                     }
+                    if let content = self.keepingReserve(cached, repository: repository, tag: tag, upstream: upstream) { return content }
                     return try await self.fetchManifest(repository, digest: digest, tag: tag, upstream: upstream)
                 }
+                if let content = self.keepingReserve(cached, repository: repository, tag: tag, upstream: upstream) { return content }
                 // No digest in the HEAD answer: GET by tag and trust the bytes' own digest.
                 return try await self.fetchManifest(repository, digest: nil, tag: tag, upstream: upstream)
             } catch let error as UpstreamError {
-                if error.isUpstreamFailure, let cached, policy.staleIfError,
-                   var content = try? self.local.manifestContent(cached.digest, mediaType: cached.mediaType) {
-                    self.logger.warning("serving a stale tag: the upstream failed", metadata: [
+                if error.isUpstreamFailure, let cached, policy.staleIfError, let content = self.stale(cached) {
+                    // Marking the upstream down was logged once, as a warning; not again per request.
+                    self.logger.log(level: error.markedDown ? .debug : .warning, "serving a stale tag: the upstream failed", metadata: [
                         "oci.repository": "\(repository)", "oci.tag": "\(tag)", "cache.result": "stale", "error": "\(error.message)"])
-                    content.warning = #"110 - "Response is Stale""#
-                    content.cacheResult = .stale
                     return content
                 }
                 throw Self.map(error, upstream: upstream, what: "\(repository):\(tag)", unknown: .manifestUnknown)
@@ -151,6 +156,26 @@ public final class PullThroughRegistry: RegistryContent {
                 throw MirrorError(.internal, "\(error)")
             }
         }
+    }
+
+    /// The cached digest of a tag, served stale, when getting the new one would spend one of
+    /// the last pulls the upstream's rate limit allows (`UpstreamPolicy.rateLimitReserve`).
+    /// The HEAD that found the new digest is free against Docker Hub's limit; the GET is not.
+    func keepingReserve(_ cached: TagRecord?, repository: RepositoryKey, tag: Tag, upstream: UpstreamRegistry) -> ManifestContent? {
+        let reserve = policy(repository).rateLimitReserve
+        guard let cached, let remaining = upstream.rateLimitRemaining, remaining <= reserve, let content = stale(cached) else { return nil }
+        logger.info("serving a stale tag: the upstream's rate limit is down to its reserve", metadata: [
+            "oci.repository": "\(repository)", "oci.tag": "\(tag)", "cache.result": "stale",
+            "ratelimit.remaining": "\(remaining)", "ratelimit.reserve": "\(reserve)"])
+        return content
+    }
+
+    /// The cached digest of a tag, marked stale (`Warning: 110`); nil if its manifest is gone.
+    func stale(_ cached: TagRecord) -> ManifestContent? {
+        guard var content = try? local.manifestContent(cached.digest, mediaType: cached.mediaType) else { return nil }
+        content.warning = #"110 - "Response is Stale""#
+        content.cacheResult = .stale
+        return content
     }
 
     func manifest(_ repository: RepositoryKey, digest: Digest, upstream: UpstreamRegistry) async throws(MirrorError) -> ManifestContent {
@@ -416,6 +441,7 @@ public final class PullThroughRegistry: RegistryContent {
         let digest = fill.digest
         let sink = FillSink(writer: writer, fill: fill)
         let outcome: BlobFill.Outcome
+        var level = Logger.Level.warning
         do {
             do {
                 _ = try await upstream.fetchBlob(repository.name, digest, sink: sink)
@@ -436,6 +462,9 @@ public final class PullThroughRegistry: RegistryContent {
             logger.info("blob cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "bytes": "\(writer.bytesWritten)", "cache.result": "fill"])
         } catch let error as UpstreamError {
             writer.abort()
+            // A blob the upstream does not have is the client's question, not a fault; and an
+            // upstream marked down was logged as such once.
+            if error.code == .notFound || error.markedDown { level = .debug }
             outcome = .failed(Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .blobUnknown))
         } catch let error as StoreError where error.code == .verification {
             writer.abort()
@@ -453,7 +482,7 @@ public final class PullThroughRegistry: RegistryContent {
             outcome = .failed(MirrorError(.internal, "download of \(digest) failed: \(error)"))
         }
         if case .failed(let error) = outcome {
-            logger.warning("blob download failed; nothing was cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "error": "\(error.message)"])
+            logger.log(level: level, "blob download failed; nothing was cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "error": "\(error.message)"])
         }
         // Leave the in-flight map first: a request arriving now starts afresh (or finds the
         // published blob) instead of joining a download that already failed.
@@ -507,7 +536,7 @@ public final class PullThroughRegistry: RegistryContent {
         case .notFound: return MirrorError(unknown, "\(what) is not on \(upstream.name): \(error.message)")
         case .denied: return MirrorError(.upstreamDenied, error.message)
         case .tooManyRequests: return MirrorError(.tooManyRequests, error.message, retryAfter: error.retryAfter)
-        case .unavailable: return MirrorError(.upstreamUnavailable, "upstream \(upstream.name) is unavailable: \(error.message)")
+        case .unavailable: return MirrorError(.upstreamUnavailable, "upstream \(upstream.name) is unavailable: \(error.message)", retryAfter: error.retryAfter)
         case .invalidResponse: return MirrorError(.invalidContent, error.message)
         }
     }

@@ -87,6 +87,7 @@ public func buildApplication(
     let stats = MirrorStats(factory: PrometheusMetricsFactory(registry: prometheus))
     let (data, content, maintenance) = try settings.makeCache(logger: logger, stats: stats)
     let watch = try makeWatchList(settings, content: content, logger: logger)
+    stats.register(upstreams: settings.upstreams.map(\.name))
     let router = Router(context: RegistryRequestContext.self)
     router.add(middleware: RequestLogMiddleware(stats: stats))
     if let path = settings.htpasswdPath {
@@ -99,7 +100,7 @@ public func buildApplication(
     let upstreamList = settings.upstreams.map { (name: $0.name, url: $0.url.absoluteString) }
     router.get("/") { _, _ -> Response in
         let fills = content.activeFills.map { StatusPage.Fill(upstream: $0.upstream, digest: $0.digest, written: $0.written, size: $0.size) }
-        let html = StatusPage.render(stats.snapshot, upstreams: upstreamList, fills: fills, offline: settings.offline, version: "registry-mirror",
+        let html = StatusPage.render(stats.snapshot, upstreams: upstreamList, fills: fills, offline: settings.offline, version: RegistryMirrorVersion.userAgent,
                                      watch: watch?.snapshot)
         return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
                         body: .init(byteBuffer: ByteBuffer(string: html)))

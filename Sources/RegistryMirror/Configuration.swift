@@ -82,6 +82,14 @@ public struct MirrorConfiguration: Sendable, Equatable {
         public var responseTimeout: Duration = .seconds(15)
         public var lowSpeedLimit = 1024
         public var lowSpeedTime: Duration = .seconds(30)
+        /// `down_after`: requests in a row that get no answer before the upstream is marked
+        /// down (requests fail at once, cached tags are served stale); 0: never. `down_max`: the
+        /// longest wait between probes while it is down.
+        public var downAfter = UpstreamConfiguration.dockerHub.downAfter
+        public var downMax = UpstreamConfiguration.dockerHub.downMax
+        /// `rate_limit_reserve`: at this many pulls left (`ratelimit-remaining`), a tag whose
+        /// digest moved is served stale rather than spend one.
+        public var rateLimitReserve = UpstreamPolicy().rateLimitReserve
 
         public init(name: String, url: String) {
             self.name = name
@@ -91,6 +99,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         public static let keys: Set<String> = [
             "name", "url", "username", "password_file", "password_env", "tag_ttl", "ca_file", "insecure", "stale_if_error",
             "prefetch_platforms", "prefetch_max_children", "connect_timeout", "response_timeout", "low_speed_limit", "low_speed_time",
+            "down_after", "down_max", "rate_limit_reserve",
         ]
     }
 
@@ -297,7 +306,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 problems.append("\(at): username and password_file (or password_env) go together")
             }
             for (key, path) in [("tag_ttl", \Upstream.tagTTL), ("connect_timeout", \.connectTimeout),
-                                ("response_timeout", \.responseTimeout), ("low_speed_time", \.lowSpeedTime)] {
+                                ("response_timeout", \.responseTimeout), ("low_speed_time", \.lowSpeedTime), ("down_max", \.downMax)] {
                 guard let value = text(key) else { continue }
                 if let d = UpstreamSpec.duration(value), key == "tag_ttl" || d > .zero { upstream[keyPath: path] = d } else {
                     problems.append("\(at).\(key): must look like 30s, 5m or 1h, got \"\(value)\"")
@@ -308,9 +317,11 @@ public struct MirrorConfiguration: Sendable, Equatable {
                     problems.append("\(at).low_speed_limit: must be bytes per second like 1024 or 10KiB, got \"\(value)\"")
                 }
             }
-            if let value = text("prefetch_max_children") {
-                if let count = Int(value), count >= 0 { upstream.prefetchMaxChildren = count } else {
-                    problems.append("\(at).prefetch_max_children: must be a whole number ≥ 0, got \"\(value)\"")
+            for (key, path) in [("prefetch_max_children", \Upstream.prefetchMaxChildren), ("down_after", \.downAfter),
+                                ("rate_limit_reserve", \.rateLimitReserve)] {
+                guard let value = text(key) else { continue }
+                if let count = Int(value), count >= 0 { upstream[keyPath: path] = count } else {
+                    problems.append("\(at).\(key): must be a whole number ≥ 0, got \"\(value)\"")
                 }
             }
             upstream.caFile = text("ca_file")
@@ -373,6 +384,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 upstream.limits.headerTimeout = entry.responseTimeout
                 upstream.limits.lowSpeedBytes = entry.lowSpeedLimit
                 upstream.limits.lowSpeedTime = entry.lowSpeedTime
+                upstream.downAfter = entry.downAfter
+                upstream.downMax = entry.downMax
                 return upstream
             }
             settings.defaultUpstream = defaultUpstream ?? upstreams[0].name
@@ -382,6 +395,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 policy.staleIfError = entry.staleIfError
                 policy.prefetchPlatforms = entry.prefetchPlatforms
                 policy.prefetchMaxChildren = entry.prefetchMaxChildren
+                policy.rateLimitReserve = entry.rateLimitReserve
                 settings.policies[entry.name] = policy
             }
         } else if let defaultUpstream {

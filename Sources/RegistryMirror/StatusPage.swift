@@ -62,15 +62,16 @@ enum StatusPage {
         html += "</div>"
 
         // Upstreams.
-        html += "<section><h2>Upstreams</h2><table><tr><th>Name</th><th>URL</th><th class=\"num\">Requests</th><th class=\"num\">Failures</th><th class=\"num\">Stale serves</th><th>Last status</th><th>Last error</th><th>Rate limit</th></tr>"
+        html += "<section><h2>Upstreams</h2><table><tr><th>Name</th><th>URL</th><th>State</th><th class=\"num\">Requests</th><th class=\"num\">Failures</th><th class=\"num\">Stale serves</th><th>Last status</th><th>Last error</th><th>Rate limit</th></tr>"
         for upstream in upstreams {
             let h = s.upstreams[upstream.name] ?? MirrorStats.UpstreamHealth()
             let status = h.lastStatus.map { "<span class=\"\($0 < 400 ? "ok" : "bad")\">\($0)</span>" } ?? "<span class=\"muted\">–</span>"
             let error = h.lastError.map { message in
                 "<span class=\"bad\">\(escape(String(message.prefix(120))))</span>" + (h.lastErrorAt.map { " <span class=\"muted\">\(duration(now.timeIntervalSince($0))) ago</span>" } ?? "")
             } ?? "<span class=\"muted\">none</span>"
-            let limits = h.rateLimit.isEmpty ? "<span class=\"muted\">not seen</span>" : h.rateLimit.sorted { $0.key < $1.key }.map { "<code>\(escape($0.key)): \(escape(String($0.value.prefix(40))))</code>" }.joined(separator: "<br>")
-            html += "<tr><td><code>\(escape(upstream.name))</code></td><td><code>\(escape(upstream.url))</code></td><td class=\"num\">\(h.requests)</td><td class=\"num\">\(h.failures)</td><td class=\"num\">\(h.staleServes)</td><td>\(status)</td><td>\(error)</td><td>\(limits)</td></tr>"
+            var limits = h.rateLimit.isEmpty ? "<span class=\"muted\">not seen</span>" : h.rateLimit.sorted { $0.key < $1.key }.map { "<code>\(escape($0.key)): \(escape(String($0.value.prefix(40))))</code>" }.joined(separator: "<br>")
+            if let remaining = h.rateLimitRemaining { limits = "<strong>\(remaining) pulls left</strong><br>" + limits }
+            html += "<tr><td><code>\(escape(upstream.name))</code></td><td><code>\(escape(upstream.url))</code></td><td>\(state(h, now: now))</td><td class=\"num\">\(h.requests)</td><td class=\"num\">\(h.failures)</td><td class=\"num\">\(h.staleServes)</td><td>\(status)</td><td>\(error)</td><td>\(limits)</td></tr>"
         }
         html += "</table></section>"
 
@@ -102,6 +103,15 @@ enum StatusPage {
         if let watch { html += watchSection(watch, now: now) }
         html += "</main></body></html>\n"
         return html
+    }
+
+    /// "up", or "down" with how long, and when the next probe may go out.
+    static func state(_ h: MirrorStats.UpstreamHealth, now: Date) -> String {
+        guard h.down else { return "<span class=\"ok\">up</span>" }
+        var text = "<span class=\"bad\">down</span>"
+        if let since = h.downSince { text += " <span class=\"muted\">for \(duration(now.timeIntervalSince(since)))</span>" }
+        if let next = h.nextCheck { text += "<br><span class=\"muted\">next check in \(duration(next.timeIntervalSince(now)))</span>" }
+        return text
     }
 
     static func escape(_ text: String) -> String {

@@ -65,6 +65,9 @@ public struct TransportError: Error, Sendable, CustomStringConvertible {
     public enum Kind: Sendable { case connect, timeout, reset, aborted, other }
     public let kind: Kind
     public let message: String
+    /// The upstream had answered before the failure (this response's head, then a body cut or
+    /// too slow; or a redirect to a host that failed): it is alive, if unwell.
+    public var afterAnswer = false
     public var description: String { message }
 }
 
@@ -134,6 +137,8 @@ public final class CurlTransport: Sendable {
             rm_curl_setopt_str(handle, CURLOPT_CUSTOMREQUEST, exchange.method)
         }
         rm_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, list)
+        // Every transfer (API, token service, a redirect's target) says who is calling.
+        rm_curl_setopt_str(handle, CURLOPT_USERAGENT, RegistryMirrorVersion.userAgent)
         rm_curl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, 0)
         // Defence in depth behind `RedirectPolicy`: this handle speaks nothing but HTTP(S),
         // whatever URL reaches it. Refuse to run on a libcurl that cannot promise that.
@@ -169,7 +174,9 @@ public final class CurlTransport: Sendable {
         if code != CURLE_OK {
             reusable = false
             if context.discarding, let head = context.head { return head }
-            throw Self.transportError(code, context: context, url: exchange.url)
+            var error = Self.transportError(code, context: context, url: exchange.url)
+            error.afterAnswer = context.head != nil
+            throw error
         }
         guard let head = context.head else {
             throw TransportError(kind: .other, message: "\(exchange.url.host ?? "upstream") sent no response")

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import OCI
+import Synchronization
 
 /// How to reach one upstream registry.
 public struct UpstreamConfiguration: Sendable {
@@ -16,6 +17,11 @@ public struct UpstreamConfiguration: Sendable {
     public var backoff: Duration = .milliseconds(250)
     /// The longest `Retry-After` worth waiting for inside one client request.
     public var maxRetryAfter: Duration = .seconds(10)
+    /// Requests in a row that get no answer (after their retries) before the upstream is
+    /// marked down and requests to it fail at once (`UpstreamAvailability`); 0: never.
+    public var downAfter = 3
+    /// The longest it stays marked down between probes (the first wait is 1 s, then doubles).
+    public var downMax: Duration = .seconds(60)
 
     public init(name: String, url: URL) {
         self.name = name
@@ -42,6 +48,8 @@ public struct UpstreamError: Error, Sendable, CustomStringConvertible {
     public let code: Code
     public let message: String
     public var retryAfter: Int?
+    /// Refused without a request: the upstream is marked down.
+    public var markedDown = false
 
     public init(_ code: Code, _ message: String, retryAfter: Int? = nil) {
         self.code = code
@@ -69,6 +77,12 @@ public protocol UpstreamObserver: Sendable {
     func upstreamResponded(_ upstream: String, head: ResponseHead, bodyBytes: Int64)
     /// The transfer failed (connect, timeout, reset) after `bodyBytes`.
     func upstreamFailed(_ upstream: String, message: String, bodyBytes: Int64)
+    /// The upstream was marked down (`down`, next probe due in `nextCheck`, for `reason`), or is back.
+    func upstreamAvailabilityChanged(_ upstream: String, down: Bool, nextCheck: Duration?, reason: String?)
+}
+
+extension UpstreamObserver {
+    public func upstreamAvailabilityChanged(_ upstream: String, down: Bool, nextCheck: Duration?, reason: String?) {}
 }
 
 /// The client side of the Distribution API for one upstream, the way Docker's `pull_v2`
@@ -81,15 +95,24 @@ public final class UpstreamRegistry: Sendable {
     let tokens = TokenCache()
     let logger: Logger
     let observer: (any UpstreamObserver)?
+    let availability: Mutex<UpstreamAvailability>
+    private let rateLimit = Mutex<Int?>(nil)
 
     public init(_ configuration: UpstreamConfiguration, transport: CurlTransport, observer: (any UpstreamObserver)? = nil, logger: Logger) {
         self.configuration = configuration
         self.transport = transport
         self.observer = observer
         self.logger = logger
+        availability = Mutex(UpstreamAvailability(downAfter: configuration.downAfter, maxInterval: configuration.downMax))
     }
 
     public var name: String { configuration.name }
+
+    /// The pulls Docker Hub last said are left in its window (`ratelimit-remaining`), if it said.
+    public var rateLimitRemaining: Int? { rateLimit.withLock { $0 } }
+
+    /// Whether requests to this upstream are being refused at once (see `UpstreamAvailability`).
+    public var isMarkedDown: Bool { availability.withLock { $0.isDown } }
 
     // MARK: API calls
 
@@ -164,15 +187,59 @@ public final class UpstreamRegistry: Sendable {
 
     // MARK: The exchange: auth, redirects, retries
 
+    /// One request with its retries, unless the upstream is marked down: then it is refused
+    /// at once, or is the one probe that checks whether the upstream is back.
     func send(_ method: String, _ path: String, repository: RepositoryName, accept: String?, sink: any TransferSink,
               extraHeaders: [(String, String)] = []) async throws(UpstreamError) -> ResponseHead {
+        let admission = availability.withLock { $0.admit(now: .now) }
+        if case .refused(let nextCheck) = admission {
+            let (failures, reason) = availability.withLock { ($0.failures, $0.lastFailure) }
+            let seconds = max(1, Int((nextCheck + .milliseconds(999)).components.seconds))
+            var error = UpstreamError(.unavailable, "\(name) is marked down after \(failures) failed request\(failures == 1 ? "" : "s") in a row"
+                                      + (reason.map { " (last: \($0))" } ?? "") + "; next check in \(seconds) s", retryAfter: seconds)
+            error.markedDown = true
+            throw error
+        }
+        let probe = admission == .probe
+        var outcome = UpstreamAvailability.Outcome.abandoned
+        defer { settle(outcome, probe: probe) }
+        return try await attempts(method, path, repository: repository, accept: accept, sink: sink, extraHeaders: extraHeaders,
+                                  limit: probe ? 1 : configuration.attempts, outcome: &outcome)
+    }
+
+    /// Records how a request ended, and tells the log and the observer when that marks the
+    /// upstream down or back.
+    func settle(_ outcome: UpstreamAvailability.Outcome, probe: Bool) {
+        let (transition, reason) = availability.withLock { ($0.record(outcome, probe: probe, now: .now), $0.lastFailure) }
+        switch transition {
+        case .markedDown(let failures, let nextCheck):
+            logger.warning("upstream marked down: requests to it fail at once until a probe gets an answer", metadata: [
+                "upstream": "\(name)", "failures": "\(failures)", "next_check": "\(nextCheck)", "error": "\(reason ?? "")"])
+            observer?.upstreamAvailabilityChanged(name, down: true, nextCheck: nextCheck, reason: reason)
+        case .stillDown(let nextCheck):
+            logger.info("upstream still down", metadata: ["upstream": "\(name)", "next_check": "\(nextCheck)", "error": "\(reason ?? "")"])
+            observer?.upstreamAvailabilityChanged(name, down: true, nextCheck: nextCheck, reason: reason)
+        case .back:
+            logger.notice("upstream is back", metadata: ["upstream": "\(name)"])
+            observer?.upstreamAvailabilityChanged(name, down: false, nextCheck: nil, reason: nil)
+        case nil:
+            break
+        }
+    }
+
+    /// Up to `limit` attempts, with backoff. `outcome` ends `.answered` if any attempt got an
+    /// HTTP answer, `.failed` if none did, `.abandoned` if it was cancelled first.
+    func attempts(_ method: String, _ path: String, repository: RepositoryName, accept: String?, sink: any TransferSink,
+                  extraHeaders: [(String, String)], limit: Int, outcome: inout UpstreamAvailability.Outcome) async throws(UpstreamError) -> ResponseHead {
         let scope = "repository:\(repository.value):pull"
         var delay = configuration.backoff
         var lastError = UpstreamError(.unavailable, "\(name) did not answer")
-        for attempt in 1...max(1, configuration.attempts) {
+        for attempt in 1...max(1, limit) {
             let counting = CountingSink(sink)
             do {
                 let head = try await exchange(method, path, scope: scope, accept: accept, sink: counting, extraHeaders: extraHeaders)
+                outcome = .answered
+                if let remaining = head.rateLimitRemaining { rateLimit.withLock { $0 = remaining } }
                 observer?.upstreamResponded(name, head: head, bodyBytes: Int64(counting.received))
                 switch head.status {
                 case 200..<300:
@@ -189,7 +256,7 @@ public final class UpstreamRegistry: Sendable {
                     let retryAfter = head.header("retry-after").flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }
                     lastError = UpstreamError(.tooManyRequests, "\(name) is rate-limiting this mirror (429)", retryAfter: retryAfter)
                     let wait = Duration.seconds(retryAfter ?? 1)
-                    guard attempt < configuration.attempts, wait <= configuration.maxRetryAfter else { throw lastError }
+                    guard attempt < limit, wait <= configuration.maxRetryAfter else { throw lastError }
                     try? await Task.sleep(for: wait)
                     continue
                 case 500..<600:
@@ -198,16 +265,24 @@ public final class UpstreamRegistry: Sendable {
                     throw UpstreamError(.invalidResponse, "\(name) answered \(head.status) for \(path)")
                 }
             } catch let error as UpstreamError {
+                // Thrown past an answer (a refused redirect, a token service's status).
+                outcome = .answered
                 throw error
             } catch let error as TransportError {
                 lastError = UpstreamError(.unavailable, error.message)
+                if error.afterAnswer {
+                    outcome = .answered
+                } else if error.kind != .aborted, outcome != .answered {
+                    outcome = .failed(error.message)
+                }
                 observer?.upstreamFailed(name, message: error.message, bodyBytes: Int64(counting.received))
             } catch {
                 // The sink refused the body (a size or digest check): not worth a retry.
+                outcome = .answered
                 throw UpstreamError(.invalidResponse, "\(name): \(error)")
             }
             // A transfer that already delivered body bytes cannot be retried from here.
-            guard attempt < configuration.attempts, counting.received == 0, !Task.isCancelled else { break }
+            guard attempt < limit, counting.received == 0, !Task.isCancelled else { break }
             logger.debug("retrying upstream request", metadata: ["upstream": "\(name)", "attempt": "\(attempt)", "error": "\(lastError.message)"])
             try? await Task.sleep(for: delay)
             delay *= 2
@@ -234,7 +309,14 @@ public final class UpstreamRegistry: Sendable {
             var headers = extraHeaders
             if let accept { headers.append(("Accept", accept)) }
             if let authorization, Self.origin(of: url) == origin { headers.append(("Authorization", authorization)) }
-            let head = try await transport.perform(HTTPExchange(method: method, url: url, headers: headers), limits: configuration.limits, sink: sink)
+            let head: ResponseHead
+            do {
+                head = try await transport.perform(HTTPExchange(method: method, url: url, headers: headers), limits: configuration.limits, sink: sink)
+            } catch var error as TransportError where redirects > 0 {
+                // The upstream answered with a redirect; the host it named failed (a CDN, say).
+                error.afterAnswer = true
+                throw error
+            }
             if (300..<400).contains(head.status), head.status != 304, let location = head.header("location") {
                 redirects += 1
                 guard redirects <= 5 else {

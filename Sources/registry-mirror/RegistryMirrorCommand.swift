@@ -13,6 +13,7 @@ struct RegistryMirrorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "registry-mirror",
         abstract: "A pull-through cache and mirror for container registries.",
+        version: RegistryMirrorVersion.current,
         subcommands: [Serve.self, Seed.self, Export.self, Import.self, List.self, GC.self, Pin.self, Unpin.self, Verify.self, ConfigCommand.self]
     )
 }

@@ -159,6 +159,8 @@ final class FaultUpstream: Sendable {
         var log: [String] = []
         /// While set, a `.truncate` response waits after its partial body, before closing.
         var holdTruncation = false
+        /// Sent with every answer `respond` writes (Docker Hub's `ratelimit-remaining`, say).
+        var extraHeaders: [(String, String)] = []
         var stopping = false
         var activeHandlers = 0
         var acceptLoopRunning = true
@@ -238,6 +240,13 @@ final class FaultUpstream: Sendable {
     var holdTruncation: Bool {
         get { state.withLock { $0.holdTruncation } }
         set { state.withLock { $0.holdTruncation = newValue } }
+    }
+
+    /// Headers added to every ordinary answer, such as Docker Hub's rate-limit headers, which a
+    /// real docker-registry never sends.
+    var extraHeaders: [(String, String)] {
+        get { state.withLock { $0.extraHeaders } }
+        set { state.withLock { $0.extraHeaders = newValue } }
     }
 
     /// How many `method path` requests arrived (path without query).
@@ -576,6 +585,7 @@ final class FaultUpstream: Sendable {
     /// `head`, the body. False if sending failed.
     private func respond(_ fd: Int32, status: Int, headers: [(String, String)], body: [UInt8],
                          contentLength: Int? = nil, head: Bool) -> Bool {
+        let headers = headers + extraHeaders
         guard Self.sendAll(fd, Self.responseHead(status: status, headers: headers, contentLength: contentLength ?? body.count)) else { return false }
         if head || body.isEmpty { return true }
         return Self.sendAll(fd, body)

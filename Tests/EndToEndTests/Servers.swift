@@ -88,6 +88,28 @@ final class DistributionRegistry: @unchecked Sendable {
 
     var stderr: String { process.stderr }
 
+    /// The access log (stdout, one combined-format line per request, User-Agent last).
+    var accessLog: String { process.stdout }
+
+    /// A new docker-registry on the same port, config and storage, once this one was stopped:
+    /// an upstream coming back. The caller stops it.
+    func restarted() async throws -> DistributionRegistry {
+        let program = try TestPaths.executable("docker-registry")
+        let process = try ChildProcess(
+            name: "docker-registry", program: program, arguments: ["serve", directory.url.appendingPathComponent("config.yml").path],
+            logDirectory: try directory.subdirectory("restarted-\(UUID().uuidString.prefix(6))"))
+        let registry = DistributionRegistry(port: port, directory: directory, process: process)
+        do {
+            try await waitUntil("docker-registry to answer again on \(host)", process: process) {
+                try RawHTTP.get(port: port, path: "/v2/").status == 200
+            }
+        } catch {
+            await registry.stop()
+            throw error
+        }
+        return registry
+    }
+
     /// One access-log line: what the registry was asked and what it answered.
     struct Request: Sendable, Equatable, CustomStringConvertible {
         let method: String
