@@ -208,6 +208,8 @@ extension FaultInjectionTests {
             try await waitUntil("the child prefetch to give up on the missing child", timeout: .seconds(10)) {
                 env.mirror.stderr.contains("prefetch of an index child failed") && env.mirror.stderr.contains(missing.hex)
             }
+            // The layer's last byte went out once verified; its rename into the store may land just after.
+            #expect(await env.awaitBlobFile(image.layers[0].digest), "the layer was not cached\n\(env.diagnostics)")
             let stored = Set(env.blobFiles.map { String($0.split(separator: "/").last ?? "") })
             let expected: Set = [indexDigest.hex, image.manifestDigest.hex, image.layers[0].digest.hex]
             #expect(stored == expected, "stored blobs \(stored), expected the index, the present child and its layer \(expected)")
