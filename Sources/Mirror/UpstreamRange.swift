@@ -52,10 +52,12 @@ final class RangeRelay: TransferSink, @unchecked Sendable {
 
     // MARK: Transfer side
 
-    /// Only a 206 is relayed. A 200 (the upstream ignores `Range`) or an error is drained,
-    /// and the caller falls back to the whole-blob fill.
+    /// Only a 206 that says what it holds (a `Content-Range`, or parts of a multipart body)
+    /// is relayed. Anything else, a 200 (the upstream ignores `Range`) or an error, is
+    /// drained, and the caller falls back to the whole-blob fill.
     func head(_ head: ResponseHead) -> Bool {
-        guard head.status == 206 else { return false }
+        guard head.status == 206, head.header("content-range") != nil
+                || head.header("content-type")?.lowercased().hasPrefix("multipart/byteranges") == true else { return false }
         condition.lock()
         guard !closed, !headSettled else {
             condition.unlock()
