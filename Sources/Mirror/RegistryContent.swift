@@ -12,6 +12,9 @@ public protocol RegistryContent: Sendable {
     func manifest(_ repository: RepositoryKey, _ reference: ManifestReference) async throws(MirrorError) -> ManifestContent
     /// A blob the repository may read. Throws `.blobUnknown` when absent or not linked.
     func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent
+    /// A blob for a request with a `Range`: may be `.upstreamRange` when the blob is not
+    /// cached and its download has not reached the range yet.
+    func blob(_ repository: RepositoryKey, _ digest: Digest, range: RangeRequest?) async throws(MirrorError) -> BlobContent
     /// The size of a blob the repository may read, without downloading it.
     func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64
     /// Sorted tag names. Throws `.nameUnknown` for an unknown repository.
@@ -19,6 +22,13 @@ public protocol RegistryContent: Sendable {
     /// Descriptors of the manifests that refer to `digest` (their `subject`), as a referrers
     /// index lists them. Never "unsupported": an unknown subject has none.
     func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor]
+}
+
+extension RegistryContent {
+    /// Without an upstream to ask, a range is always cut from the whole blob.
+    public func blob(_ repository: RepositoryKey, _ digest: Digest, range: RangeRequest?) async throws(MirrorError) -> BlobContent {
+        try await blob(repository, digest)
+    }
 }
 
 /// A manifest as served: the stored bytes and the stored media type, never re-encoded.
@@ -49,6 +59,9 @@ public enum BlobContent: Sendable {
     case stored(ReadableFile, lease: BlobLease?)
     /// A shared download in progress; read through the fill.
     case filling(BlobFill, lease: BlobLease?)
+    /// The upstream's own answer to the request's range (a 206), streamed and never stored,
+    /// while the whole blob fills in the background.
+    case upstreamRange(UpstreamRange, lease: BlobLease?)
 }
 
 /// Errors of the mirror core, mapped to wire codes in one table by the HTTP front.

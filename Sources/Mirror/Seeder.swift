@@ -211,6 +211,10 @@ public struct Seeder: Sendable {
         case .stored(let file, _):
             progress(.blobFinished(image: name, digest: digest, bytes: file.size, cached: true))
             return file.size
+        case .upstreamRange(let range, _):
+            // Only a request with a Range gets one; a seed asks for whole blobs.
+            range.close()
+            throw MirrorError(.internal, "a seed of \(digest) was answered with a range")
         case .filling(let fill, _):
             var seen: Int64 = -1
             while true {

@@ -1,3 +1,5 @@
+import Mirror
+
 /// A `Range` request header resolved against a blob's size (RFC 9110 §14).
 ///
 /// - No header, or a unit other than `bytes`: the whole blob.
@@ -15,35 +17,10 @@ public enum ByteRange: Equatable, Sendable {
         guard trimmed.lowercased().hasPrefix("bytes=") else {
             return trimmed.contains("=") && !trimmed.isEmpty ? .full : .unsatisfiable
         }
-        let spec = trimmed.dropFirst(6)
-        if spec.contains(",") { return .full }
-        let text = spec.trimmingWhitespace()
-        guard let dash = text.firstIndex(of: "-") else { return .unsatisfiable }
-        let first = text[..<dash], last = text[text.index(after: dash)...]
-        guard first.allSatisfy(\.isASCIIDigit), last.allSatisfy(\.isASCIIDigit), first.count <= 19, last.count <= 19 else {
+        if trimmed.contains(",") { return .full }
+        guard let request = RangeRequest(header: header), let bounds = request.specs[0].resolved(size: size) else {
             return .unsatisfiable
         }
-        if first.isEmpty {
-            // suffix: the last N bytes
-            guard let n = Int64(last), n > 0, size > 0 else { return .unsatisfiable }
-            return .partial(start: max(0, size - n), end: size - 1)
-        }
-        guard let start = Int64(first), start < size else { return .unsatisfiable }
-        if last.isEmpty { return .partial(start: start, end: size - 1) }
-        guard let end = Int64(last), end >= start else { return .unsatisfiable }
-        return .partial(start: start, end: min(end, size - 1))
-    }
-}
-
-extension Character {
-    var isASCIIDigit: Bool { isASCII && isNumber }
-}
-
-extension StringProtocol {
-    func trimmingWhitespace() -> Substring {
-        let s = self[...]
-        let start = s.firstIndex { !$0.isWhitespace } ?? s.endIndex
-        let end = s.lastIndex { !$0.isWhitespace }.map { s.index(after: $0) } ?? start
-        return Substring(s[start..<Swift.max(start, end)])
+        return .partial(start: bounds.start, end: bounds.end)
     }
 }

@@ -181,7 +181,8 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
         }
         let blob: BlobContent
         do {
-            blob = try await content.blob(repository, digest)
+            // A well-formed Range may be answered by the upstream while the blob is not cached.
+            blob = try await content.blob(repository, digest, range: request.headers[.range].flatMap(RangeRequest.init(header:)))
         } catch {
             throw RegistryError(error)
         }
@@ -195,6 +196,13 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
             if length == 0 { return Response(status: status, headers: headers) }
             let source = BlobBody(file: file, fill: nil, start: start, length: length, holding: lease)
             return Response(status: status, headers: headers, body: source.body(channel: context.channel, served: served(repository)))
+        case .upstreamRange(let range, let lease):
+            headers[.xCache] = "MISS"
+            headers[.contentRange] = range.contentRange
+            if let type = range.multipartType { headers[.contentType] = type }
+            headers[.contentLength] = range.contentLength.map(String.init)
+            let source = UpstreamRangeBody(range: range, holding: lease)
+            return Response(status: .partialContent, headers: headers, body: source.body(served: served(repository)))
         case .filling(let fill, let lease):
             headers[.xCache] = "MISS"
             // Headers go out as soon as the upstream's do; the body follows the download.

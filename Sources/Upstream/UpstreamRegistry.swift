@@ -97,6 +97,7 @@ public final class UpstreamRegistry: Sendable {
     let observer: (any UpstreamObserver)?
     let availability: Mutex<UpstreamAvailability>
     private let rateLimit = Mutex<Int?>(nil)
+    private let rangesIgnored = Atomic<Bool>(false)
 
     public init(_ configuration: UpstreamConfiguration, transport: CurlTransport, observer: (any UpstreamObserver)? = nil, logger: Logger) {
         self.configuration = configuration
@@ -144,6 +145,19 @@ public final class UpstreamRegistry: Sendable {
         let range = offset > 0 ? [("Range", "bytes=\(offset)-")] : []
         return try await send("GET", "/v2/\(repository.value)/blobs/\(digest)", repository: repository, accept: nil, sink: sink, extraHeaders: range)
     }
+
+    /// Streams the answer to a ranged GET of a blob into `sink`; `range` is a `Range` header
+    /// value (`bytes=…`, one range or several). An upstream without range support answers 200
+    /// with the whole blob: `sink.head` sees the status and decides.
+    public func fetchBlobRange(_ repository: RepositoryName, _ digest: Digest, range: String, sink: any TransferSink) async throws(UpstreamError) -> ResponseHead {
+        let head = try await send("GET", "/v2/\(repository.value)/blobs/\(digest)", repository: repository, accept: nil, sink: sink, extraHeaders: [("Range", range)])
+        if head.status == 200 { rangesIgnored.store(true, ordering: .relaxed) }
+        return head
+    }
+
+    /// Set once the upstream answered a ranged GET of a blob with the whole blob (200): it
+    /// ignores `Range`, and asking it for ranges again would only cost aborted transfers.
+    public var ignoresRanges: Bool { rangesIgnored.load(ordering: .relaxed) }
 
     /// Every tag, following `Link` pagination (at most `maxPages` pages).
     public func tags(_ repository: RepositoryName, maxPages: Int = 50) async throws(UpstreamError) -> [String] {

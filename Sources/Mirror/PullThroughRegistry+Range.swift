@@ -1,0 +1,52 @@
+import OCI
+import Upstream
+
+// Lazy pulling (issue 13): stargz, SOCI and zstd:chunked clients read a few ranges of a
+// layer, often its tail first, and start the container. A range of a blob the mirror has
+// not fetched is asked of the upstream at once, while the one download of the whole blob
+// starts (or goes on) beside it.
+extension PullThroughRegistry {
+    /// A blob for a request with a `Range`.
+    ///
+    /// - Cached: the stored blob; the route cuts the range from it (several ranges: a 200).
+    /// - Downloading, and the download has reached where a single range starts: the fill,
+    ///   which sends it as the bytes arrive (verified, like any reader of a fill).
+    /// - Otherwise (not cached, or the download is behind the range, or several ranges): the
+    ///   whole-blob download is started or joined, and the upstream is asked for the range
+    ///   itself. Its 206 is relayed as it comes and never stored. An upstream that answers
+    ///   anything else (200: no range support; 416; an error) leaves the fill to answer, as
+    ///   before; one that answered 200 is not asked for ranges again.
+    public func blob(_ repository: RepositoryKey, _ digest: Digest, range: RangeRequest?) async throws(MirrorError) -> BlobContent {
+        let content = try await blob(repository, digest)
+        guard let range, case .filling(let fill, let lease) = content, let upstream = upstream(for: repository),
+              !upstream.ignoresRanges, !Self.fillHasReached(range, fill.snapshot) else { return content }
+        let relay = RangeRelay()
+        // Unstructured, because the transfer outlives this call: it feeds the response body.
+        // It ends with the transfer, which `close()` stops when the response is over.
+        Task {
+            do {
+                _ = try await upstream.fetchBlobRange(repository.name, digest, range: range.description, sink: relay)
+                relay.finish(.success(()))
+            } catch {
+                relay.finish(.failure(Self.map(error, upstream: upstream, what: "\(repository)@\(digest) \(range)", unknown: .blobUnknown)))
+            }
+        }
+        guard let head = await relay.acceptedHead() else {
+            relay.close()
+            logger.debug("the upstream did not answer a range with 206; serving it from the download",
+                         metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "range": "\(range)"])
+            return content
+        }
+        logger.debug("serving a range from the upstream while the blob downloads",
+                     metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "range": "\(range)", "cache.result": "range"])
+        return .upstreamRange(UpstreamRange(head: head, relay: relay), lease: lease)
+    }
+
+    /// Whether a running download already holds where a single range starts, so it can send
+    /// the range as soon as (or sooner than) the upstream could.
+    static func fillHasReached(_ range: RangeRequest, _ snapshot: (size: Int64?, written: Int64, outcome: BlobFill.Outcome)) -> Bool {
+        guard !range.isMultiple, let start = range.specs[0].start(size: snapshot.size) else { return false }
+        if case .done = snapshot.outcome { return true }
+        return start < snapshot.written
+    }
+}
