@@ -281,39 +281,3 @@ private func curlProgressCallback(_ user: UnsafeMutableRawPointer?, _ dltotal: c
 extension Duration {
     var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
 }
-
-/// A counting semaphore for async code, FIFO.
-public final class AsyncSemaphore: Sendable {
-    private struct State {
-        var available: Int
-        var waiters: [CheckedContinuation<Void, Never>] = []
-    }
-    private let state: Mutex<State>
-
-    public init(_ count: Int) { state = Mutex(State(available: count)) }
-
-    public func wait() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let resumeNow = state.withLock { s -> Bool in
-                if s.available > 0 {
-                    s.available -= 1
-                    return true
-                }
-                s.waiters.append(continuation)
-                return false
-            }
-            if resumeNow { continuation.resume() }
-        }
-    }
-
-    public func signal() {
-        let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
-            if s.waiters.isEmpty {
-                s.available += 1
-                return nil
-            }
-            return s.waiters.removeFirst()
-        }
-        next?.resume()
-    }
-}
