@@ -1,5 +1,4 @@
 import Foundation
-import Mirror
 import OCI
 import Synchronization
 #if canImport(Glibc)

@@ -1,7 +1,8 @@
-import OCI
-
 /// What a long copy (seed, export, import) reports as it goes, for the CLI's progress
 /// display. Events may arrive from several threads at once.
+///
+/// It lives here, below both of its producers (`Mirror`'s `Seeder` and `Bundles`), so that
+/// neither of those depends on the other; it is a plain value and does no I/O.
 public enum TransferEvent: Sendable {
     case imageStarted(image: String)
     /// `size` is nil until the upstream says.
