@@ -1,7 +1,13 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Arrows point one way: OCI ← ContentStore, MetadataIndex, Upstream ← Mirror ← RegistryAPI ← RegistryMirror ← executable.
+// Arrows point one way:
+//   OCI ← ContentStore, MetadataIndex, Upstream ← Mirror ← RegistryAPI ← RegistryMirror ← executable
+//   OCI ← ContentStore, MetadataIndex ← Bundles ← executable
+// Mirror (the pull-through policy) and Bundles (OCI layout and docker-archive import/export,
+// tar and gzip) are siblings: neither imports the other. What both need sits below them:
+// `TransferEvent` (progress of a long copy) is in OCI, `AsyncSemaphore` in Upstream.
+// Only the executable uses both.
 let package = Package(
     name: "registry-mirror",
     platforms: [.macOS(.v15)],
@@ -35,9 +41,13 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "Mirror", dependencies: [
-            "OCI", "ContentStore", "MetadataIndex", "Upstream", "CZlib",
+            "OCI", "ContentStore", "MetadataIndex", "Upstream",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
+        ]),
+        .target(name: "Bundles", dependencies: [
+            "OCI", "ContentStore", "MetadataIndex", "CZlib",
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "RegistryAPI", dependencies: [
             "OCI", "ContentStore", "Mirror", "CCrypt",
@@ -62,13 +72,13 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .executableTarget(name: "registry-mirror", dependencies: [
-            "RegistryMirror", "OCI", "MetadataIndex", "Mirror", "Upstream",
+            "RegistryMirror", "Bundles", "OCI", "MetadataIndex", "Mirror", "Upstream",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "RegistryMirrorTests", dependencies: [
-            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "RegistryAPI", "RegistryMirror",
+            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "Bundles", "RegistryAPI", "RegistryMirror",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTesting", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),

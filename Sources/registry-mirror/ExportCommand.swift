@@ -1,6 +1,6 @@
 import ArgumentParser
+import Bundles
 import Foundation
-import Mirror
 import OCI
 import RegistryMirror
 

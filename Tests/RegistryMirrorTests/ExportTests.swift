@@ -1,8 +1,8 @@
+@testable import Bundles
 import ContentStore
 import Foundation
 import Logging
 import MetadataIndex
-@testable import Mirror
 import OCI
 import RegistryMirror
 import Synchronization

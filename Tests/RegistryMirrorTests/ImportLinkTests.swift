@@ -1,5 +1,5 @@
+@testable import Bundles
 import Foundation
-@testable import Mirror
 import OCI
 import Testing
 

@@ -1,7 +1,7 @@
+import Bundles
 import Foundation
 import Logging
 import MetadataIndex
-import Mirror
 import OCI
 import RegistryMirror
 import Testing
