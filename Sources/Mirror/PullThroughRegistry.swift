@@ -49,6 +49,8 @@ public final class PullThroughRegistry: RegistryContent {
     let prefetchChildManifests: Bool
     let stats: MirrorStats?
     let logger: Logger
+    /// Tag `checked_at` and the TTL are read from it.
+    let clock: any MirrorClock
     private let fills = Mutex<[String: BlobFill]>([:])
     private let manifestFlights = SingleFlight<String, ManifestContent>()
     /// The last referrers answer per (repository, subject), for when the upstream fails.
@@ -57,8 +59,9 @@ public final class PullThroughRegistry: RegistryContent {
 
     public init(local: LocalRegistry, upstreams: [UpstreamRegistry], policies: [String: UpstreamPolicy] = [:],
                 offline: Bool = false, maintenance: CacheMaintenance? = nil, prefetchChildManifests: Bool = true,
-                stats: MirrorStats? = nil, logger: Logger) {
+                stats: MirrorStats? = nil, clock: any MirrorClock = .system, logger: Logger) {
         self.local = local
+        self.clock = clock
         self.upstreams = Dictionary(upstreams.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         self.policies = policies
         self.offline = offline
@@ -78,7 +81,8 @@ public final class PullThroughRegistry: RegistryContent {
 
     func policy(_ repository: RepositoryKey) -> UpstreamPolicy { policies[repository.upstream] ?? UpstreamPolicy() }
 
-    static var now: Int64 { Int64(Date().timeIntervalSince1970) }
+    /// Unix seconds, as `checked_at` is stored.
+    var now: Int64 { clock.unixSeconds }
 
     // MARK: Manifests
 
@@ -122,7 +126,7 @@ public final class PullThroughRegistry: RegistryContent {
     func manifest(_ repository: RepositoryKey, tag: Tag, upstream: UpstreamRegistry, maxAge: Duration? = nil) async throws(MirrorError) -> ManifestContent {
         let cached = try local.wrap { () throws(IndexError) in try index.tag(repository, tag) }
         let policy = policy(repository)
-        if let cached, Self.now - cached.checkedAt < Int64((maxAge ?? policy.tagTTL).components.seconds),
+        if let cached, now - cached.checkedAt < Int64((maxAge ?? policy.tagTTL).components.seconds),
            let content = try? local.manifestContent(cached.digest, mediaType: cached.mediaType) {
             return content
         }
@@ -132,7 +136,7 @@ public final class PullThroughRegistry: RegistryContent {
                 let head = try await upstream.manifest(repository.name, .tag(tag), head: true)
                 if let digest = head.digest {
                     if let cached, digest == cached.digest, var content = try? self.local.manifestContent(digest, mediaType: cached.mediaType) {
-                        try self.local.wrap { () throws(IndexError) in try self.index.touchTag(repository, tag, checkedAt: Self.now) }
+                        try self.local.wrap { () throws(IndexError) in try self.index.touchTag(repository, tag, checkedAt: self.now) }
                         content.cacheResult = .revalidated
                         return content
                     }
@@ -246,7 +250,7 @@ public final class PullThroughRegistry: RegistryContent {
         // A manifest of R names its blobs and children: R is known to hold them.
         for blob in document.blobs { batch.link(repository, blob.digest) }
         for child in document.manifests { batch.link(repository, child.digest) }
-        if let tag { batch.tag(repository, tag, actual, mediaType: mediaType, checkedAt: Self.now) }
+        if let tag { batch.tag(repository, tag, actual, mediaType: mediaType, checkedAt: now) }
         try record(batch, stored: actual, knownBefore: knownBefore)
         var content = ManifestContent(digest: actual, mediaType: mediaType, bytes: bytes)
         content.cacheResult = .miss
