@@ -85,6 +85,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Yams", package: "Yams"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),
         .testTarget(name: "EndToEndTests", dependencies: [
             "OCI", "Upstream",

@@ -22,6 +22,8 @@ public final class CacheMaintenance: Sendable {
     let logger: Logger
     let checkInterval: Duration
     let stats: MirrorStats?
+    /// Access times and the unindexed sweep's cutoff are read from it.
+    let clock: any MirrorClock
     private let accessed = Mutex<[Digest: Int64]>([:])
     private let leases = Mutex<[Digest: Int]>([:])
     private struct Wakeup {
@@ -31,8 +33,9 @@ public final class CacheMaintenance: Sendable {
     private let wakeup = Mutex(Wakeup())
 
     public init(store: any BlobStore, index: MetadataIndex, maxBytes: Int64?, checkInterval: Duration = .seconds(30),
-                stats: MirrorStats? = nil, logger: Logger) {
+                stats: MirrorStats? = nil, clock: any MirrorClock = .system, logger: Logger) {
         self.stats = stats
+        self.clock = clock
         self.store = store
         self.index = index
         self.maxBytes = maxBytes
@@ -44,7 +47,7 @@ public final class CacheMaintenance: Sendable {
 
     /// Marks `digest` as used now.
     public func touch(_ digest: Digest) {
-        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let now = clock.unixMilliseconds
         accessed.withLock { $0[digest] = now }
     }
 
@@ -122,7 +125,7 @@ public final class CacheMaintenance: Sendable {
     /// its blobs at its end). Walks the whole store, so it runs on demand (`gc`), not per pass.
     public func sweepUnindexed(olderThan age: TimeInterval = 6 * 3600, dryRun: Bool = false) throws -> [EvictionPlan.Blob] {
         let indexed = Set(try index.allBlobs().map(\.digest))
-        let cutoff = Date().addingTimeInterval(-age)
+        let cutoff = clock.now().addingTimeInterval(-age)
         var swept: [EvictionPlan.Blob] = []
         for digest in try store.allDigests() where !indexed.contains(digest) {
             guard case .file(let path, let size)? = store.location(of: digest),

@@ -84,14 +84,17 @@ public final class MirrorStats: UpstreamObserver, Sendable {
     }
 
     let factory: any MetricsFactory
-    let started = Date()
+    let clock: any MirrorClock
+    let started: Date
     private let state = Mutex(State())
     private let counters = Mutex<[String: Counter]>([:])
     private let timers = Mutex<[String: CoreMetrics.Timer]>([:])
     private let gauges = Mutex<[String: Gauge]>([:])
 
-    public init(factory: any MetricsFactory) {
+    public init(factory: any MetricsFactory, clock: any MirrorClock = .system) {
         self.factory = factory
+        self.clock = clock
+        started = clock.now()
     }
 
     // MARK: Events
@@ -173,7 +176,7 @@ public final class MirrorStats: UpstreamObserver, Sendable {
             if head.status >= 500 || head.status == 429 {
                 health.failures += 1
                 health.lastError = "HTTP \(head.status)"
-                health.lastErrorAt = Date()
+                health.lastErrorAt = clock.now()
             }
             for (name, value) in head.headers where name.hasPrefix("ratelimit-") || name.hasPrefix("x-ratelimit-") || name == "retry-after" {
                 health.rateLimit[name] = value
@@ -196,7 +199,7 @@ public final class MirrorStats: UpstreamObserver, Sendable {
             health.failures += 1
             health.bytes += bodyBytes
             health.lastError = message
-            health.lastErrorAt = Date()
+            health.lastErrorAt = clock.now()
             s.upstreams[upstream] = health
         }
         counter("registry_mirror_upstream_requests_total", [("upstream", upstream), ("status", "error")]).increment()
@@ -204,7 +207,7 @@ public final class MirrorStats: UpstreamObserver, Sendable {
     }
 
     public func upstreamAvailabilityChanged(_ upstream: String, down: Bool, nextCheck: Duration?, reason: String?) {
-        let now = Date()
+        let now = clock.now()
         let newlyDown = state.withLock { s in
             var health = s.upstreams[upstream, default: UpstreamHealth()]
             let wasDown = health.down

@@ -27,7 +27,7 @@ extension PullThroughRegistry {
     }
 
     /// The upstream's own list: its referrers API, or the tag scheme when it has none.
-    func upstreamReferrers(_ repository: RepositoryKey, _ digest: Digest, upstream: UpstreamRegistry) async throws(MirrorError) -> [Descriptor] {
+    func upstreamReferrers(_ repository: RepositoryKey, _ digest: Digest, upstream: any UpstreamClient) async throws(MirrorError) -> [Descriptor] {
         let bytes: [UInt8]?
         do {
             bytes = try await upstream.referrers(repository.name, digest)

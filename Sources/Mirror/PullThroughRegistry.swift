@@ -40,7 +40,7 @@ public struct UpstreamPolicy: Sendable {
 ///   hold it; otherwise the upstream is asked (HEAD) first.
 public final class PullThroughRegistry: RegistryContent {
     public let local: LocalRegistry
-    let upstreams: [String: UpstreamRegistry]
+    let upstreams: [String: any UpstreamClient]
     let policies: [String: UpstreamPolicy]
     let offline: Bool
     let maintenance: CacheMaintenance?
@@ -49,16 +49,19 @@ public final class PullThroughRegistry: RegistryContent {
     let prefetchChildManifests: Bool
     let stats: MirrorStats?
     let logger: Logger
+    /// Tag `checked_at` and the TTL are read from it.
+    let clock: any MirrorClock
     private let fills = Mutex<[String: BlobFill]>([:])
     private let manifestFlights = SingleFlight<String, ManifestContent>()
     /// The last referrers answer per (repository, subject), for when the upstream fails.
     let referrerCache = ReferrerCache(capacity: 4096)
     private let prefetchSlots = AsyncSemaphore(4)
 
-    public init(local: LocalRegistry, upstreams: [UpstreamRegistry], policies: [String: UpstreamPolicy] = [:],
+    public init(local: LocalRegistry, upstreams: [any UpstreamClient], policies: [String: UpstreamPolicy] = [:],
                 offline: Bool = false, maintenance: CacheMaintenance? = nil, prefetchChildManifests: Bool = true,
-                stats: MirrorStats? = nil, logger: Logger) {
+                stats: MirrorStats? = nil, clock: any MirrorClock = .system, logger: Logger) {
         self.local = local
+        self.clock = clock
         self.upstreams = Dictionary(upstreams.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         self.policies = policies
         self.offline = offline
@@ -72,13 +75,14 @@ public final class PullThroughRegistry: RegistryContent {
     var index: MetadataIndex { local.index }
 
     /// The upstream for a repository, or nil when offline or unknown.
-    func upstream(for repository: RepositoryKey) -> UpstreamRegistry? {
+    func upstream(for repository: RepositoryKey) -> (any UpstreamClient)? {
         offline ? nil : upstreams[repository.upstream]
     }
 
     func policy(_ repository: RepositoryKey) -> UpstreamPolicy { policies[repository.upstream] ?? UpstreamPolicy() }
 
-    static var now: Int64 { Int64(Date().timeIntervalSince1970) }
+    /// Unix seconds, as `checked_at` is stored.
+    var now: Int64 { clock.unixSeconds }
 
     // MARK: Manifests
 
@@ -119,10 +123,10 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     /// `maxAge` overrides the policy's tag TTL (`.zero`: always ask the upstream).
-    func manifest(_ repository: RepositoryKey, tag: Tag, upstream: UpstreamRegistry, maxAge: Duration? = nil) async throws(MirrorError) -> ManifestContent {
+    func manifest(_ repository: RepositoryKey, tag: Tag, upstream: any UpstreamClient, maxAge: Duration? = nil) async throws(MirrorError) -> ManifestContent {
         let cached = try local.wrap { () throws(IndexError) in try index.tag(repository, tag) }
         let policy = policy(repository)
-        if let cached, Self.now - cached.checkedAt < Int64((maxAge ?? policy.tagTTL).components.seconds),
+        if let cached, now - cached.checkedAt < Int64((maxAge ?? policy.tagTTL).components.seconds),
            let content = try? local.manifestContent(cached.digest, mediaType: cached.mediaType) {
             return content
         }
@@ -132,7 +136,7 @@ public final class PullThroughRegistry: RegistryContent {
                 let head = try await upstream.manifest(repository.name, .tag(tag), head: true)
                 if let digest = head.digest {
                     if let cached, digest == cached.digest, var content = try? self.local.manifestContent(digest, mediaType: cached.mediaType) {
-                        try self.local.wrap { () throws(IndexError) in try self.index.touchTag(repository, tag, checkedAt: Self.now) }
+                        try self.local.wrap { () throws(IndexError) in try self.index.touchTag(repository, tag, checkedAt: self.now) }
                         content.cacheResult = .revalidated
                         return content
                     }
@@ -161,7 +165,7 @@ public final class PullThroughRegistry: RegistryContent {
     /// The cached digest of a tag, served stale, when getting the new one would spend one of
     /// the last pulls the upstream's rate limit allows (`UpstreamPolicy.rateLimitReserve`).
     /// The HEAD that found the new digest is free against Docker Hub's limit; the GET is not.
-    func keepingReserve(_ cached: TagRecord?, repository: RepositoryKey, tag: Tag, upstream: UpstreamRegistry) -> ManifestContent? {
+    func keepingReserve(_ cached: TagRecord?, repository: RepositoryKey, tag: Tag, upstream: any UpstreamClient) -> ManifestContent? {
         let reserve = policy(repository).rateLimitReserve
         guard let cached, let remaining = upstream.rateLimitRemaining, remaining <= reserve, let content = stale(cached) else { return nil }
         logger.info("serving a stale tag: the upstream's rate limit is down to its reserve", metadata: [
@@ -178,7 +182,7 @@ public final class PullThroughRegistry: RegistryContent {
         return content
     }
 
-    func manifest(_ repository: RepositoryKey, digest: Digest, upstream: UpstreamRegistry) async throws(MirrorError) -> ManifestContent {
+    func manifest(_ repository: RepositoryKey, digest: Digest, upstream: any UpstreamClient) async throws(MirrorError) -> ManifestContent {
         let found = try local.wrap { () throws(IndexError) in try index.manifest(digest, in: repository) }
         // Bytes in memory need no stat of their file.
         if let (known, linked) = found, local.holdsInMemory(digest) || store.size(of: digest) != nil {
@@ -203,7 +207,7 @@ public final class PullThroughRegistry: RegistryContent {
 
     /// GETs a manifest, verifies it against `digest` (or computes its digest for a tag GET
     /// without one), stores it, and records links, children and the tag.
-    func fetchManifest(_ repository: RepositoryKey, digest expected: Digest?, tag: Tag?, upstream: UpstreamRegistry) async throws(MirrorError) -> ManifestContent {
+    func fetchManifest(_ repository: RepositoryKey, digest expected: Digest?, tag: Tag?, upstream: any UpstreamClient) async throws(MirrorError) -> ManifestContent {
         let reference: ManifestReference = expected.map { .digest($0) } ?? .tag(tag!)
         let response: UpstreamManifest
         do {
@@ -246,7 +250,7 @@ public final class PullThroughRegistry: RegistryContent {
         // A manifest of R names its blobs and children: R is known to hold them.
         for blob in document.blobs { batch.link(repository, blob.digest) }
         for child in document.manifests { batch.link(repository, child.digest) }
-        if let tag { batch.tag(repository, tag, actual, mediaType: mediaType, checkedAt: Self.now) }
+        if let tag { batch.tag(repository, tag, actual, mediaType: mediaType, checkedAt: now) }
         try record(batch, stored: actual, knownBefore: knownBefore)
         var content = ManifestContent(digest: actual, mediaType: mediaType, bytes: bytes)
         content.cacheResult = .miss
@@ -257,7 +261,7 @@ public final class PullThroughRegistry: RegistryContent {
     /// Child manifests are small and a client asks for one right after the index: fetch
     /// them in the background, a few at a time. The configured platforms' children always;
     /// others only up to `prefetchMaxChildren`, so one index cannot spend the rate limit.
-    func prefetchChildren(_ children: [Descriptor], repository: RepositoryKey, upstream: UpstreamRegistry) {
+    func prefetchChildren(_ children: [Descriptor], repository: RepositoryKey, upstream: any UpstreamClient) {
         let policy = policy(repository)
         let missing = Self.childrenToPrefetch(children, policy: policy) { store.size(of: $0) != nil }
         guard !missing.isEmpty else { return }
@@ -283,7 +287,7 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     /// Starts (or joins) downloads of an image manifest's blobs that are not cached yet.
-    func prefetchBlobs(of manifest: ManifestContent, repository: RepositoryKey, upstream: UpstreamRegistry) throws {
+    func prefetchBlobs(of manifest: ManifestContent, repository: RepositoryKey, upstream: any UpstreamClient) throws {
         let document = try ManifestDocument(bytes: manifest.bytes, contentType: manifest.mediaType)
         for blob in document.blobs where store.size(of: blob.digest) == nil {
             stats?.prefetched("blob")
@@ -375,7 +379,7 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     /// Repository scoping: link R to a cached blob only after the upstream confirms R holds it.
-    func ensureLinked(_ repository: RepositoryKey, _ digest: Digest, upstream: UpstreamRegistry) async throws(MirrorError) {
+    func ensureLinked(_ repository: RepositoryKey, _ digest: Digest, upstream: any UpstreamClient) async throws(MirrorError) {
         if try local.wrap({ () throws(IndexError) in try index.isLinked(repository, digest) }) { return }
         let size: Int64?
         do {
@@ -391,7 +395,7 @@ public final class PullThroughRegistry: RegistryContent {
         try local.wrap { () throws(IndexError) in try index.record(batch) }
     }
 
-    func fillKey(_ upstream: UpstreamRegistry, _ digest: Digest) -> String { "\(upstream.name)|\(digest)" }
+    func fillKey(_ upstream: any UpstreamClient, _ digest: Digest) -> String { "\(upstream.name)|\(digest)" }
 
     /// Downloads in progress, for the status page: upstream, digest, bytes so far, size.
     public var activeFills: [(upstream: String, digest: Digest, written: Int64, size: Int64?)] {
@@ -404,7 +408,7 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     /// Joins the running download of `digest`, or starts one.
-    func startOrJoinFill(_ repository: RepositoryKey, _ digest: Digest, upstream: UpstreamRegistry) throws(MirrorError) -> BlobFill {
+    func startOrJoinFill(_ repository: RepositoryKey, _ digest: Digest, upstream: any UpstreamClient) throws(MirrorError) -> BlobFill {
         let key = fillKey(upstream, digest)
         // Looked up before the lock: a chunked upstream sends no length, and this is the one
         // a client can be told in its place.
@@ -437,14 +441,14 @@ public final class PullThroughRegistry: RegistryContent {
         return fill
     }
 
-    func runFill(_ fill: BlobFill, writer: any BlobWriter, repository: RepositoryKey, upstream: UpstreamRegistry, key: String) async {
+    func runFill(_ fill: BlobFill, writer: any BlobWriter, repository: RepositoryKey, upstream: any UpstreamClient, key: String) async {
         let digest = fill.digest
         let sink = FillSink(writer: writer, fill: fill)
         let outcome: BlobFill.Outcome
         var level = Logger.Level.warning
         do {
             do {
-                _ = try await upstream.fetchBlob(repository.name, digest, sink: sink)
+                _ = try await upstream.fetchBlob(repository.name, digest, sink: sink, from: 0)
             } catch {
                 // The transfer reports a sink that gave up as the upstream's fault; it was ours.
                 if let storeError = sink.storeError { throw storeError }
@@ -522,7 +526,7 @@ public final class PullThroughRegistry: RegistryContent {
     public func tags(_ repository: RepositoryKey) async throws(MirrorError) -> [String] {
         guard let upstream = upstream(for: repository) else { return try await local.tags(repository) }
         do {
-            return try await upstream.tags(repository.name).sorted()
+            return try await upstream.tags(repository.name, maxPages: 50).sorted()
         } catch {
             if error.isUpstreamFailure, let cached = try? await local.tags(repository) { return cached }
             throw Self.map(error, upstream: upstream, what: "\(repository)", unknown: .nameUnknown)
@@ -531,7 +535,7 @@ public final class PullThroughRegistry: RegistryContent {
 
     // MARK: Errors
 
-    static func map(_ error: UpstreamError, upstream: UpstreamRegistry, what: String, unknown: MirrorError.Code) -> MirrorError {
+    static func map(_ error: UpstreamError, upstream: any UpstreamClient, what: String, unknown: MirrorError.Code) -> MirrorError {
         switch error.code {
         case .notFound: return MirrorError(unknown, "\(what) is not on \(upstream.name): \(error.message)")
         case .denied: return MirrorError(.upstreamDenied, error.message)
@@ -541,7 +545,7 @@ public final class PullThroughRegistry: RegistryContent {
         }
     }
 
-    static func map(_ error: any Error, upstream: UpstreamRegistry, what: String, unknown: MirrorError.Code) -> MirrorError {
+    static func map(_ error: any Error, upstream: any UpstreamClient, what: String, unknown: MirrorError.Code) -> MirrorError {
         if let error = error as? UpstreamError { return map(error, upstream: upstream, what: what, unknown: unknown) }
         if let error = error as? MirrorError { return error }
         return MirrorError(.internal, "\(error)")

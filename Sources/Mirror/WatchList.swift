@@ -89,11 +89,14 @@ public final class WatchList: Sendable {
 
     public var snapshot: Snapshot { state.withLock { $0 } }
 
+    /// The registry's clock: the times shown are those its tags are checked by.
+    var clock: any MirrorClock { registry.clock }
+
     /// Refreshes every image now and then every `interval`, until the task is cancelled.
     public func run() async {
         while !Task.isCancelled {
             await refresh()
-            let next = Date().addingTimeInterval(Self.seconds(interval))
+            let next = clock.now().addingTimeInterval(Self.seconds(interval))
             state.withLock { $0.nextRun = next }
             do {
                 try await Task.sleep(for: interval)
@@ -107,14 +110,14 @@ public final class WatchList: Sendable {
     public func refresh() async {
         state.withLock {
             $0.running = true
-            $0.lastRunStarted = Date()
+            $0.lastRunStarted = clock.now()
             $0.nextRun = nil
         }
         defer {
             state.withLock {
                 $0.running = false
                 $0.runs += 1
-                $0.lastRunFinished = Date()
+                $0.lastRunFinished = clock.now()
             }
         }
         for (position, image) in images.enumerated() {
@@ -134,7 +137,7 @@ public final class WatchList: Sendable {
             }
             // Used now, as far as eviction is concerned: watched images go last.
             registry.maintenance?.touch(result.digest)
-            let now = Date()
+            let now = clock.now()
             let bytes = fetched.total
             let updated = known != result.digest
             state.withLock {
@@ -156,7 +159,7 @@ public final class WatchList: Sendable {
             guard !Task.isCancelled else { return }
             state.withLock {
                 $0.images[position].outcome = .failed
-                $0.images[position].checkedAt = Date()
+                $0.images[position].checkedAt = clock.now()
                 $0.images[position].error = error.message
             }
             logger.warning("watch list: refresh failed", metadata: metadata.merging(["error": "\(error.message)"]) { $1 })
