@@ -58,6 +58,11 @@ enum Migrations {
         UPDATE blobs SET last_access_ms = last_access_ms * 1000;
         CREATE INDEX index_children_child ON index_children(child);
         """,
+        // 3: eviction finds and deletes an image's tags by digest; without this index each
+        // evicted image scanned the whole tags table twice (bench/scale.sh, docs/benchmarks.md)
+        """
+        CREATE INDEX tags_digest ON tags(digest);
+        """,
     ]
 
     static func apply(to db: SQLiteConnection) throws(IndexError) {

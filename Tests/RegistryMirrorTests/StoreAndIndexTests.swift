@@ -98,8 +98,8 @@ import Testing
     @Test func migratesAndReopens() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        #expect(try MetadataIndex(path: dir.path + "/i.sqlite").schemaVersion() == 2)
-        #expect(try MetadataIndex(path: dir.path + "/i.sqlite").schemaVersion() == 2)
+        #expect(try MetadataIndex(path: dir.path + "/i.sqlite").schemaVersion() == 3)
+        #expect(try MetadataIndex(path: dir.path + "/i.sqlite").schemaVersion() == 3)
     }
 
     @Test func recordsAndScopesContent() throws {
