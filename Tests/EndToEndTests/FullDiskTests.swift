@@ -49,7 +49,7 @@ struct FullDiskTests {
         #expect(failure == ENOSPC, "filling the tmpfs stopped with errno \(failure)")
 
         var full = ready
-        try await waitUntil("/readyz to answer 503 on the full disk", timeout: .seconds(5)) {
+        try await waitUntil("/readyz to answer 503 on the full disk", timeout: .seconds(30)) {
             full = try RawHTTP.get(port: mirror.port, path: "/readyz")
             return full.status == 503
         }
@@ -58,7 +58,7 @@ struct FullDiskTests {
         #expect(try RawHTTP.get(port: mirror.port, path: "/healthz").status == 200, "alive, though not ready")
 
         unlink(filler)
-        try await waitUntil("/readyz to answer 200 once space is freed", timeout: .seconds(5)) {
+        try await waitUntil("/readyz to answer 200 once space is freed", timeout: .seconds(30)) {
             try RawHTTP.get(port: mirror.port, path: "/readyz").status == 200
         }
     }
