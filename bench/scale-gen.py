@@ -6,8 +6,8 @@
 BLOBS / 10 images, each one OCI image manifest, one config and 8 layers of a few bytes
 (10 blobs, none shared), 10 images (tags v0..v9) per repository under the upstream
 "docker.io". Every blob is a real file under DATA_DIR/blobs/sha256/xx/<hex> whose bytes
-hash to its name; the index rows follow Sources/MetadataIndex/Migrations.swift exactly
-(schema version 3) and what MetadataIndex.record(_:) writes for a pulled image. Image i
+hash to its name; the schema is created by the binary itself (`registry-mirror ls` on the
+empty directory), and the rows follow what MetadataIndex.record(_:) writes for a pulled image. Image i
 was last used at a time that grows with i, in a shuffled order, so eviction has an LRU order
 to follow that is not the insertion order.
 
@@ -20,64 +20,6 @@ import random
 import sqlite3
 import sys
 import time
-
-SCHEMA = [
-    """
-    CREATE TABLE upstreams(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-    CREATE TABLE repositories(
-      id INTEGER PRIMARY KEY,
-      upstream_id INTEGER NOT NULL REFERENCES upstreams(id) ON DELETE CASCADE,
-      name TEXT NOT NULL,
-      UNIQUE(upstream_id, name));
-    CREATE TABLE blobs(
-      digest TEXT PRIMARY KEY,
-      size INTEGER NOT NULL,
-      added_at INTEGER NOT NULL,
-      last_access INTEGER NOT NULL,
-      pinned INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
-    CREATE TABLE manifests(
-      digest TEXT PRIMARY KEY,
-      media_type TEXT NOT NULL,
-      size INTEGER NOT NULL,
-      subject TEXT,
-      artifact_type TEXT,
-      annotations TEXT) WITHOUT ROWID;
-    CREATE INDEX manifests_subject ON manifests(subject) WHERE subject IS NOT NULL;
-    CREATE TABLE manifest_references(
-      manifest TEXT NOT NULL REFERENCES manifests(digest) ON DELETE CASCADE,
-      blob TEXT NOT NULL,
-      PRIMARY KEY(manifest, blob)) WITHOUT ROWID;
-    CREATE INDEX manifest_references_blob ON manifest_references(blob);
-    CREATE TABLE index_children(
-      index_digest TEXT NOT NULL REFERENCES manifests(digest) ON DELETE CASCADE,
-      child TEXT NOT NULL,
-      media_type TEXT NOT NULL,
-      size INTEGER NOT NULL,
-      os TEXT, architecture TEXT, variant TEXT,
-      position INTEGER NOT NULL,
-      PRIMARY KEY(index_digest, child)) WITHOUT ROWID;
-    CREATE TABLE tags(
-      repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
-      name TEXT NOT NULL,
-      digest TEXT NOT NULL,
-      media_type TEXT NOT NULL,
-      checked_at INTEGER NOT NULL,
-      PRIMARY KEY(repository_id, name)) WITHOUT ROWID;
-    CREATE TABLE repository_blobs(
-      repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
-      digest TEXT NOT NULL,
-      PRIMARY KEY(repository_id, digest)) WITHOUT ROWID;
-    CREATE INDEX repository_blobs_digest ON repository_blobs(digest);
-    """,
-    """
-    ALTER TABLE blobs RENAME COLUMN last_access TO last_access_ms;
-    UPDATE blobs SET last_access_ms = last_access_ms * 1000;
-    CREATE INDEX index_children_child ON index_children(child);
-    """,
-    """
-    CREATE INDEX tags_digest ON tags(digest);
-    """,
-]
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -141,12 +83,11 @@ def main():
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=OFF")
     db.execute("PRAGMA cache_size=-1000000")
+    # The schema is the binary's own (scale.sh runs `registry-mirror ls` on the empty
+    # directory first), so this generator can never drift from Migrations.swift.
+    if db.execute("PRAGMA user_version").fetchone()[0] == 0:
+        sys.exit("no schema in %s: create it with `registry-mirror ls --data-dir %s` first" % (db_path, data))
     db.execute("BEGIN")
-    for sql in SCHEMA:  # statement by statement: executescript would commit
-        for statement in sql.split(";"):
-            if statement.strip():
-                db.execute(statement)
-    db.execute("PRAGMA user_version = %d" % len(SCHEMA))
     db.execute("INSERT INTO upstreams(id, name) VALUES (1, 'docker.io')")
     db.executemany("INSERT INTO repositories(id, upstream_id, name) VALUES (?, 1, ?)",
                    [(r, "scale/r%06d" % r) for r in range(1, repositories + 1)])
