@@ -1,0 +1,136 @@
+import ContentStore
+import Logging
+import MetadataIndex
+import OCI
+import Synchronization
+import Upstream
+
+// Blob fills: one upstream download per (upstream, digest), shared by every reader, verified,
+// then published and recorded (see BlobFill and docs/architecture.md, "Pull-through").
+extension PullThroughRegistry {
+    func fillKey(_ upstream: any UpstreamClient, _ digest: Digest) -> String { "\(upstream.name)|\(digest)" }
+
+    /// Downloads in progress, for the status page: upstream, digest, bytes so far, size.
+    public var activeFills: [(upstream: String, digest: Digest, written: Int64, size: Int64?)] {
+        fills.withLock { fills in
+            fills.map { key, fill in
+                let snapshot = fill.snapshot
+                return (String(key.prefix { $0 != "|" }), fill.digest, snapshot.written, snapshot.size)
+            }
+        }.sorted { $0.digest.description < $1.digest.description }
+    }
+
+    /// Joins the running download of `digest`, or starts one.
+    func startOrJoinFill(_ repository: RepositoryKey, _ digest: Digest, upstream: any UpstreamClient) throws(MirrorError) -> BlobFill {
+        let key = fillKey(upstream, digest)
+        // Looked up before the lock: a chunked upstream sends no length, and this is the one
+        // a client can be told in its place.
+        let expectedSize = fills.withLock({ $0[key] }) == nil ? try descriptorSize(of: digest, in: repository) : nil
+        let started: (BlobFill, (any BlobWriter)?) = try fills.withLock { (fills) throws(MirrorError) in
+            if let fill = fills[key] { return (fill, nil) }
+            let writer: any BlobWriter
+            let file: ReadableFile
+            do throws(StoreError) {
+                writer = try store.makeWriter(expecting: digest, size: nil)
+                file = try writer.openForReading()
+            } catch {
+                throw MirrorError(.storeFailed, "the local store cannot start a download of \(digest): \(error.message)")
+            }
+            let fill = BlobFill(digest: digest, file: file, expectedSize: expectedSize)
+            fills[key] = fill
+            return (fill, writer)
+        }
+        guard let writer = started.1 else {
+            logger.debug("joined a running download", metadata: ["oci.digest": "\(digest)", "cache.result": "join"])
+            stats?.cache(.blob, .join)
+            return started.0
+        }
+        stats?.cache(.blob, .miss)
+        let fill = started.0
+        // Detached from the request: a client hanging up does not cancel the shared download.
+        Task.detached { [self] in
+            await runFill(fill, writer: writer, repository: repository, upstream: upstream, key: key)
+        }
+        return fill
+    }
+
+    func runFill(_ fill: BlobFill, writer: any BlobWriter, repository: RepositoryKey, upstream: any UpstreamClient, key: String) async {
+        let digest = fill.digest
+        let sink = FillSink(writer: writer, fill: fill)
+        let outcome: BlobFill.Outcome
+        var level = Logger.Level.warning
+        do {
+            do {
+                _ = try await upstream.fetchBlob(repository.name, digest, sink: sink, from: 0)
+            } catch {
+                // The transfer reports a sink that gave up as the upstream's fault; it was ours.
+                if let storeError = sink.storeError { throw storeError }
+                throw error
+            }
+            if let told = fill.snapshot.size, told != writer.bytesWritten {
+                throw StoreError(.verification, "\(writer.bytesWritten) bytes arrived, \(told) were announced")
+            }
+            // Verified bytes may be sent in full now; durability (fsync, rename) follows.
+            try writer.verify()
+            fill.verified()
+            try await publish(writer, repository: repository)
+            maintenance?.nudge()
+            outcome = .done
+            logger.info("blob cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "bytes": "\(writer.bytesWritten)", "cache.result": "fill"])
+        } catch let error as UpstreamError {
+            writer.abort()
+            // A blob the upstream does not have is the client's question, not a fault; and an
+            // upstream marked down was logged as such once.
+            if error.code == .notFound || error.markedDown { level = .debug }
+            outcome = .failed(Self.map(error, upstream: upstream, what: "\(repository)@\(digest)", unknown: .blobUnknown))
+        } catch let error as StoreError where error.code == .verification {
+            writer.abort()
+            stats?.verificationFailed()
+            outcome = .failed(MirrorError(.invalidContent, "\(upstream.name) sent a bad blob for \(repository)@\(digest): \(error.message)"))
+        } catch let error as StoreError {
+            writer.abort()
+            stats?.storeFailed()
+            outcome = .failed(MirrorError(.storeFailed, "the local store failed while caching \(digest): \(error.message)"))
+        } catch let error as MirrorError {
+            writer.abort()
+            outcome = .failed(error)
+        } catch {
+            writer.abort()
+            outcome = .failed(MirrorError(.internal, "download of \(digest) failed: \(error)"))
+        }
+        if case .failed(let error) = outcome {
+            logger.log(level: level, "blob download failed; nothing was cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "error": "\(error.message)"])
+        }
+        // Leave the in-flight map first: a request arriving now starts afresh (or finds the
+        // published blob) instead of joining a download that already failed.
+        fills.withLock { fills in
+            if fills[key] === fill { fills[key] = nil }
+        }
+        fill.finished(outcome)
+    }
+
+    /// Makes a verified blob durable and visible, then records it. fsync and rename block, so
+    /// they run on a thread of their own, off the cooperative pool. A blob the index cannot
+    /// record is deleted again (unless the index already knew it): nothing unindexed stays.
+    func publish(_ writer: any BlobWriter, repository: RepositoryKey) async throws {
+        let digest = writer.digest
+        let knownBefore = try local.wrap { () throws(IndexError) in try index.blobSize(digest) } != nil
+        try await BlockingWork.run { try writer.commit() }
+        var batch = ContentBatch()
+        batch.addBlob(digest, size: writer.bytesWritten)
+        batch.link(repository, digest)
+        try record(batch, stored: digest, knownBefore: knownBefore)
+    }
+
+    /// Records what was just stored; if the index refuses, the stored file goes again (unless
+    /// the index already knew it), so no file stays that the index does not know.
+    func record(_ batch: ContentBatch, stored digest: Digest, knownBefore: Bool) throws(MirrorError) {
+        do {
+            try index.record(batch)
+        } catch {
+            if !knownBefore { try? store.delete(digest) }
+            stats?.storeFailed()
+            throw MirrorError(.storeFailed, "the local index cannot record \(digest): \(error.message)")
+        }
+    }
+}
