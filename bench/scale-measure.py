@@ -34,6 +34,18 @@ import urllib.request
 ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 
 
+def wait_ok(port, path, timeout):
+    """Polls GET path until it answers 200."""
+    while True:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=timeout) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.002)
+
+
 def median(xs):
     return statistics.median(xs) if xs else None
 
@@ -52,23 +64,9 @@ def start_server(binary, data):
     if port is None:
         raise SystemExit("the server did not start")
     t_listen = time.perf_counter() - t0
-    while True:
-        try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=5) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        time.sleep(0.002)
+    wait_ok(port, "/healthz", timeout=5)
     t_health = time.perf_counter() - t0
-    while True:  # /readyz queries the index and writes a probe file
-        try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % port, timeout=30) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        time.sleep(0.002)
+    wait_ok(port, "/readyz", timeout=30)  # /readyz queries the index and writes a probe file
     t_ready = time.perf_counter() - t0
     return proc, port, t_listen, t_health, t_ready
 
