@@ -7,9 +7,9 @@ import Upstream
 /// One upstream download of one blob, shared by every client that asks for it meanwhile.
 ///
 /// The download thread appends to the store's temporary file (hashing as it goes) and
-/// advances a "bytes written" mark. The fill holds that file open from its first byte, so
-/// readers read through the fill's descriptor, never a path: the publishing rename and a
-/// later eviction cannot pull the file from under them. Each reader streams from its own
+/// advances a "bytes written" mark. The fill holds that file open from its first byte (its
+/// spool) and hands out readers (`reader()`), never the file: the publishing rename and a
+/// later eviction cannot pull the bytes from under them. Each reader streams from its own
 /// offset and, when it catches up, parks until the mark moves. The producer never waits for
 /// readers. At the end the store verifies digest and size, fsyncs and renames; only then is
 /// the blob a cache entry. A failure wakes every reader with the error, and nothing is kept.
@@ -42,7 +42,7 @@ public final class BlobFill: Sendable {
     /// The size a cached manifest names for this blob, used when the upstream sends none.
     let expectedSize: Int64?
     /// The growing file, open for reading; it stays readable after the rename and any delete.
-    public let file: ReadableFile
+    let file: ReadableFile
     private let state = Mutex(State())
 
     init(digest: Digest, file: ReadableFile, expectedSize: Int64? = nil) {
@@ -74,6 +74,11 @@ public final class BlobFill: Sendable {
     }
 
     // MARK: Reader side
+
+    /// A reader of this download, as a stored blob's reader looks: it waits for bytes as they
+    /// arrive, holds back the last one until the digest is verified, and throws the fill's
+    /// failure, so a response built on it is cut rather than completed with wrong bytes.
+    public func reader() -> some BlobReader { FillReader(fill: self) }
 
     public var snapshot: (size: Int64?, written: Int64, outcome: Outcome) {
         state.withLock { ($0.size, $0.written, $0.outcome) }
@@ -189,6 +194,35 @@ extension BlobFill.Outcome {
     var isRunning: Bool {
         if case .running = self { return true }
         return false
+    }
+}
+
+/// Reads a fill's spool as it grows (see `BlobFill.reader()`).
+struct FillReader: BlobReader {
+    let fill: BlobFill
+
+    func size() async throws -> Int64? { try await fill.size() }
+
+    func chunks(from offset: Int64, length: Int64?) -> BlobChunks {
+        let fill = self.fill
+        return BlobChunks(from: offset, length: length) { at, maxLength throws in
+            let end = try await fill.sendable(beyond: at)
+            return try fill.file.read(at: at, maxLength: Int(min(Int64(maxLength), end - at)))
+        }
+    }
+
+    var fileRegions: FileRegionSource? {
+        let fill = self.fill
+        return FileRegionSource(file: fill.file) { try await fill.sendable(beyond: $0) }
+    }
+}
+
+extension BlobFill {
+    /// Where the bytes that may be sent end, once there are some beyond `offset`; `offset`
+    /// itself when every byte was sent. Throws the fill's failure.
+    func sendable(beyond offset: Int64) async throws(MirrorError) -> Int64 {
+        let available = try await available(beyond: offset)
+        return max(offset, available.sendable)
     }
 }
 

@@ -1,4 +1,4 @@
-import ContentStore
+@testable import ContentStore
 import Foundation
 import MetadataIndex
 import Mirror
@@ -12,16 +12,17 @@ import Testing
         let store = try FileSystemStore(root: dir.path)
         let bytes = Array("layer bytes".utf8)
         let digest = DigestHasher.digest(of: bytes)
-        let writer = try store.makeWriter(expecting: digest, size: Int64(bytes.count))
+        let writer = try store.makeFileWriter(expecting: digest, size: Int64(bytes.count))
         try bytes.withUnsafeBytes { try writer.write(UnsafeRawBufferPointer(rebasing: $0.prefix(5))) }
         #expect(store.size(of: digest) == nil, "nothing is visible before commit")
         #expect(FileManager.default.fileExists(atPath: writer.temporaryPath))
         try bytes.withUnsafeBytes { try writer.write(UnsafeRawBufferPointer(rebasing: $0.dropFirst(5))) }
-        try writer.commit()
+        try writer.commitNow()
         #expect(store.size(of: digest) == Int64(bytes.count))
         #expect(try store.read(digest, limit: 100) == bytes)
         #expect(!FileManager.default.fileExists(atPath: writer.temporaryPath))
-        #expect(store.location(of: digest) == .file(path: dir.path + "/blobs/" + digest.shardedPath, size: Int64(bytes.count)))
+        #expect(store.path(of: digest) == dir.path + "/blobs/" + digest.shardedPath)
+        #expect(try store.openFile(digest)?.size == Int64(bytes.count))
         #expect(try store.allDigests() == [digest])
     }
 
@@ -30,9 +31,9 @@ import Testing
         defer { dir.remove() }
         let store = try FileSystemStore(root: dir.path)
         let digest = DigestHasher.digest(of: Array("expected".utf8))
-        let writer = try store.makeWriter(expecting: digest, size: 8)
+        let writer = try store.makeFileWriter(expecting: digest, size: 8)
         try Array("tampered".utf8).withUnsafeBytes { try writer.write($0) }
-        #expect(throws: StoreError.self) { try writer.commit() }
+        #expect(throws: StoreError.self) { try writer.commitNow() }
         #expect(store.size(of: digest) == nil)
         #expect(!FileManager.default.fileExists(atPath: writer.temporaryPath), "the temp file is removed")
     }
@@ -43,10 +44,10 @@ import Testing
         let store = try FileSystemStore(root: dir.path)
         let bytes = Array("0123456789".utf8)
         let digest = DigestHasher.digest(of: bytes)
-        let short = try store.makeWriter(expecting: digest, size: 10)
+        let short = try store.makeFileWriter(expecting: digest, size: 10)
         try bytes.withUnsafeBytes { try short.write(UnsafeRawBufferPointer(rebasing: $0.prefix(9))) }
-        #expect(throws: StoreError.self) { try short.commit() }
-        let long = try store.makeWriter(expecting: digest, size: 9)
+        #expect(throws: StoreError.self) { try short.commitNow() }
+        let long = try store.makeFileWriter(expecting: digest, size: 9)
         #expect(throws: StoreError.self) { try bytes.withUnsafeBytes { try long.write($0) } }
         long.abort()
         #expect(store.size(of: digest) == nil)
@@ -60,7 +61,7 @@ import Testing
         let bytes = [UInt8](repeating: 7, count: 1 << 20)
         let digest = DigestHasher.digest(of: bytes)
         do {
-            let writer = try store.makeWriter(expecting: digest, size: Int64(bytes.count))
+            let writer = try store.makeFileWriter(expecting: digest, size: Int64(bytes.count))
             try bytes.withUnsafeBytes { try writer.write(UnsafeRawBufferPointer(rebasing: $0.prefix(1000))) }
             // the writer is dropped without commit, as when a download fails
         }
