@@ -34,6 +34,8 @@ public final class BlobFill: Sendable {
         /// Digest and size checked: the last byte may go out before the fsync and rename.
         var verified = false
         var outcome: Outcome = .running
+        /// Readers handed out and still alive: responses streaming this download.
+        var readers = 0
         var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter = 0
     }
@@ -64,7 +66,7 @@ public final class BlobFill: Sendable {
     func verified() { update { $0.verified = true } }
     func finished(_ outcome: Outcome) { update { $0.outcome = outcome } }
 
-    private func update(_ change: (inout State) -> Void) {
+    func update(_ change: (inout State) -> Void) {
         let waiters = state.withLock { s -> Dictionary<Int, CheckedContinuation<Void, Never>>.Values in
             change(&s)
             defer { s.waiters.removeAll() }
@@ -78,7 +80,13 @@ public final class BlobFill: Sendable {
     /// A reader of this download, as a stored blob's reader looks: it waits for bytes as they
     /// arrive, holds back the last one until the digest is verified, and throws the fill's
     /// failure, so a response built on it is cut rather than completed with wrong bytes.
-    public func reader() -> some BlobReader { FillReader(fill: self) }
+    public func reader() -> some BlobReader { FillReader(fill: self, token: ReaderToken(fill: self)) }
+
+    /// Returns once nobody reads this download any more (or it ended): while the server
+    /// shuts down, a download no response is waiting for is not worth finishing.
+    func unread() async {
+        await waitUntil { $0.readers == 0 || !$0.isRunning }
+    }
 
     public var snapshot: (size: Int64?, written: Int64, outcome: Outcome) {
         state.withLock { ($0.size, $0.written, $0.outcome) }
@@ -200,6 +208,8 @@ extension BlobFill.Outcome {
 /// Reads a fill's spool as it grows (see `BlobFill.reader()`).
 struct FillReader: BlobReader {
     let fill: BlobFill
+    /// Counts this reader (and its copies) among the fill's readers while it lives.
+    let token: ReaderToken
 
     func size() async throws -> Int64? { try await fill.size() }
 
@@ -215,6 +225,16 @@ struct FillReader: BlobReader {
         let fill = self.fill
         return FileRegionSource(file: fill.file) { try await fill.sendable(beyond: $0) }
     }
+}
+
+/// One reader of a fill, counted from its making to its end.
+final class ReaderToken: Sendable {
+    let fill: BlobFill
+    init(fill: BlobFill) {
+        self.fill = fill
+        fill.update { $0.readers += 1 }
+    }
+    deinit { fill.update { $0.readers -= 1 } }
 }
 
 extension BlobFill {

@@ -48,7 +48,7 @@ extension PullThroughRegistry {
             writer.abort()
             return joined(running)
         }
-        let started = fillService.start(.fill) { [self] in
+        let started = fillService.start(.fill, unwanted: { await fill.unread() }) { [self] in
             await runFill(fill, writer: writer, repository: repository, upstream: upstream, key: key)
         }
         guard started else {

@@ -208,11 +208,17 @@ public struct Seeder: Sendable {
             progress(.blobFinished(image: name, digest: digest, bytes: size, cached: true))
             return size
         }
-        let content = try await registry.blob(repository, digest)
-        guard let fill = content.fill else {
-            let size = try await LocalRegistry.size(of: content.reader, digest) ?? blob.size
-            progress(.blobFinished(image: name, digest: digest, bytes: size, cached: true))
-            return size
+        // Only the fill is kept, not a reader of it: a seed waits for the download but streams
+        // none of it, so a server that shuts down need not finish it.
+        let fill: BlobFill
+        do {
+            let content = try await registry.blob(repository, digest)
+            guard let filling = content.fill else {
+                let size = try await LocalRegistry.size(of: content.reader, digest) ?? blob.size
+                progress(.blobFinished(image: name, digest: digest, bytes: size, cached: true))
+                return size
+            }
+            fill = filling
         }
         var seen: Int64 = -1
         while true {

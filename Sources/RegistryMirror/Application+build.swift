@@ -94,17 +94,49 @@ struct FillsService: Service {
     }
 }
 
-/// The composition root: builds the whole server from settings.
+/// The composition root: builds the whole server from settings, its fills and prefetches
+/// owned by a `FillsService` among the application's services.
 public func buildApplication(
     _ settings: ServeSettings,
     logger: Logger,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) throws -> some ApplicationProtocol {
+    let fills = FillService(logger: logger)
+    var app = try makeApplication(settings, logger: logger, fills: fills, onServerRunning: onServerRunning)
+    app.addServices(FillsService(fills: fills, grace: settings.fillShutdownGrace))
+    return app
+}
+
+/// Runs `serve` until SIGTERM or SIGINT.
+///
+/// The fills service runs beside the application, after it, so a graceful shutdown reaches
+/// it first: it takes no new downloads, gives running ones `fillShutdownGrace`, and cancels the
+/// rest (their clients' bodies are cut; nothing partial is kept). Only then does the HTTP
+/// server drain its connections, which no stalled download holds open any more. Inside the
+/// application, services are shut down after the server, which would wait for those clients.
+public func runServer(
+    _ settings: ServeSettings,
+    logger: Logger,
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+) async throws {
+    let fills = FillService(logger: logger)
+    let app = try makeApplication(settings, logger: logger, fills: fills, onServerRunning: onServerRunning)
+    let group = ServiceGroup(configuration: .init(
+        services: [app, FillsService(fills: fills, grace: settings.fillShutdownGrace)],
+        gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await group.run()
+}
+
+func makeApplication(
+    _ settings: ServeSettings,
+    logger: Logger,
+    fills: FillService,
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void
+) throws -> Application<RouterResponder<RegistryRequestContext>> {
     // Metrics go to a registry of this application's own, not a process-wide bootstrap,
     // so several applications (tests) can live in one process.
     let prometheus = PrometheusCollectorRegistry()
     let stats = MirrorStats(factory: PrometheusMetricsFactory(registry: prometheus))
-    let fills = FillService(logger: logger)
     let (data, content, maintenance) = try settings.makeCache(logger: logger, stats: stats, fills: fills)
     let watch = try makeWatchList(settings, content: content, logger: logger)
     stats.register(upstreams: settings.upstreams.map(\.name))
@@ -154,7 +186,6 @@ public func buildApplication(
         logger: logger
     )
     app.addServices(MaintenanceService(maintenance: maintenance))
-    app.addServices(FillsService(fills: fills, grace: settings.fillShutdownGrace))
     if let watch { app.addServices(WatchService(watch: watch)) }
     return app
 }

@@ -3,9 +3,45 @@ import Foundation
 import MetadataIndex
 import Mirror
 import OCI
+import Synchronization
 import Testing
 
 @Suite struct FileSystemStoreTests {
+    @Test("FileSystemStore passes the BlobStore conformance suite")
+    func conformance() async throws {
+        let root = try TemporaryDirectory()
+        defer { root.remove() }
+        let counter = Counter()
+        try await BlobStoreConformance {
+            try FileSystemStore(root: root.path + "/store-\(counter.next())")
+        }.run()
+        // Whatever the checks did, no write is left half-done on disk.
+        #expect(regularFiles(under: root.path).filter { $0.hasSuffix(".part") }.isEmpty)
+    }
+
+    @Test("a store reopened after a crash mid-write shows nothing of it and sweeps its temp file")
+    func crashMidWriteIsSweptOnReopen() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let bytes = [UInt8](repeating: 9, count: 10_000)
+        let digest = DigestHasher.digest(of: bytes)
+        // A crashed process: its temp folder holds a half-written blob and nobody holds its lock.
+        do {
+            let crashed = try FileSystemStore(root: dir.path)
+            let writer = try crashed.makeFileWriter(expecting: digest, size: Int64(bytes.count))
+            try bytes.withUnsafeBytes { try writer.write(UnsafeRawBufferPointer(rebasing: $0.prefix(4000))) }
+            let leftover = dir.path + "/tmp/dead"
+            try FileManager.default.createDirectory(atPath: leftover, withIntermediateDirectories: true)
+            _ = FileManager.default.createFile(atPath: leftover + "/.lock", contents: nil)
+            try FileManager.default.copyItem(atPath: writer.temporaryPath, toPath: leftover + "/1.part")
+            writer.abort()
+        }
+        let reopened = try FileSystemStore(root: dir.path)
+        #expect(reopened.size(of: digest) == nil)
+        #expect(try reopened.allDigests().isEmpty)
+        #expect(regularFiles(under: dir.path).filter { $0.hasSuffix(".part") }.isEmpty, "a dead process's temp file survived the reopen")
+    }
+
     @Test func verifiedWriteBecomesVisibleAtomically() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
@@ -158,4 +194,10 @@ import Testing
         #expect(try router.route(path: "quay.io/a", namespace: nil).description == "quay.io/a")
         #expect(throws: MirrorError.self) { try router.route(path: "ghcr.io/Org", namespace: nil) }
     }
+}
+
+/// Numbers for store roots, one per call.
+final class Counter: Sendable {
+    private let value = Mutex(0)
+    func next() -> Int { value.withLock { $0 += 1; return $0 } }
 }
