@@ -85,7 +85,6 @@ let package = Package(
         .executableTarget(name: "registry-mirror", dependencies: [
             "RegistryMirror", "Bundles", "OCI", "MetadataIndex", "Mirror", "Upstream",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "RegistryMirrorTests", dependencies: [

@@ -12,8 +12,8 @@ public protocol RegistryContent: Sendable {
     func manifest(_ repository: RepositoryKey, _ reference: ManifestReference) async throws(MirrorError) -> ManifestContent
     /// A blob the repository may read. Throws `.blobUnknown` when absent or not linked.
     func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent
-    /// A blob for a request with a `Range`: may be `.upstreamRange` when the blob is not
-    /// cached and its download has not reached the range yet.
+    /// A blob for a request with a `Range`: may be the upstream's own answer to the range
+    /// (`relayedRange` set) when the blob is not cached and its download has not reached it.
     func blob(_ repository: RepositoryKey, _ digest: Digest, range: RangeRequest?) async throws(MirrorError) -> BlobContent
     /// The size of a blob the repository may read, without downloading it.
     func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64

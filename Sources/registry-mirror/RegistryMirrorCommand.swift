@@ -1,7 +1,6 @@
 import ArgumentParser
 import Bundles
 import Foundation
-import Hummingbird
 import Logging
 import Mirror
 import OCI
