@@ -45,7 +45,7 @@ public final class BlobFill: Sendable {
     let expectedSize: Int64?
     /// The growing file, open for reading; it stays readable after the rename and any delete.
     let file: ReadableFile
-    private let state = Mutex(State())
+    let state = Mutex(State())
 
     init(digest: Digest, file: ReadableFile, expectedSize: Int64? = nil) {
         self.digest = digest

@@ -103,6 +103,9 @@ public final class FillService: Sendable {
         }
     }
 
+    /// Whether `run()` is taking jobs.
+    var isRunning: Bool { state.withLock { $0.running } }
+
     /// Graceful shutdown: no new jobs; running ones have until the grace to finish.
     public func shutDown() {
         let (jobs, waiters) = state.withLock { s in
