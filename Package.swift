@@ -3,7 +3,11 @@ import PackageDescription
 
 // Arrows point one way:
 //   OCI ← ContentStore, MetadataIndex, Upstream ← Mirror ← RegistryAPI ← RegistryMirror ← executable
+//   ContentStore ← RegistryServer ← RegistryAPI, RegistryMirror
 //   OCI ← ContentStore, MetadataIndex ← Bundles ← executable
+// RegistryServer holds the NIO channel handlers (zero-copy file regions, the parse-error
+// envelope, the connection guard) and builds the plain HTTP/1 pipeline; it knows neither
+// the routes nor the cache.
 // Mirror (the pull-through policy) and Bundles (OCI layout and docker-archive import/export,
 // tar and gzip) are siblings: neither imports the other. What both need sits below them:
 // `TransferEvent` (progress of a long copy) is in OCI, `AsyncSemaphore` in Upstream.
@@ -49,9 +53,8 @@ let package = Package(
             "OCI", "ContentStore", "MetadataIndex", "CZlib",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "RegistryAPI", dependencies: [
-            "OCI", "ContentStore", "Mirror", "CCrypt",
-            .product(name: "Hummingbird", package: "hummingbird"),
+        .target(name: "RegistryServer", dependencies: [
+            "ContentStore",
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
             .product(name: "Logging", package: "swift-log"),
@@ -61,8 +64,16 @@ let package = Package(
             .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
             .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
         ]),
+        .target(name: "RegistryAPI", dependencies: [
+            "OCI", "ContentStore", "Mirror", "RegistryServer", "CCrypt",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
         .target(name: "RegistryMirror", dependencies: [
-            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "RegistryAPI",
+            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "RegistryAPI", "RegistryServer",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -74,7 +85,6 @@ let package = Package(
         .executableTarget(name: "registry-mirror", dependencies: [
             "RegistryMirror", "Bundles", "OCI", "MetadataIndex", "Mirror", "Upstream",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "RegistryMirrorTests", dependencies: [

@@ -64,11 +64,11 @@ public struct BundleExporter: Sendable {
 
     public static let containerdNameAnnotation = "io.containerd.image.name"
 
-    let store: any BlobStore
+    let store: FileSystemStore
     let index: MetadataIndex
     let logger: Logger
 
-    public init(store: any BlobStore, index: MetadataIndex, logger: Logger) {
+    public init(store: FileSystemStore, index: MetadataIndex, logger: Logger) {
         self.store = store
         self.index = index
         self.logger = logger
@@ -329,13 +329,20 @@ public struct BundleExporter: Sendable {
 
     /// Streams one stored blob into the bundle in 1 MiB chunks, re-hashing it on the way.
     private func copy(_ blob: Descriptor, image: String, into out: inout LayoutOutput, progress: ProgressHandler?) throws(BundleError) {
-        guard case .file(let path, let size)? = store.location(of: blob.digest) else {
+        let file: ReadableFile?
+        do {
+            file = try store.openFile(blob.digest)
+        } catch {
+            throw BundleError("cannot open \(blob.digest): \(error.message)")
+        }
+        guard let file else {
             throw BundleError("\(image) is not fully in the cache: \(blob.digest) is missing; fetch it again with `registry-mirror seed \(image)`")
         }
+        let size = file.size
         guard size == blob.size else { throw Self.corrupt(blob.digest, "the file is \(size) bytes, its descriptor says \(blob.size)") }
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw BundleError("cannot open \(path): \(String(cString: strerror(errno)))") }
-        defer { close(descriptor) }
+        // The file closes its descriptor when it goes: keep it until the copy is done.
+        let descriptor = file.descriptor
+        defer { withExtendedLifetime(file) {} }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
         defer { buffer.deallocate() }
 
@@ -347,7 +354,7 @@ public struct BundleExporter: Sendable {
                 let n = read(descriptor, buffer.baseAddress!, buffer.count)
                 if n < 0 {
                     if errno == EINTR { continue }
-                    throw BundleError("reading \(path): \(String(cString: strerror(errno)))")
+                    throw BundleError("reading \(blob.digest): \(String(cString: strerror(errno)))")
                 }
                 if n == 0 { break }
                 let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])

@@ -39,11 +39,11 @@ public struct BundleImporter: Sendable {
         public let bytes: Int64
     }
 
-    let store: any BlobStore
+    let store: FileSystemStore
     let index: MetadataIndex
     let logger: Logger
 
-    public init(store: any BlobStore, index: MetadataIndex, logger: Logger) {
+    public init(store: FileSystemStore, index: MetadataIndex, logger: Logger) {
         self.store = store
         self.index = index
         self.logger = logger

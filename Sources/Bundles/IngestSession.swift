@@ -4,14 +4,14 @@ import OCI
 
 /// Tracks what one import wrote, so a failure can take it back.
 struct IngestSession {
-    let store: any BlobStore
+    let store: FileSystemStore
     let progress: ProgressHandler?
     /// The bundle, as progress events name it.
     let label: String
     private(set) var written: Set<Digest> = []
     var reached: Set<Digest> = []
 
-    init(store: any BlobStore, progress: ProgressHandler? = nil, label: String = "") {
+    init(store: FileSystemStore, progress: ProgressHandler? = nil, label: String = "") {
         self.store = store
         self.progress = progress
         self.label = label
@@ -31,9 +31,9 @@ struct IngestSession {
             progress?(.blobFinished(image: label, digest: digest, bytes: 0, cached: true))
             return
         }
-        let writer: any BlobWriter
+        let writer: FileBlobWriter
         do {
-            writer = try store.makeWriter(expecting: digest, size: size)
+            writer = try store.makeFileWriter(expecting: digest, size: size)
         } catch {
             throw BundleError("cannot store \(digest): \(error.message)")
         }
@@ -48,7 +48,7 @@ struct IngestSession {
                 progress?(.blobProgress(image: label, digest: digest, bytes: writer.bytesWritten, size: size))
             }
             do throws(StoreError) {
-                try writer.commit()
+                try writer.commitNow()
             } catch {
                 throw BundleError("bundle is corrupt: blob \(digest) failed verification: \(error.message)")
             }

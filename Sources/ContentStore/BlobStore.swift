@@ -1,42 +1,43 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import Foundation
 import OCI
 
 /// Where blob bytes live. Blobs include manifests and indexes: everything is content-addressed.
 ///
-/// Called by the mirror core, the importer and the HTTP front. Implementations must make a
-/// blob visible only after its digest and size were verified, so a reader never sees a partial
-/// or wrong blob. The file-system store is the only one today; an S3-compatible one can
-/// conform later (see docs/architecture.md).
+/// Called by the mirror core (reads, fills, eviction) and the CLI. The protocol names no file
+/// and no path, so a store whose bytes are not on this machine (an S3-compatible bucket) can
+/// conform: reads hand out a `BlobReader` (bytes as buffers; a local file only where there is
+/// one), and a write is a `BlobWriter` that verifies before it publishes, as a multipart
+/// upload completes only after its parts were checked.
+///
+/// Every implementation keeps two promises, which `BlobStoreConformance` in the tests checks:
+/// - nothing is visible (to `size`, `openBlob`, `read`, `allDigests`) until its digest and size
+///   were verified, so a reader never sees a partial or wrong blob;
+/// - a reader opened before a `delete` can still read the whole blob, so a response that
+///   opened it before sending its head can always finish.
 public protocol BlobStore: Sendable {
     /// Size of a stored blob, or nil when absent.
-    func size(of digest: Digest) -> Int64?
-    /// How to read a stored blob, or nil when absent.
-    func location(of digest: Digest) -> BlobLocation?
-    /// Opens a stored blob for reading, or nil when absent. The open file stays readable
-    /// if the blob is deleted afterwards, so a response that opened it before sending its
-    /// head can always finish.
-    func openBlob(_ digest: Digest) throws(StoreError) -> ReadableFile?
+    func size(of digest: Digest) async -> Int64?
+    /// When a stored blob was last written, or nil when absent (for sweeping unindexed blobs).
+    func modificationDate(of digest: Digest) async -> Date?
+    /// Opens a stored blob for reading, or nil when absent.
+    func openBlob(_ digest: Digest) async throws(StoreError) -> (any BlobReader)?
     /// Starts a verified write. Nothing is visible until `commit()` succeeds.
-    func makeWriter(expecting digest: Digest, size: Int64?) throws(StoreError) -> any BlobWriter
+    func makeWriter(expecting digest: Digest, size: Int64?) async throws(StoreError) -> any BlobWriter
     /// Reads a whole blob into memory; refuses one larger than `limit`.
-    func read(_ digest: Digest, limit: Int) throws(StoreError) -> [UInt8]
-    /// Removes a blob. Readers that already opened it keep their open file.
-    func delete(_ digest: Digest) throws(StoreError)
+    func read(_ digest: Digest, limit: Int) async throws(StoreError) -> [UInt8]
+    /// Removes a blob. Readers that already opened it keep reading it.
+    func delete(_ digest: Digest) async throws(StoreError)
     /// Every stored digest, for verify and garbage collection.
-    func allDigests() throws(StoreError) -> [Digest]
+    func allDigests() async throws(StoreError) -> [Digest]
 }
 
 extension BlobStore {
     /// Writes a complete in-memory blob (a manifest) through a verified writer.
-    public func write(_ bytes: [UInt8], as digest: Digest) throws(StoreError) {
-        let writer = try makeWriter(expecting: digest, size: Int64(bytes.count))
+    public func write(_ bytes: [UInt8], as digest: Digest) async throws(StoreError) {
+        let writer = try await makeWriter(expecting: digest, size: Int64(bytes.count))
         do throws(StoreError) {
             try bytes.withUnsafeBytes { buffer in Result { () throws(StoreError) in try writer.write(buffer) } }.get()
-            try writer.commit()
+            try await writer.commit()
         } catch {
             writer.abort()
             throw error
@@ -44,53 +45,28 @@ extension BlobStore {
     }
 }
 
-/// A readable stored blob.
-public enum BlobLocation: Sendable, Equatable {
-    /// A regular file: served zero-copy where the transport allows.
-    case file(path: String, size: Int64)
-
-    public var size: Int64 {
-        switch self {
-        case .file(_, let size): return size
-        }
-    }
-}
-
-/// An open, read-only file descriptor, closed when the last holder lets it go.
-///
-/// Readers `pread` it or `dup` it for `sendfile`; they never close it themselves.
-public final class ReadableFile: Sendable {
-    public let descriptor: Int32
-    /// The size when it was opened (a file still being written grows past it).
-    public let size: Int64
-
-    public init(descriptor: Int32, size: Int64) {
-        self.descriptor = descriptor
-        self.size = size
-    }
-
-    deinit { close(descriptor) }
-}
-
 /// One in-progress, verified write. Feed `write`, then `commit` or `abort`.
+///
+/// `write` is synchronous because its callers are threads that may block (a libcurl transfer
+/// thread, an importer), never the cooperative pool: a remote store's writer buffers a part
+/// and uploads it there. `verify` and `commit` are async, so the durable step (fsync and
+/// rename, or completing a multipart upload) can wait without holding a pool thread.
 public protocol BlobWriter: AnyObject, Sendable {
     var digest: Digest { get }
     /// Bytes written so far.
     var bytesWritten: Int64 { get }
-    /// The temporary file being written, readable while the write goes on (for progressive fills).
-    var temporaryPath: String { get }
-    /// Where the blob is readable once `commit()` succeeded.
-    var publishedPath: String { get }
-    /// Opens the data being written for reading. It stays readable through the publishing
-    /// rename and any later delete: a progressive fill's readers never open a path.
-    func openForReading() throws(StoreError) -> ReadableFile
+    /// The bytes being written, readable while the write goes on, where the store keeps them in
+    /// a local file (a progressive fill reads through it, and it stays readable through the
+    /// publishing and any later delete); nil for a store that cannot, whose fills then need a
+    /// spool of their own.
+    func openForReading() throws(StoreError) -> ReadableFile?
     func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError)
     /// Checks digest and size of everything written; on a mismatch the write is aborted.
     /// After it succeeds the bytes are known good, though not yet durable or visible.
-    func verify() throws(StoreError)
+    func verify() async throws(StoreError)
     /// Verifies (if not done yet), makes the data durable, and publishes the blob atomically.
-    func commit() throws(StoreError)
-    /// Discards the temporary file. Safe to call more than once, and after `commit`.
+    func commit() async throws(StoreError)
+    /// Discards what was written. Safe to call more than once, and after `commit`.
     func abort()
 }
 

@@ -68,6 +68,8 @@ public final class FileSystemStore: BlobStore {
         return removed
     }
 
+    /// The file of a blob, for the file-system tools (`verify`, tests). Not part of
+    /// `BlobStore`: nothing that serves content builds or matches a path.
     public func path(of digest: Digest) -> String { blobsRoot + "/" + digest.shardedPath }
 
     public func size(of digest: Digest) -> Int64? {
@@ -76,11 +78,17 @@ public final class FileSystemStore: BlobStore {
         return Int64(st.st_size)
     }
 
-    public func location(of digest: Digest) -> BlobLocation? {
-        size(of: digest).map { .file(path: path(of: digest), size: $0) }
+    public func modificationDate(of digest: Digest) -> Date? {
+        (try? FileManager.default.attributesOfItem(atPath: path(of: digest)))?[.modificationDate] as? Date
     }
 
-    public func openBlob(_ digest: Digest) throws(StoreError) -> ReadableFile? {
+    public func openBlob(_ digest: Digest) throws(StoreError) -> (any BlobReader)? {
+        try openFile(digest).map(LocalFileReader.init(file:))
+    }
+
+    /// Opens a stored blob's file, or nil when absent: for synchronous callers on this
+    /// machine (bundles). It stays readable if the blob is deleted afterwards.
+    public func openFile(_ digest: Digest) throws(StoreError) -> ReadableFile? {
         let path = path(of: digest)
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
         guard fd >= 0 else {
@@ -96,6 +104,12 @@ public final class FileSystemStore: BlobStore {
     }
 
     public func makeWriter(expecting digest: Digest, size: Int64?) throws(StoreError) -> any BlobWriter {
+        try makeFileWriter(expecting: digest, size: size)
+    }
+
+    /// A writer whose `commitNow()` publishes synchronously, for callers on threads of their
+    /// own (bundles).
+    public func makeFileWriter(expecting digest: Digest, size: Int64?) throws(StoreError) -> FileBlobWriter {
         let temp = tempDirectory + "/\(counter.add(1, ordering: .relaxed).newValue).part"
         return try FileBlobWriter(store: self, digest: digest, expectedSize: size, temporaryPath: temp)
     }
@@ -194,9 +208,9 @@ public final class FileSystemStore: BlobStore {
 }
 
 /// A write into a `.part` file, hashed on the way in.
-final class FileBlobWriter: BlobWriter, @unchecked Sendable {
-    // State is touched by one writer thread; `bytesWritten` is read by others, hence atomic.
-    let digest: Digest
+public final class FileBlobWriter: BlobWriter, @unchecked Sendable {
+    // State is touched by one writer at a time; `bytesWritten` is read by others, hence atomic.
+    public let digest: Digest
     let temporaryPath: String
     private let store: FileSystemStore
     private var verifier: DigestVerifier?
@@ -218,16 +232,15 @@ final class FileBlobWriter: BlobWriter, @unchecked Sendable {
 
     deinit { abort() }
 
-    var bytesWritten: Int64 { written.load(ordering: .acquiring) }
-    var publishedPath: String { store.path(of: digest) }
+    public var bytesWritten: Int64 { written.load(ordering: .acquiring) }
 
-    func openForReading() throws(StoreError) -> ReadableFile {
+    public func openForReading() throws(StoreError) -> ReadableFile? {
         let fd = open(temporaryPath, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw StoreError(.io, "open \(temporaryPath): \(String(cString: strerror(errno)))") }
         return ReadableFile(descriptor: fd, size: 0)
     }
 
-    func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError) {
+    public func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError) {
         guard !finished, verifier != nil else { throw StoreError(.io, "write after finish") }
         do {
             try verifier!.update(buffer)
@@ -246,7 +259,7 @@ final class FileBlobWriter: BlobWriter, @unchecked Sendable {
         written.add(Int64(buffer.count), ordering: .releasing)
     }
 
-    func verify() throws(StoreError) {
+    public func verify() throws(StoreError) {
         guard !finished else { throw StoreError(.io, "verify after finish") }
         guard let verifier = verifier.take() else { return }  // already verified
         do {
@@ -258,7 +271,19 @@ final class FileBlobWriter: BlobWriter, @unchecked Sendable {
         }
     }
 
-    func commit() throws(StoreError) {
+    /// Verifies, then fsyncs and renames on a thread of its own: never on the cooperative pool,
+    /// whose few threads every request shares.
+    public func commit() async throws(StoreError) {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, StoreError>, Never>) in
+            let thread = Thread { continuation.resume(returning: Result { () throws(StoreError) in try self.commitNow() }) }
+            thread.name = "registry-mirror-publish"
+            thread.start()
+        }
+        try result.get()
+    }
+
+    /// `commit()`, on the calling thread.
+    public func commitNow() throws(StoreError) {
         try verify()
         guard verified else { throw StoreError(.io, "commit after finish") }
         do {
@@ -272,7 +297,7 @@ final class FileBlobWriter: BlobWriter, @unchecked Sendable {
         finished = true
     }
 
-    func abort() {
+    public func abort() {
         guard !finished else { return }
         finished = true
         if descriptor >= 0 { close(descriptor) }

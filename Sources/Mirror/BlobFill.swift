@@ -7,9 +7,9 @@ import Upstream
 /// One upstream download of one blob, shared by every client that asks for it meanwhile.
 ///
 /// The download thread appends to the store's temporary file (hashing as it goes) and
-/// advances a "bytes written" mark. The fill holds that file open from its first byte, so
-/// readers read through the fill's descriptor, never a path: the publishing rename and a
-/// later eviction cannot pull the file from under them. Each reader streams from its own
+/// advances a "bytes written" mark. The fill holds that file open from its first byte (its
+/// spool) and hands out readers (`reader()`), never the file: the publishing rename and a
+/// later eviction cannot pull the bytes from under them. Each reader streams from its own
 /// offset and, when it catches up, parks until the mark moves. The producer never waits for
 /// readers. At the end the store verifies digest and size, fsyncs and renames; only then is
 /// the blob a cache entry. A failure wakes every reader with the error, and nothing is kept.
@@ -34,6 +34,8 @@ public final class BlobFill: Sendable {
         /// Digest and size checked: the last byte may go out before the fsync and rename.
         var verified = false
         var outcome: Outcome = .running
+        /// Readers handed out and still alive: responses streaming this download.
+        var readers = 0
         var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter = 0
     }
@@ -42,8 +44,8 @@ public final class BlobFill: Sendable {
     /// The size a cached manifest names for this blob, used when the upstream sends none.
     let expectedSize: Int64?
     /// The growing file, open for reading; it stays readable after the rename and any delete.
-    public let file: ReadableFile
-    private let state = Mutex(State())
+    let file: ReadableFile
+    let state = Mutex(State())
 
     init(digest: Digest, file: ReadableFile, expectedSize: Int64? = nil) {
         self.digest = digest
@@ -64,7 +66,7 @@ public final class BlobFill: Sendable {
     func verified() { update { $0.verified = true } }
     func finished(_ outcome: Outcome) { update { $0.outcome = outcome } }
 
-    private func update(_ change: (inout State) -> Void) {
+    func update(_ change: (inout State) -> Void) {
         let waiters = state.withLock { s -> Dictionary<Int, CheckedContinuation<Void, Never>>.Values in
             change(&s)
             defer { s.waiters.removeAll() }
@@ -74,6 +76,17 @@ public final class BlobFill: Sendable {
     }
 
     // MARK: Reader side
+
+    /// A reader of this download, as a stored blob's reader looks: it waits for bytes as they
+    /// arrive, holds back the last one until the digest is verified, and throws the fill's
+    /// failure, so a response built on it is cut rather than completed with wrong bytes.
+    public func reader() -> some BlobReader { FillReader(fill: self, token: ReaderToken(fill: self)) }
+
+    /// Returns once nobody reads this download any more (or it ended): while the server
+    /// shuts down, a download no response is waiting for is not worth finishing.
+    func unread() async {
+        await waitUntil { $0.readers == 0 || !$0.isRunning }
+    }
 
     public var snapshot: (size: Int64?, written: Int64, outcome: Outcome) {
         state.withLock { ($0.size, $0.written, $0.outcome) }
@@ -189,6 +202,47 @@ extension BlobFill.Outcome {
     var isRunning: Bool {
         if case .running = self { return true }
         return false
+    }
+}
+
+/// Reads a fill's spool as it grows (see `BlobFill.reader()`).
+struct FillReader: BlobReader {
+    let fill: BlobFill
+    /// Counts this reader (and its copies) among the fill's readers while it lives.
+    let token: ReaderToken
+
+    func size() async throws -> Int64? { try await fill.size() }
+
+    func chunks(from offset: Int64, length: Int64?) -> BlobChunks {
+        let fill = self.fill
+        return BlobChunks(from: offset, length: length) { at, maxLength throws in
+            let end = try await fill.sendable(beyond: at)
+            return try fill.file.read(at: at, maxLength: Int(min(Int64(maxLength), end - at)))
+        }
+    }
+
+    var fileRegions: FileRegionSource? {
+        let fill = self.fill
+        return FileRegionSource(file: fill.file) { try await fill.sendable(beyond: $0) }
+    }
+}
+
+/// One reader of a fill, counted from its making to its end.
+final class ReaderToken: Sendable {
+    let fill: BlobFill
+    init(fill: BlobFill) {
+        self.fill = fill
+        fill.update { $0.readers += 1 }
+    }
+    deinit { fill.update { $0.readers -= 1 } }
+}
+
+extension BlobFill {
+    /// Where the bytes that may be sent end, once there are some beyond `offset`; `offset`
+    /// itself when every byte was sent. Throws the fill's failure.
+    func sendable(beyond offset: Int64) async throws(MirrorError) -> Int64 {
+        let available = try await available(beyond: offset)
+        return max(offset, available.sendable)
     }
 }
 

@@ -84,7 +84,7 @@ public final class CacheMaintenance: Sendable {
 
     /// One pass: flush access times, evict to the cap (or to `target`), delete the files.
     @discardableResult
-    public func evict(toAtMost target: Int64? = nil, dryRun: Bool = false) throws(IndexError) -> EvictionPlan {
+    public func evict(toAtMost target: Int64? = nil, dryRun: Bool = false) async throws(IndexError) -> EvictionPlan {
         flush()
         defer {
             if !dryRun, let stats, let usage = try? index.usage() { stats.store(bytes: usage.bytes, objects: usage.objects, maxBytes: maxBytes) }
@@ -100,7 +100,7 @@ public final class CacheMaintenance: Sendable {
         guard !dryRun else { return plan }
         for blob in plan.blobs {
             do {
-                try store.delete(blob.digest)
+                try await store.delete(blob.digest)
             } catch where error.code != .notFound {
                 logger.warning("deleting an evicted blob failed", metadata: ["oci.digest": "\(blob.digest)", "error": "\(error.message)"])
             } catch {}
@@ -123,15 +123,14 @@ public final class CacheMaintenance: Sendable {
     /// a blob's rename and its index record. They cost disk the cap does not count, and are
     /// never served. The age spares writes whose record is still to come (an import records
     /// its blobs at its end). Walks the whole store, so it runs on demand (`gc`), not per pass.
-    public func sweepUnindexed(olderThan age: TimeInterval = 6 * 3600, dryRun: Bool = false) throws -> [EvictionPlan.Blob] {
+    public func sweepUnindexed(olderThan age: TimeInterval = 6 * 3600, dryRun: Bool = false) async throws -> [EvictionPlan.Blob] {
         let indexed = Set(try index.allBlobs().map(\.digest))
         let cutoff = clock.now().addingTimeInterval(-age)
         var swept: [EvictionPlan.Blob] = []
-        for digest in try store.allDigests() where !indexed.contains(digest) {
-            guard case .file(let path, let size)? = store.location(of: digest),
-                  let modified = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date,
+        for digest in try await store.allDigests() where !indexed.contains(digest) {
+            guard let size = await store.size(of: digest), let modified = await store.modificationDate(of: digest),
                   modified < cutoff else { continue }
-            if !dryRun { try? store.delete(digest) }
+            if !dryRun { try? await store.delete(digest) }
             swept.append(EvictionPlan.Blob(digest: digest, size: size))
         }
         if !swept.isEmpty, !dryRun {
@@ -160,7 +159,7 @@ public final class CacheMaintenance: Sendable {
             guard !Task.isCancelled else { return }
             wakeup.withLock { $0.pending = false }
             do {
-                try evict()
+                try await evict()
             } catch {
                 logger.error("eviction pass failed", metadata: ["error": "\(error.message)"])
             }

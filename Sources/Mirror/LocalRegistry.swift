@@ -31,20 +31,20 @@ public struct LocalRegistry: RegistryContent {
             }
             (digest, mediaType) = (stored.digest, stored.mediaType)
         }
-        return try manifestContent(digest, mediaType: mediaType)
+        return try await manifestContent(digest, mediaType: mediaType)
     }
 
     /// True when a manifest's bytes are in the memory cache.
     public func holdsInMemory(_ digest: Digest) -> Bool { manifests[digest] != nil }
 
     /// Bytes of a stored manifest, from memory when recently used.
-    public func manifestContent(_ digest: Digest, mediaType: String) throws(MirrorError) -> ManifestContent {
+    public func manifestContent(_ digest: Digest, mediaType: String) async throws(MirrorError) -> ManifestContent {
         if let bytes = manifests[digest] {
             return ManifestContent(digest: digest, mediaType: mediaType, bytes: bytes)
         }
         let bytes: [UInt8]
         do {
-            bytes = try store.read(digest, limit: ManifestDocument.maxSize)
+            bytes = try await store.read(digest, limit: ManifestDocument.maxSize)
         } catch {
             if error.code == .notFound { throw MirrorError(.manifestUnknown, "\(digest) is indexed but its file is missing") }
             throw MirrorError(.internal, "reading manifest \(digest): \(error.message)")
@@ -55,39 +55,48 @@ public struct LocalRegistry: RegistryContent {
 
     public func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent {
         guard try wrap({ () throws(IndexError) in try index.isLinked(repository, digest) }),
-            let file = try openIntact(digest)
+              let reader = try await openIntact(digest)
         else {
             throw MirrorError(.blobUnknown, "\(digest) is not in the cache for \(repository)")
         }
-        return .stored(file, lease: nil)
+        return BlobContent(reader: reader, cacheResult: .hit)
     }
 
-    /// Opens a stored blob whose file has the size the index recorded. A file of another
+    /// Opens a stored blob whose size is the size the index recorded. A blob of another
     /// size (truncated on disk, say) is removed and reported absent, so it is never served
     /// and a pull-through mirror fetches it again.
     ///
-    /// The file is open before anything is decided from it: a blob evicted after this
+    /// The blob is open before anything is decided from it: a blob evicted after this
     /// stays readable to this caller, and one evicted before it is simply absent.
-    public func openIntact(_ digest: Digest) throws(MirrorError) -> ReadableFile? {
-        let file: ReadableFile?
+    public func openIntact(_ digest: Digest) async throws(MirrorError) -> (any BlobReader)? {
+        let reader: (any BlobReader)?
         do {
-            file = try store.openBlob(digest)
+            reader = try await store.openBlob(digest)
         } catch {
             throw MirrorError(.storeFailed, "the local store cannot open \(digest): \(error.message)")
         }
-        guard let file else { return nil }
-        guard let recorded = try wrap({ () throws(IndexError) in try index.blobSize(digest) }), recorded != file.size else {
-            return file
+        guard let reader else { return nil }
+        let size = try await Self.size(of: reader, digest)
+        guard let recorded = try wrap({ () throws(IndexError) in try index.blobSize(digest) }), recorded != size else {
+            return reader
         }
         Logger(label: "registry-mirror").warning("a cached blob has the wrong size; removed, it will be fetched again",
-            metadata: ["oci.digest": "\(digest)", "bytes": "\(file.size)", "expected": "\(recorded)"])
-        try? store.delete(digest)
+            metadata: ["oci.digest": "\(digest)", "bytes": "\(size.map(String.init) ?? "unknown")", "expected": "\(recorded)"])
+        try? await store.delete(digest)
         return nil
     }
 
+    /// The size of a stored blob's open reader (a stored blob always knows it).
+    static func size(of reader: any BlobReader, _ digest: Digest) async throws(MirrorError) -> Int64? {
+        do {
+            return try await reader.size()
+        } catch {
+            throw MirrorError(.storeFailed, "the local store cannot tell the size of \(digest): \(error)")
+        }
+    }
+
     public func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64 {
-        guard case .stored(let file, _) = try await blob(repository, digest) else { return 0 }
-        return file.size
+        try await Self.size(of: try await blob(repository, digest).reader, digest) ?? 0
     }
 
     public func tags(_ repository: RepositoryKey) async throws(MirrorError) -> [String] {
@@ -101,16 +110,17 @@ public struct LocalRegistry: RegistryContent {
     /// referrers-tag-scheme index lists of what is cached here too: an offline mirror lists
     /// nothing a client could not then fetch.
     public func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor] {
-        let recorded = try wrap { () throws(IndexError) in try index.referrers(repository, subject: digest) }.map { record in
+        var recorded: [Descriptor] = []
+        for record in try wrap({ () throws(IndexError) in try index.referrers(repository, subject: digest) }) {
             var descriptor = Descriptor(mediaType: record.mediaType, digest: record.digest, size: record.size,
                                         annotations: record.annotations, artifactType: record.artifactType)
             // Rows recorded before the spec's rule (config media type when no artifactType) lack it.
-            if descriptor.artifactType == nil, let document = try? parsedManifest(record.digest, mediaType: record.mediaType) {
+            if descriptor.artifactType == nil, let document = try? await parsedManifest(record.digest, mediaType: record.mediaType) {
                 descriptor.artifactType = document.referrerArtifactType
             }
-            return descriptor
+            recorded.append(descriptor)
         }
-        let listed = try schemeIndexReferrers(repository, digest).filter { descriptor in
+        let listed = try await schemeIndexReferrers(repository, digest).filter { descriptor in
             (try? index.manifest(descriptor.digest, in: repository))?.linked == true
         }
         return Referrers.merge(recorded, listed)
@@ -118,16 +128,16 @@ public struct LocalRegistry: RegistryContent {
 
     /// What the cached referrers-tag-scheme index (`sha256-<hex>`) of `digest` lists, or
     /// nothing when that tag is not cached or is not an index.
-    public func schemeIndexReferrers(_ repository: RepositoryKey, _ digest: Digest) throws(MirrorError) -> [Descriptor] {
+    public func schemeIndexReferrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor] {
         guard let tagged = try wrap({ () throws(IndexError) in try index.tag(repository, Referrers.schemeTag(for: digest)) }),
               MediaType.isIndex(tagged.mediaType),
-              let document = try? parsedManifest(tagged.digest, mediaType: tagged.mediaType) else { return [] }
+              let document = try? await parsedManifest(tagged.digest, mediaType: tagged.mediaType) else { return [] }
         return document.manifests
     }
 
     /// A stored manifest, parsed.
-    func parsedManifest(_ digest: Digest, mediaType: String) throws -> ManifestDocument {
-        let content = try manifestContent(digest, mediaType: mediaType)
+    func parsedManifest(_ digest: Digest, mediaType: String) async throws -> ManifestDocument {
+        let content = try await manifestContent(digest, mediaType: mediaType)
         return try ManifestDocument(bytes: content.bytes, contentType: content.mediaType)
     }
 

@@ -20,37 +20,53 @@ extension PullThroughRegistry {
         }.sorted { $0.digest.description < $1.digest.description }
     }
 
-    /// Joins the running download of `digest`, or starts one.
-    func startOrJoinFill(_ repository: RepositoryKey, _ digest: Digest, upstream: any UpstreamClient) throws(MirrorError) -> BlobFill {
+    /// Joins the running download of `digest`, or starts one. The download belongs to the
+    /// `FillService`, not to the request: a client hanging up does not cancel it.
+    func startOrJoinFill(_ repository: RepositoryKey, _ digest: Digest, upstream: any UpstreamClient) async throws(MirrorError) -> BlobFill {
         let key = fillKey(upstream, digest)
-        // Looked up before the lock: a chunked upstream sends no length, and this is the one
-        // a client can be told in its place.
-        let expectedSize = fills.withLock({ $0[key] }) == nil ? try descriptorSize(of: digest, in: repository) : nil
-        let started: (BlobFill, (any BlobWriter)?) = try fills.withLock { (fills) throws(MirrorError) in
-            if let fill = fills[key] { return (fill, nil) }
-            let writer: any BlobWriter
-            let file: ReadableFile
-            do throws(StoreError) {
-                writer = try store.makeWriter(expecting: digest, size: nil)
-                file = try writer.openForReading()
-            } catch {
-                throw MirrorError(.storeFailed, "the local store cannot start a download of \(digest): \(error.message)")
-            }
-            let fill = BlobFill(digest: digest, file: file, expectedSize: expectedSize)
+        if let fill = fills.withLock({ $0[key] }) { return joined(fill) }
+        // A chunked upstream sends no length, and this is the one a client can be told in its place.
+        let expectedSize = try await descriptorSize(of: digest, in: repository)
+        let writer: any BlobWriter
+        let spool: ReadableFile?
+        do throws(StoreError) {
+            writer = try await store.makeWriter(expecting: digest, size: nil)
+            spool = try writer.openForReading()
+        } catch {
+            throw MirrorError(.storeFailed, "the local store cannot start a download of \(digest): \(error.message)")
+        }
+        guard let spool else {
+            writer.abort()
+            throw MirrorError(.storeFailed, "the local store offers no readable spool for a download of \(digest)")
+        }
+        let fill = BlobFill(digest: digest, file: spool, expectedSize: expectedSize)
+        if let running = fills.withLock({ fills -> BlobFill? in
+            if let running = fills[key] { return running }
             fills[key] = fill
-            return (fill, writer)
+            return nil
+        }) {
+            writer.abort()
+            return joined(running)
         }
-        guard let writer = started.1 else {
-            logger.debug("joined a running download", metadata: ["oci.digest": "\(digest)", "cache.result": "join"])
-            stats?.cache(.blob, .join)
-            return started.0
-        }
-        stats?.cache(.blob, .miss)
-        let fill = started.0
-        // Detached from the request: a client hanging up does not cancel the shared download.
-        Task.detached { [self] in
+        let started = fillService.start(.fill, unwanted: { await fill.unread() }) { [self] in
             await runFill(fill, writer: writer, repository: repository, upstream: upstream, key: key)
         }
+        guard started else {
+            writer.abort()
+            let refused = MirrorError(.upstreamUnavailable, "the mirror is shutting down; \(digest) is not downloaded", retryAfter: 5)
+            fills.withLock { fills in
+                if fills[key] === fill { fills[key] = nil }
+            }
+            fill.finished(.failed(refused))
+            throw refused
+        }
+        stats?.cache(.blob, .miss)
+        return fill
+    }
+
+    private func joined(_ fill: BlobFill) -> BlobFill {
+        logger.debug("joined a running download", metadata: ["oci.digest": "\(fill.digest)", "cache.result": "join"])
+        stats?.cache(.blob, .join)
         return fill
     }
 
@@ -71,7 +87,7 @@ extension PullThroughRegistry {
                 throw StoreError(.verification, "\(writer.bytesWritten) bytes arrived, \(told) were announced")
             }
             // Verified bytes may be sent in full now; durability (fsync, rename) follows.
-            try writer.verify()
+            try await writer.verify()
             fill.verified()
             try await publish(writer, repository: repository)
             maintenance?.nudge()
@@ -115,20 +131,21 @@ extension PullThroughRegistry {
     func publish(_ writer: any BlobWriter, repository: RepositoryKey) async throws {
         let digest = writer.digest
         let knownBefore = try local.wrap { () throws(IndexError) in try index.blobSize(digest) } != nil
-        try await BlockingWork.run { try writer.commit() }
+        // The store leaves the cooperative pool for the fsync and rename itself.
+        try await writer.commit()
         var batch = ContentBatch()
         batch.addBlob(digest, size: writer.bytesWritten)
         batch.link(repository, digest)
-        try record(batch, stored: digest, knownBefore: knownBefore)
+        try await record(batch, stored: digest, knownBefore: knownBefore)
     }
 
     /// Records what was just stored; if the index refuses, the stored file goes again (unless
     /// the index already knew it), so no file stays that the index does not know.
-    func record(_ batch: ContentBatch, stored digest: Digest, knownBefore: Bool) throws(MirrorError) {
+    func record(_ batch: ContentBatch, stored digest: Digest, knownBefore: Bool) async throws(MirrorError) {
         do {
             try index.record(batch)
         } catch {
-            if !knownBefore { try? store.delete(digest) }
+            if !knownBefore { try? await store.delete(digest) }
             stats?.storeFailed()
             throw MirrorError(.storeFailed, "the local index cannot record \(digest): \(error.message)")
         }

@@ -16,10 +16,31 @@ extension PullThroughRegistry {
     ///   itself. Its 206 is relayed as it comes and never stored. An upstream that answers
     ///   anything else (200: no range support; 416; an error) leaves the fill to answer, as
     ///   before; one that answered 200 is not asked for ranges again.
+    ///
+    /// A Range on a download whose size is still unknown (a chunked upstream, and no cached
+    /// manifest names it) waits up to `rangeWaitForSize` for the download to end, since a
+    /// range needs the size; then it is a 503 with `Retry-After`.
     public func blob(_ repository: RepositoryKey, _ digest: Digest, range: RangeRequest?) async throws(MirrorError) -> BlobContent {
         let content = try await blob(repository, digest)
-        guard let range, case .filling(let fill, let lease) = content, let upstream = upstream(for: repository),
-              !upstream.ignoresRanges, !Self.fillHasReached(range, fill.snapshot) else { return content }
+        guard let range, let fill = content.fill else { return content }
+        if let upstream = upstream(for: repository), !upstream.ignoresRanges, !Self.fillHasReached(range, fill.snapshot),
+           let relayed = await upstreamRange(repository, digest, range: range, upstream: upstream) {
+            return BlobContent(reader: relayed, cacheResult: .miss, relayedRange: relayed.relayed, holding: content) { sent in
+                relayed.close()
+                content.finished(sent: sent)
+            }
+        }
+        if try await fill.size() == nil, try await fill.completedSize(within: Self.rangeWaitForSize) == nil {
+            throw MirrorError(.upstreamUnavailable, "\(digest) is still downloading and its size is not known yet; retry", retryAfter: 5)
+        }
+        return content
+    }
+
+    /// How long a Range for a blob of unknown size (a chunked upstream) waits for its download.
+    static var rangeWaitForSize: Duration { .seconds(20) }
+
+    /// The upstream's 206 for `range`, or nil when it answered anything else.
+    func upstreamRange(_ repository: RepositoryKey, _ digest: Digest, range: RangeRequest, upstream: any UpstreamClient) async -> UpstreamRange? {
         let relay = RangeRelay()
         // Unstructured, because the transfer outlives this call: it feeds the response body.
         // It ends with the transfer, which `close()` stops when the response is over.
@@ -35,11 +56,11 @@ extension PullThroughRegistry {
             relay.close()
             logger.debug("the upstream did not answer a range with 206; serving it from the download",
                          metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "range": "\(range)"])
-            return content
+            return nil
         }
         logger.debug("serving a range from the upstream while the blob downloads",
                      metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "range": "\(range)", "cache.result": "range"])
-        return .upstreamRange(UpstreamRange(head: head, relay: relay), lease: lease)
+        return UpstreamRange(head: head, relay: relay)
     }
 
     /// Whether a running download already holds where a single range starts, so it can send

@@ -57,11 +57,14 @@ public final class PullThroughRegistry: RegistryContent {
     /// The last referrers answer per (repository, subject), for when the upstream fails.
     let referrerCache = ReferrerCache(capacity: 4096)
     private let prefetchSlots = AsyncSemaphore(4)
+    /// Owns fills and prefetches, which outlive the request that started them.
+    let fillService: FillService
 
     public init(local: LocalRegistry, upstreams: [any UpstreamClient], policies: [String: UpstreamPolicy] = [:],
                 offline: Bool = false, maintenance: CacheMaintenance? = nil, prefetchChildManifests: Bool = true,
-                stats: MirrorStats? = nil, clock: any MirrorClock = .system, logger: Logger) {
+                stats: MirrorStats? = nil, clock: any MirrorClock = .system, fillService: FillService? = nil, logger: Logger) {
         self.local = local
+        self.fillService = fillService ?? FillService(logger: logger)
         self.clock = clock
         self.upstreams = Dictionary(upstreams.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         self.policies = policies
@@ -106,7 +109,12 @@ public final class PullThroughRegistry: RegistryContent {
         }
         stats?.cache(kind, content.cacheResult)
         if content.cacheResult == .stale { stats?.stale(upstream: repository.upstream) }
+        maintenance?.touch(content.digest)
         return content
+    }
+
+    public func delivered(_ bytes: Int64, of manifest: ManifestContent, in repository: RepositoryKey) {
+        stats?.served(bytes, repository: repository)
     }
 
     /// A tag's manifest revalidated with the upstream now, whatever the tag's TTL: for the
@@ -128,7 +136,7 @@ public final class PullThroughRegistry: RegistryContent {
         let cached = try local.wrap { () throws(IndexError) in try index.tag(repository, tag) }
         let policy = policy(repository)
         if let cached, now - cached.checkedAt < Int64((maxAge ?? policy.tagTTL).components.seconds),
-           let content = try? local.manifestContent(cached.digest, mediaType: cached.mediaType) {
+           let content = try? await local.manifestContent(cached.digest, mediaType: cached.mediaType) {
             return content
         }
         // Concurrent revalidations of one tag share one upstream round trip.
@@ -136,19 +144,19 @@ public final class PullThroughRegistry: RegistryContent {
             do {
                 let head = try await upstream.manifest(repository.name, .tag(tag), head: true)
                 if let digest = head.digest {
-                    if let cached, digest == cached.digest, var content = try? self.local.manifestContent(digest, mediaType: cached.mediaType) {
+                    if let cached, digest == cached.digest, var content = try? await self.local.manifestContent(digest, mediaType: cached.mediaType) {
                         try self.local.wrap { () throws(IndexError) in try self.index.touchTag(repository, tag, checkedAt: self.now) }
                         content.cacheResult = .revalidated
                         return content
                     }
-                    if let content = self.keepingReserve(cached, repository: repository, tag: tag, upstream: upstream) { return content }
+                    if let content = await self.keepingReserve(cached, repository: repository, tag: tag, upstream: upstream) { return content }
                     return try await self.fetchManifest(repository, digest: digest, tag: tag, upstream: upstream)
                 }
-                if let content = self.keepingReserve(cached, repository: repository, tag: tag, upstream: upstream) { return content }
+                if let content = await self.keepingReserve(cached, repository: repository, tag: tag, upstream: upstream) { return content }
                 // No digest in the HEAD answer: GET by tag and trust the bytes' own digest.
                 return try await self.fetchManifest(repository, digest: nil, tag: tag, upstream: upstream)
             } catch let error as UpstreamError {
-                if error.isUpstreamFailure, let cached, policy.staleIfError, let content = self.stale(cached) {
+                if error.isUpstreamFailure, let cached, policy.staleIfError, let content = await self.stale(cached) {
                     // Marking the upstream down was logged once, as a warning; not again per request.
                     self.logger.log(level: error.markedDown ? .debug : .warning, "serving a stale tag: the upstream failed", metadata: [
                         "oci.repository": "\(repository)", "oci.tag": "\(tag)", "cache.result": "stale", "error": "\(error.message)"])
@@ -166,9 +174,9 @@ public final class PullThroughRegistry: RegistryContent {
     /// The cached digest of a tag, served stale, when getting the new one would spend one of
     /// the last pulls the upstream's rate limit allows (`UpstreamPolicy.rateLimitReserve`).
     /// The HEAD that found the new digest is free against Docker Hub's limit; the GET is not.
-    func keepingReserve(_ cached: TagRecord?, repository: RepositoryKey, tag: Tag, upstream: any UpstreamClient) -> ManifestContent? {
+    func keepingReserve(_ cached: TagRecord?, repository: RepositoryKey, tag: Tag, upstream: any UpstreamClient) async -> ManifestContent? {
         let reserve = policy(repository).rateLimitReserve
-        guard let cached, let remaining = upstream.rateLimitRemaining, remaining <= reserve, let content = stale(cached) else { return nil }
+        guard let cached, let remaining = upstream.rateLimitRemaining, remaining <= reserve, let content = await stale(cached) else { return nil }
         logger.info("serving a stale tag: the upstream's rate limit is down to its reserve", metadata: [
             "oci.repository": "\(repository)", "oci.tag": "\(tag)", "cache.result": "stale",
             "ratelimit.remaining": "\(remaining)", "ratelimit.reserve": "\(reserve)"])
@@ -176,8 +184,8 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     /// The cached digest of a tag, marked stale (`Warning: 110`); nil if its manifest is gone.
-    func stale(_ cached: TagRecord) -> ManifestContent? {
-        guard var content = try? local.manifestContent(cached.digest, mediaType: cached.mediaType) else { return nil }
+    func stale(_ cached: TagRecord) async -> ManifestContent? {
+        guard var content = try? await local.manifestContent(cached.digest, mediaType: cached.mediaType) else { return nil }
         content.warning = #"110 - "Response is Stale""#
         content.cacheResult = .stale
         return content
@@ -186,7 +194,8 @@ public final class PullThroughRegistry: RegistryContent {
     func manifest(_ repository: RepositoryKey, digest: Digest, upstream: any UpstreamClient) async throws(MirrorError) -> ManifestContent {
         let found = try local.wrap { () throws(IndexError) in try index.manifest(digest, in: repository) }
         // Bytes in memory need no stat of their file.
-        if let (known, linked) = found, local.holdsInMemory(digest) || store.size(of: digest) != nil {
+        let present = found == nil ? false : local.holdsInMemory(digest) ? true : await store.size(of: digest) != nil
+        if let (known, linked) = found, present {
             if !linked {
                 // Cached through another repository: ask the upstream whether this one holds it.
                 do {
@@ -199,7 +208,7 @@ public final class PullThroughRegistry: RegistryContent {
                 try local.wrap { () throws(IndexError) in try index.record(batch) }
             }
             // A file evicted between the check and the read is a miss, fetched below.
-            if let content = try? local.manifestContent(digest, mediaType: known.mediaType) { return content }
+            if let content = try? await local.manifestContent(digest, mediaType: known.mediaType) { return content }
         }
         return try await manifestFlights.run("digest|\(repository)|\(digest)", joined: { stats?.joined(.manifestByDigest) }) { () throws(MirrorError) in
             try await self.fetchManifest(repository, digest: digest, tag: nil, upstream: upstream)
@@ -237,7 +246,7 @@ public final class PullThroughRegistry: RegistryContent {
         let mediaType = response.mediaType.flatMap { MediaType.isManifest($0) ? $0 : nil } ?? document.mediaType
         let knownBefore = try local.wrap { () throws(IndexError) in try index.blobSize(actual) } != nil
         do {
-            try store.write(bytes, as: actual)
+            try await store.write(bytes, as: actual)
         } catch {
             stats?.storeFailed()
             throw MirrorError(.storeFailed, "the local store cannot keep manifest \(actual): \(error.message)")
@@ -252,21 +261,24 @@ public final class PullThroughRegistry: RegistryContent {
         for blob in document.blobs { batch.link(repository, blob.digest) }
         for child in document.manifests { batch.link(repository, child.digest) }
         if let tag { batch.tag(repository, tag, actual, mediaType: mediaType, checkedAt: now) }
-        try record(batch, stored: actual, knownBefore: knownBefore)
+        try await record(batch, stored: actual, knownBefore: knownBefore)
         var content = ManifestContent(digest: actual, mediaType: mediaType, bytes: bytes)
         content.cacheResult = .miss
-        if document.isIndex, prefetchChildManifests { prefetchChildren(document.manifests, repository: repository, upstream: upstream) }
+        if document.isIndex, prefetchChildManifests { await prefetchChildren(document.manifests, repository: repository, upstream: upstream) }
         return content
     }
 
     /// Child manifests are small and a client asks for one right after the index: fetch
     /// them in the background, a few at a time. The configured platforms' children always;
     /// others only up to `prefetchMaxChildren`, so one index cannot spend the rate limit.
-    func prefetchChildren(_ children: [Descriptor], repository: RepositoryKey, upstream: any UpstreamClient) {
+    func prefetchChildren(_ children: [Descriptor], repository: RepositoryKey, upstream: any UpstreamClient) async {
         let policy = policy(repository)
-        let missing = Self.childrenToPrefetch(children, policy: policy) { store.size(of: $0) != nil }
+        var cached: Set<Digest> = []
+        for child in children where await store.size(of: child.digest) != nil { cached.insert(child.digest) }
+        let missing = Self.childrenToPrefetch(children, policy: policy) { cached.contains($0) }
         guard !missing.isEmpty else { return }
-        Task.detached { [self] in
+        // Owned by the fill service: refused while the server shuts down.
+        fillService.start(.prefetch) { [self] in
             await withTaskGroup(of: Void.self) { group in
                 for child in missing {
                     group.addTask {
@@ -276,7 +288,7 @@ public final class PullThroughRegistry: RegistryContent {
                             self.stats?.prefetched("manifest")
                             let content = try await self.manifest(repository, digest: child.digest, upstream: upstream)
                             if let platform = child.platform, self.policy(repository).prefetchPlatforms.contains(where: { $0.matches(platform) }) {
-                                try self.prefetchBlobs(of: content, repository: repository, upstream: upstream)
+                                try await self.prefetchBlobs(of: content, repository: repository, upstream: upstream)
                             }
                         } catch {
                             self.logger.debug("prefetch of an index child failed", metadata: ["oci.digest": "\(child.digest)", "error": "\(error)"])
@@ -288,11 +300,11 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     /// Starts (or joins) downloads of an image manifest's blobs that are not cached yet.
-    func prefetchBlobs(of manifest: ManifestContent, repository: RepositoryKey, upstream: any UpstreamClient) throws {
+    func prefetchBlobs(of manifest: ManifestContent, repository: RepositoryKey, upstream: any UpstreamClient) async throws {
         let document = try ManifestDocument(bytes: manifest.bytes, contentType: manifest.mediaType)
-        for blob in document.blobs where store.size(of: blob.digest) == nil {
+        for blob in document.blobs where await store.size(of: blob.digest) == nil {
             stats?.prefetched("blob")
-            _ = try startOrJoinFill(repository, blob.digest, upstream: upstream)
+            _ = try await startOrJoinFill(repository, blob.digest, upstream: upstream)
         }
     }
 
@@ -315,30 +327,37 @@ public final class PullThroughRegistry: RegistryContent {
 
     // MARK: Blobs
 
+    /// A blob, open (or its download joined) and leased before the HTTP front sends a head;
+    /// marked used, and its served bytes counted when the body ends.
     public func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent {
         // Leased before the lookup, so an eviction pass here that decides after this point
         // leaves the blob be; one that decided before finds the open below failing, a miss.
         let lease = maintenance?.lease(digest)
+        let content = try await lookUpBlob(repository, digest)
+        maintenance?.touch(digest)
+        let stats = self.stats
+        return content.attaching(lease) { sent in stats?.served(sent, repository: repository) }
+    }
+
+    private func lookUpBlob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent {
         guard let upstream = upstream(for: repository) else {
             do throws(MirrorError) {
-                guard case .stored(let file, _) = try await local.blob(repository, digest) else {
-                    throw MirrorError(.blobUnknown, "\(digest) is not in the cache for \(repository)")
-                }
+                let content = try await local.blob(repository, digest)
                 stats?.cache(.blob, .hit)
-                return .stored(file, lease: lease)
+                return content
             } catch {
                 stats?.cache(.blob, .miss)
                 throw error
             }
         }
-        if let file = try local.openIntact(digest) {
+        if let reader = try await local.openIntact(digest) {
             try await ensureLinked(repository, digest, upstream: upstream)
             stats?.cache(.blob, .hit)
-            return .stored(file, lease: lease)
+            return BlobContent(reader: reader, cacheResult: .hit)
         }
         // Not cached, evicted, or damaged (and removed): fetch it again.
-        let fill = try startOrJoinFill(repository, digest, upstream: upstream)
-        return .filling(fill, lease: lease)
+        let fill = try await startOrJoinFill(repository, digest, upstream: upstream)
+        return BlobContent(reader: fill.reader(), cacheResult: .miss, fill: fill)
     }
 
     /// How long a HEAD for a blob the upstream sends without a length waits for its download.
@@ -346,7 +365,7 @@ public final class PullThroughRegistry: RegistryContent {
 
     public func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64 {
         guard let upstream = upstream(for: repository) else { return try await local.blobSize(repository, digest) }
-        if let size = try local.openIntact(digest)?.size {
+        if let reader = try await local.openIntact(digest), let size = try await LocalRegistry.size(of: reader, digest) {
             try await ensureLinked(repository, digest, upstream: upstream)
             return size
         }
@@ -362,17 +381,17 @@ public final class PullThroughRegistry: RegistryContent {
         if size >= 0 { return size }
         // The upstream answered without a length (a chunked server). A cached manifest's
         // descriptor says it; failing that, the download does, fetched now and bounded.
-        if let known = try descriptorSize(of: digest, in: repository) { return known }
-        let fill = try startOrJoinFill(repository, digest, upstream: upstream)
+        if let known = try await descriptorSize(of: digest, in: repository) { return known }
+        let fill = try await startOrJoinFill(repository, digest, upstream: upstream)
         if let completed = try await fill.completedSize(within: Self.sizelessHeadWait) { return completed }
         throw MirrorError(.upstreamUnavailable, "\(upstream.name) sent no size for \(repository)@\(digest), and its download is still running; retry")
     }
 
     /// The size a cached manifest of `repository` gives for `digest`, if one names it.
-    func descriptorSize(of digest: Digest, in repository: RepositoryKey) throws(MirrorError) -> Int64? {
+    func descriptorSize(of digest: Digest, in repository: RepositoryKey) async throws(MirrorError) -> Int64? {
         let manifests = try local.wrap { () throws(IndexError) in try index.manifests(naming: digest, in: repository) }
         for record in manifests {
-            guard let content = try? local.manifestContent(record.digest, mediaType: record.mediaType),
+            guard let content = try? await local.manifestContent(record.digest, mediaType: record.mediaType),
                   let document = try? ManifestDocument(bytes: content.bytes, contentType: content.mediaType) else { continue }
             if let descriptor = document.blobs.first(where: { $0.digest == digest }) { return descriptor.size }
         }

@@ -12,8 +12,8 @@ public protocol RegistryContent: Sendable {
     func manifest(_ repository: RepositoryKey, _ reference: ManifestReference) async throws(MirrorError) -> ManifestContent
     /// A blob the repository may read. Throws `.blobUnknown` when absent or not linked.
     func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent
-    /// A blob for a request with a `Range`: may be `.upstreamRange` when the blob is not
-    /// cached and its download has not reached the range yet.
+    /// A blob for a request with a `Range`: may be the upstream's own answer to the range
+    /// (`relayedRange` set) when the blob is not cached and its download has not reached it.
     func blob(_ repository: RepositoryKey, _ digest: Digest, range: RangeRequest?) async throws(MirrorError) -> BlobContent
     /// The size of a blob the repository may read, without downloading it.
     func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64
@@ -22,6 +22,8 @@ public protocol RegistryContent: Sendable {
     /// Descriptors of the manifests that refer to `digest` (their `subject`), as a referrers
     /// index lists them. Never "unsupported": an unknown subject has none.
     func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor]
+    /// Told of a manifest body being sent, with its size (served-bytes accounting).
+    func delivered(_ bytes: Int64, of manifest: ManifestContent, in repository: RepositoryKey)
 }
 
 extension RegistryContent {
@@ -29,6 +31,8 @@ extension RegistryContent {
     public func blob(_ repository: RepositoryKey, _ digest: Digest, range: RangeRequest?) async throws(MirrorError) -> BlobContent {
         try await blob(repository, digest)
     }
+
+    public func delivered(_ bytes: Int64, of manifest: ManifestContent, in repository: RepositoryKey) {}
 }
 
 /// A manifest as served: the stored bytes and the stored media type, never re-encoded.
@@ -49,19 +53,55 @@ public struct ManifestContent: Sendable {
     }
 }
 
-/// A blob ready to be streamed: stored, or still arriving from the upstream.
+/// A blob ready to be streamed: a reader, and what the response says about it.
 ///
-/// Either way it is already open, and leased against eviction in this process, before the
-/// response's head is sent: a blob that vanished before the open was a miss (fetched
-/// again), and one evicted after it still streams to the end. The response holds the value
-/// until its body is written.
-public enum BlobContent: Sendable {
-    case stored(ReadableFile, lease: BlobLease?)
-    /// A shared download in progress; read through the fill.
-    case filling(BlobFill, lease: BlobLease?)
-    /// The upstream's own answer to the request's range (a 206), streamed and never stored,
-    /// while the whole blob fills in the background.
-    case upstreamRange(UpstreamRange, lease: BlobLease?)
+/// The reader is open, and the blob leased against eviction in this process, before the
+/// response's head is sent: a blob that vanished before the open was a miss (fetched again),
+/// and one evicted after it still streams to the end. The response keeps this value until its
+/// body is written, then calls `finished(sent:)`. Whether the bytes come from the store, a
+/// download in progress or an upstream's ranged answer, the HTTP front sees the same shape.
+public struct BlobContent: Sendable {
+    /// The bytes. For an upstream's ranged answer (`relayedRange`), exactly that answer's body.
+    public let reader: any BlobReader
+    /// HIT (stored) or MISS (downloading, or relayed), for `X-Cache` and the log.
+    public let cacheResult: MirrorStats.CacheResult
+    /// Set when the body is the upstream's own answer to the request's range (a 206), streamed
+    /// and never stored: send it as it is, with these headers.
+    public let relayedRange: RelayedRange?
+    /// The download the bytes come from, for callers in the core (`seed`, tests); nil when stored.
+    public let fill: BlobFill?
+    /// Kept until the body ends: a `BlobLease`, and whatever the reader depends on.
+    let holding: (any Sendable)?
+    let onFinish: (@Sendable (Int64) -> Void)?
+
+    init(reader: any BlobReader, cacheResult: MirrorStats.CacheResult, relayedRange: RelayedRange? = nil, fill: BlobFill? = nil,
+         holding: (any Sendable)? = nil, onFinish: (@Sendable (Int64) -> Void)? = nil) {
+        self.reader = reader
+        self.cacheResult = cacheResult
+        self.relayedRange = relayedRange
+        self.fill = fill
+        self.holding = holding
+        self.onFinish = onFinish
+    }
+
+    /// The same content, accounted and held by the mirror core until its body ends.
+    func attaching(_ holding: (any Sendable)?, onFinish: (@Sendable (Int64) -> Void)?) -> BlobContent {
+        BlobContent(reader: reader, cacheResult: cacheResult, relayedRange: relayedRange, fill: fill, holding: holding, onFinish: onFinish)
+    }
+
+    /// Called once by the HTTP front when the body ended, with the bytes that reached the client.
+    public func finished(sent: Int64) {
+        onFinish?(sent)
+        withExtendedLifetime(holding) {}
+    }
+}
+
+/// The headers of an upstream's 206 that the mirror relays.
+public struct RelayedRange: Sendable {
+    /// The upstream's `Content-Range` (nil for a multipart answer, which carries one per part).
+    public let contentRange: String?
+    /// `multipart/byteranges; boundary=…` for several ranges, nil for one.
+    public let multipartType: String?
 }
 
 /// Errors of the mirror core, mapped to wire codes in one table by the HTTP front.

@@ -203,33 +203,36 @@ public struct Seeder: Sendable {
         let digest = blob.digest
         progress(.blobStarted(image: name, digest: digest, size: blob.size))
         // Stored whole and linked: read around the statistics, as child manifests are.
-        if case .stored(let file, _)? = try? await registry.local.blob(repository, digest) {
-            progress(.blobFinished(image: name, digest: digest, bytes: file.size, cached: true))
-            return file.size
-        }
-        switch try await registry.blob(repository, digest) {
-        case .stored(let file, _):
-            progress(.blobFinished(image: name, digest: digest, bytes: file.size, cached: true))
-            return file.size
-        case .upstreamRange(let range, _):
-            // Only a request with a Range gets one; a seed asks for whole blobs.
-            range.close()
-            throw MirrorError(.internal, "a seed of \(digest) was answered with a range")
-        case .filling(let fill, _):
-            var seen: Int64 = -1
-            while true {
-                let (sendable, complete) = try await fill.available(beyond: seen)
-                if sendable != seen {
-                    seen = sendable
-                    progress(.blobProgress(image: name, digest: digest, bytes: sendable, size: fill.snapshot.size ?? blob.size))
-                }
-                if complete { break }
-            }
-            // Verified; wait for it to be published too.
-            let size = try await fill.completed()
-            progress(.blobFinished(image: name, digest: digest, bytes: size, cached: false))
+        if let stored = try? await registry.local.blob(repository, digest),
+           let size = try? await LocalRegistry.size(of: stored.reader, digest) {
+            progress(.blobFinished(image: name, digest: digest, bytes: size, cached: true))
             return size
         }
+        // Only the fill is kept, not a reader of it: a seed waits for the download but streams
+        // none of it, so a server that shuts down need not finish it.
+        let fill: BlobFill
+        do {
+            let content = try await registry.blob(repository, digest)
+            guard let filling = content.fill else {
+                let size = try await LocalRegistry.size(of: content.reader, digest) ?? blob.size
+                progress(.blobFinished(image: name, digest: digest, bytes: size, cached: true))
+                return size
+            }
+            fill = filling
+        }
+        var seen: Int64 = -1
+        while true {
+            let (sendable, complete) = try await fill.available(beyond: seen)
+            if sendable != seen {
+                seen = sendable
+                progress(.blobProgress(image: name, digest: digest, bytes: sendable, size: fill.snapshot.size ?? blob.size))
+            }
+            if complete { break }
+        }
+        // Verified; wait for it to be published too.
+        let size = try await fill.completed()
+        progress(.blobFinished(image: name, digest: digest, bytes: size, cached: false))
+        return size
     }
 
     static func parse(_ content: ManifestContent) throws(MirrorError) -> ManifestDocument {

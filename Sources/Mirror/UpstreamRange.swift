@@ -1,3 +1,4 @@
+import ContentStore
 import Foundation
 import Upstream
 
@@ -8,7 +9,9 @@ import Upstream
 /// The transfer thread hands the body over through a bounded buffer and blocks while it is
 /// full, so a slow client slows the upstream transfer instead of filling memory. `close()`
 /// (the response ended, or its client left) stops the transfer.
-public final class UpstreamRange: Sendable {
+///
+/// As a `BlobReader` it is read once, from its start: its chunks are the relayed body.
+public final class UpstreamRange: BlobReader {
     /// The upstream's `Content-Range` (nil for a multipart answer, which carries one per part).
     public let contentRange: String?
     /// The upstream's `Content-Length`; nil when it streams chunked.
@@ -30,6 +33,17 @@ public final class UpstreamRange: Sendable {
 
     /// Stops the upstream transfer, if it still runs. Idempotent.
     public func close() { relay.close() }
+
+    public func size() async throws -> Int64? { contentLength }
+
+    /// The relayed body; `offset` and `length` are ignored, since the upstream already cut it.
+    public func chunks(from offset: Int64, length: Int64?) -> BlobChunks {
+        BlobChunks(from: 0, length: nil) { [self] _, _ throws in try await next() ?? [] }
+    }
+
+    public var fileRegions: FileRegionSource? { nil }
+
+    var relayed: RelayedRange { RelayedRange(contentRange: contentRange, multipartType: multipartType) }
 }
 
 /// Hands a ranged upstream body from the transfer thread to the response, at most `limit`

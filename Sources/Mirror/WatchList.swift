@@ -17,7 +17,8 @@ import Synchronization
 ///
 /// Images are refreshed one after another, so a long list does not spend the upstream's
 /// rate limit in a burst. `run()` stops at its next suspension point when its task is
-/// cancelled; a blob download already started goes on detached, as a client's would.
+/// cancelled; a blob download already started goes on in the `FillService`, as a client's
+/// would, until the server's shutdown cancels it (nobody reads it then).
 public final class WatchList: Sendable {
     /// One watched image, resolved to its cache key.
     public struct Image: Sendable {

@@ -1,106 +1,60 @@
 import ContentStore
-import Foundation
 import Hummingbird
 import Mirror
 import NIOCore
+import RegistryServer
 import Synchronization
 
-/// The body of a blob response, read from a file the mirror core already opened: a stored
-/// blob, or the growing file of a download in progress (`fill`).
+/// The body of a blob response, from the reader the mirror core opened before the head went
+/// out: a stored blob, a download in progress, or an upstream's ranged answer, all alike.
 ///
-/// Where the connection can send files and the length is known, each stretch goes out as a
-/// file region (sendfile), and the next is queued only once the one before it was written,
-/// so a reader holds no data in memory and waits on its own socket. Otherwise it falls back
-/// to small buffered reads; a body of unknown length (a chunked upstream) is sent chunked,
-/// its end held back until the digest is verified. If the download fails, the body throws
-/// and the connection is cut: the client sees an error, never wrong bytes.
+/// Where the reader has a local file, the connection can send files and the length is known,
+/// the bytes go out with sendfile (`ZeroCopySender`), holding nothing in memory. Otherwise
+/// they go as buffers pulled from the reader one at a time, so the socket's pace is the
+/// reader's pace; a body of unknown length (a chunked upstream) is sent chunked. If the
+/// content fails (a download that failed), or ends short, the body throws and the connection
+/// is cut: the client sees an error, never wrong bytes. When it ends, however it ends, the
+/// content is told how many bytes went out.
 struct BlobBody: Sendable {
-    let file: ReadableFile
-    let fill: BlobFill?
+    let content: BlobContent
     let start: Int64
-    /// Nil: unknown, until the fill completes.
+    /// Nil: unknown, until the reader ends.
     let length: Int64?
-    /// Kept alive until the body is written (a lease against eviction).
-    let holding: (any Sendable)?
 
-    static let chunkSize = 64 << 10
-
-    func body(channel: any Channel, served: @escaping @Sendable (Int64) -> Void) -> ResponseBody {
+    func body(channel: any Channel) -> ResponseBody {
         ResponseBody(contentLength: length.map { Int($0) }) { writer in
-            var sent: (all: Int64, regions: Int64) = (0, 0)
+            var sent: (all: Int64, zeroCopy: Int64) = (0, 0)
             defer {
-                served(sent.all)
-                SentBytes.current?.add(sent.regions)
-                withExtendedLifetime(holding) {}
+                content.finished(sent: sent.all)
+                SentBytes.current?.add(sent.zeroCopy)
             }
             try await stream(to: &writer, channel: channel, sent: &sent)
             try await writer.finish(nil)
         }
     }
 
-    private func stream(to writer: inout some ResponseBodyWriter, channel: any Channel, sent: inout (all: Int64, regions: Int64)) async throws {
+    private func stream(to writer: inout some ResponseBodyWriter, channel: any Channel, sent: inout (all: Int64, zeroCopy: Int64)) async throws {
+        let reader = content.reader
         let end = length.map { start + $0 }
         var offset = start
-        var inflight: [(written: EventLoopFuture<Void>, bytes: Int64)] = []
-        var buffer: ByteBuffer?
-        var zeroCopy = end != nil
-        while end.map({ offset < $0 }) ?? true {
-            var limit = end ?? .max
-            if let fill {
-                let available: (sendable: Int64, complete: Bool)
-                do throws(MirrorError) {
-                    available = try await fill.available(beyond: offset)
-                } catch {
-                    throw RegistryError(error)
-                }
-                if available.sendable <= offset {
-                    // Complete, with nothing left to send.
-                    guard end == nil else { throw RegistryError(.unknown, "the download of \(fill.digest) ended short") }
-                    break
-                }
-                limit = min(limit, available.sendable)
+        if let end, let source = reader.fileRegions, let sender = await ZeroCopySender(channel: channel) {
+            offset = try await sender.send(source, from: offset, to: end, through: &writer) { bytes in
+                sent.all += bytes
+                sent.zeroCopy += bytes
             }
-            if zeroCopy {
-                let region = dup(file.descriptor)
-                if region >= 0, let written = await channel.enqueueFileRegion(descriptor: region, offset: offset, length: limit - offset) {
-                    try await writer.write(FileRegionHandler.marker)
-                    inflight.append((written, limit - offset))
-                    offset = limit
-                    // At most two regions queued: the socket's pace is the reader's pace.
-                    if inflight.count >= 2 {
-                        let first = inflight.removeFirst()
-                        try await first.written.get()
-                        sent.all += first.bytes
-                        sent.regions += first.bytes
-                    }
-                    continue
-                }
-                if region >= 0 { close(region) }
-                zeroCopy = false
-            }
-            var chunk = buffer ?? ByteBufferAllocator().buffer(capacity: Self.chunkSize)
-            while offset < limit {
-                let count = Int(min(Int64(Self.chunkSize), limit - offset))
-                chunk.clear()
-                let read = chunk.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
-                    max(0, pread(file.descriptor, raw.baseAddress!, count, off_t(offset)))
-                }
-                guard read > 0 else { throw RegistryError(.unknown, "reading a blob file failed at byte \(offset)") }
-                try await writer.write(chunk)
-                offset += Int64(read)
-                sent.all += Int64(read)
-            }
-            buffer = chunk
         }
-        for entry in inflight {
-            try await entry.written.get()
-            sent.all += entry.bytes
-            sent.regions += entry.bytes
+        for try await chunk in reader.chunks(from: offset, length: end.map { $0 - offset }) {
+            try await writer.write(ByteBuffer(bytes: chunk))
+            offset += Int64(chunk.count)
+            sent.all += Int64(chunk.count)
+        }
+        if let end, offset != end {
+            throw RegistryError(.unknown, "the blob ended after \(offset - start) of \(end - start) bytes")
         }
     }
 }
 
-/// Bytes of file regions a response body sent, for the request log, which sees only their
+/// Bytes sent with sendfile by a response body, for the request log, which sees only their
 /// stand-in markers pass through the body writer.
 final class SentBytes: Sendable {
     @TaskLocal static var current: SentBytes?

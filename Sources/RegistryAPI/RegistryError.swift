@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Mirror
+import RegistryServer
 
 /// An error as the Distribution API puts it on the wire: `{"errors":[{"code","message","detail"}]}`.
 ///
@@ -97,6 +98,15 @@ public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertibl
             return Response(status: status, headers: headers, body: .init())
         }
         return Response(status: status, headers: headers, body: .init(byteBuffer: body))
+    }
+
+    /// The answer to a request the HTTP/1 decoder rejected (`RegistryPipeline`): the envelope,
+    /// `431` for a head that is too large, `400` otherwise.
+    public static let parseErrorAnswer: ParseErrorAnswer.Render = { headTooLarge, detail in
+        let code: Code = headTooLarge ? .headersTooLarge : .badRequest
+        return ParseErrorAnswer(status: code.status,
+                                headerFields: [.contentType: "application/json", .dockerDistributionAPIVersion: "registry/2.0"],
+                                body: envelope(code: code.name, message: code.message, detail: detail))
     }
 
     static func envelope(code: String, message: String, detail: String) -> ByteBuffer {

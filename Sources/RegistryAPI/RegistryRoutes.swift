@@ -1,8 +1,6 @@
-import ContentStore
 import Foundation
 import HTTPTypes
 import Hummingbird
-import HummingbirdCore
 import Logging
 import Mirror
 import NIOCore
@@ -34,14 +32,7 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
     let content: Content
     let router: UpstreamRouter
 
-    /// Told of every manifest and blob served (access times for LRU) and holds a lease on
-    /// each stored blob while its response streams.
-    let maintenance: CacheMaintenance?
-    let stats: MirrorStats?
-
-    public init(content: Content, router: UpstreamRouter, maintenance: CacheMaintenance? = nil, stats: MirrorStats? = nil) {
-        self.maintenance = maintenance
-        self.stats = stats
+    public init(content: Content, router: UpstreamRouter) {
         self.content = content
         self.router = router
     }
@@ -128,7 +119,6 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
         guard accept.accepts(manifest.mediaType) else {
             throw RegistryError(.manifestUnknown, "the manifest is \(manifest.mediaType), which the request's Accept header does not include")
         }
-        maintenance?.touch(manifest.digest)
         let etag = "\"\(manifest.digest)\""
         var headers: HTTPFields = [
             .contentType: manifest.mediaType,
@@ -143,7 +133,7 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
         }
         headers[.contentLength] = String(manifest.bytes.count)
         if head { return Response(status: .ok, headers: headers) }
-        stats?.served(Int64(manifest.bytes.count), repository: repository)
+        content.delivered(Int64(manifest.bytes.count), of: manifest, in: repository)
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: manifest.bytes)))
     }
 
@@ -186,60 +176,34 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
         } catch {
             throw RegistryError(error)
         }
-        maintenance?.touch(digest)
-        // The blob is open (and leased) already: once the head goes out, the body can finish.
-        switch blob {
-        case .stored(let file, let lease):
-            let (status, start, length) = try Self.resolveRange(request, size: file.size, headers: &headers)
-            headers[.contentLength] = String(length)
-            headers[.xCache] = "HIT"
-            if length == 0 { return Response(status: status, headers: headers) }
-            let source = BlobBody(file: file, fill: nil, start: start, length: length, holding: lease)
-            return Response(status: status, headers: headers, body: source.body(channel: context.channel, served: served(repository)))
-        case .upstreamRange(let range, let lease):
-            headers[.xCache] = "MISS"
-            headers[.contentRange] = range.contentRange
-            if let type = range.multipartType { headers[.contentType] = type }
-            headers[.contentLength] = range.contentLength.map(String.init)
-            let source = UpstreamRangeBody(range: range, holding: lease)
-            return Response(status: .partialContent, headers: headers, body: source.body(served: served(repository)))
-        case .filling(let fill, let lease):
-            headers[.xCache] = "MISS"
-            // Headers go out as soon as the upstream's do; the body follows the download.
-            var size: Int64?
-            do {
-                size = try await fill.size()
-                // An upstream that sends no length (chunked) and no manifest that names one: a
-                // Range needs the size, so wait a while for the end; a plain GET streams chunked.
-                if size == nil, request.headers[.range] != nil {
-                    size = try await fill.completedSize(within: Self.rangeWaitForSize)
-                    guard size != nil else {
-                        throw RegistryError(.unavailable, "\(digest) is still downloading and its size is not known yet; retry",
-                                            headers: [.retryAfter: "5"])
-                    }
-                }
-            } catch let error as MirrorError {
-                throw RegistryError(error)
-            }
-            guard let size else {
-                let source = BlobBody(file: fill.file, fill: fill, start: 0, length: nil, holding: lease)
-                return Response(status: .ok, headers: headers, body: source.body(channel: context.channel, served: served(repository)))
-            }
-            let (status, start, length) = try Self.resolveRange(request, size: size, headers: &headers)
-            headers[.contentLength] = String(length)
-            if length == 0 { return Response(status: status, headers: headers) }
-            let source = BlobBody(file: fill.file, fill: fill, start: start, length: length, holding: lease)
-            return Response(status: status, headers: headers, body: source.body(channel: context.channel, served: served(repository)))
+        headers[.xCache] = blob.cacheResult == .hit ? "HIT" : "MISS"
+        // Headers go out once the size is known (a download: once the upstream's head came);
+        // the body follows the reader.
+        let size: Int64?
+        do {
+            size = try await blob.reader.size()
+        } catch let error as MirrorError {
+            throw RegistryError(error)
         }
-    }
-
-    /// How long a Range for a blob of unknown size (a chunked upstream) waits for its download.
-    static var rangeWaitForSize: Duration { .seconds(20) }
-
-    /// Counts bytes that reached a client, once its body ends.
-    func served(_ repository: RepositoryKey) -> @Sendable (Int64) -> Void {
-        let stats = self.stats
-        return { bytes in stats?.served(bytes, repository: repository) }
+        if let relayed = blob.relayedRange {
+            // The upstream's own 206, relayed as it is.
+            headers[.contentRange] = relayed.contentRange
+            if let type = relayed.multipartType { headers[.contentType] = type }
+            headers[.contentLength] = size.map(String.init)
+            return Response(status: .partialContent, headers: headers,
+                            body: BlobBody(content: blob, start: 0, length: size).body(channel: context.channel))
+        }
+        guard let size else {
+            // No length from the upstream and none known: a plain GET streams chunked.
+            return Response(status: .ok, headers: headers, body: BlobBody(content: blob, start: 0, length: nil).body(channel: context.channel))
+        }
+        let (status, start, length) = try Self.resolveRange(request, size: size, headers: &headers)
+        headers[.contentLength] = String(length)
+        if length == 0 {
+            blob.finished(sent: 0)
+            return Response(status: status, headers: headers)
+        }
+        return Response(status: status, headers: headers, body: BlobBody(content: blob, start: start, length: length).body(channel: context.channel))
     }
 
     /// Applies the request's `Range` to a blob of `size`: status, start and length, and `Content-Range`.
@@ -290,18 +254,18 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
     func referrers(_ request: Request, name: Substring, namespace: String?, digest text: Substring, head: Bool) async throws -> Response {
         let repository = try repository(name, namespace)
         let digest = try Self.digest(text)
-        var descriptors: [Descriptor]
+        var listed: [Descriptor]
         do {
-            descriptors = try await content.referrers(repository, digest)
+            listed = try await content.referrers(repository, digest)
         } catch {
             throw RegistryError(error)
         }
         var headers: HTTPFields = [.contentType: MediaType.ociIndex]
         if let artifactType = request.uri.queryParameters["artifactType"].map(String.init) {
-            descriptors = descriptors.filter { $0.artifactType == artifactType }
+            listed = listed.filter { $0.artifactType == artifactType }
             headers[.ociFiltersApplied] = "artifactType"
         }
-        return try Self.json(ImageIndex(manifests: descriptors), headers: headers, head: head)
+        return try Self.json(ImageIndex(manifests: listed), headers: headers, head: head)
     }
 
     static func json(_ value: some Encodable, headers: HTTPFields, head: Bool) throws -> Response {
@@ -330,24 +294,3 @@ struct APIVersionMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// The HTTP/1 server, with the zero-copy blob handler installed unless `zeroCopy` is off
-/// (then blob bodies are read into buffers, as Hummingbird does by default), and envelopes
-/// for requests the HTTP/1 decoder rejects.
-public enum RegistryServer {
-    /// `idleTimeout`: an idle keep-alive connection, or a request head that stops arriving, is
-    /// closed after it. A response in progress, however slow its client, is never cut by it.
-    /// The default 75 s is nginx's: below Go clients' 90 s pool timeout, so dockerd and
-    /// containerd see the close of an idle connection before they would reuse it.
-    public static func http1(zeroCopy: Bool = true, idleTimeout: Duration = .seconds(75)) -> HTTPServerBuilder {
-        .http1(configuration: .init(additionalChannelHandlers: (zeroCopy ? [FileRegionHandler()] : []) + [ParseErrorEnvelopeHandler()],
-                                    idleTimeout: .nanoseconds(Int64(idleTimeout.components.seconds) * 1_000_000_000 + idleTimeout.components.attoseconds / 1_000_000_000)))
-    }
-
-    /// Guards a listening channel against more than `maxConnections` connections and against
-    /// running out of file descriptors (see `ConnectionGuard`). Call it from `onServerRunning`.
-    public static func guardConnections(of channel: any Channel, maxConnections: Int, logger: Logger) async throws {
-        try await channel.eventLoop.submit {
-            try channel.pipeline.syncOperations.addHandler(ConnectionGuard(maxConnections: maxConnections, port: channel.localAddress?.port, logger: logger), position: .first)
-        }.get()
-    }
-}

@@ -3,6 +3,7 @@ import Hummingbird
 import Logging
 import Mirror
 import NIOCore
+import RegistryServer
 
 /// The id of the request being served, for log lines written below the HTTP layer (the
 /// mirror core logs with its own logger; a metadata provider adds this id to its lines).
@@ -115,7 +116,7 @@ struct CountingBodyWriter: ResponseBodyWriter {
 
     mutating func write(_ buffer: ByteBuffer) async throws {
         try await inner.write(buffer)
-        if buffer != FileRegionHandler.marker { sent.add(Int64(buffer.readableBytes)) }
+        if buffer != ZeroCopySender.marker { sent.add(Int64(buffer.readableBytes)) }
     }
 
     consuming func finish(_ trailingHeaders: HTTPFields?) async throws {

@@ -6,6 +6,7 @@ import Mirror
 import NIOCore
 import OCI
 import RegistryAPI
+import RegistryServer
 import ServiceLifecycle
 import Upstream
 
@@ -45,6 +46,9 @@ public struct ServeSettings: Sendable {
     /// `watch.*`: images kept fresh on a schedule, before any client asks (`WatchList`).
     public var watchImages: [WatchEntry] = []
     public var watchInterval = MirrorConfiguration.defaultWatchInterval
+    /// On graceful shutdown (SIGTERM), how long running blob downloads may go on before they
+    /// are cancelled (nothing partial is kept).
+    public var fillShutdownGrace: Duration = .seconds(10)
 
     public init() {}
 
@@ -53,7 +57,8 @@ public struct ServeSettings: Sendable {
     /// background. `seed` uses the same, so it pulls exactly as the server would.
     /// `seeding` turns off the background fetch of every child of an index, so a seed copies
     /// exactly the instances chosen.
-    public func makeCache(logger: Logger, seeding: Bool = false, stats: MirrorStats? = nil) throws -> (data: DataDirectory, content: PullThroughRegistry, maintenance: CacheMaintenance) {
+    public func makeCache(logger: Logger, seeding: Bool = false, stats: MirrorStats? = nil,
+                          fills: FillService? = nil) throws -> (data: DataDirectory, content: PullThroughRegistry, maintenance: CacheMaintenance) {
         let data = try DataDirectory(path: dataDirectory)
         let maintenance = CacheMaintenance(store: data.store, index: data.index, maxBytes: maxBytes,
                                            checkInterval: evictionInterval, stats: stats, logger: logger)
@@ -61,7 +66,7 @@ public struct ServeSettings: Sendable {
         let transport = CurlTransport()
         let registries = upstreams.map { UpstreamRegistry($0, transport: transport, observer: stats, logger: logger) }
         let content = PullThroughRegistry(local: local, upstreams: registries, policies: policies, offline: offline,
-                                          maintenance: maintenance, prefetchChildManifests: !seeding, stats: stats, logger: logger)
+                                          maintenance: maintenance, prefetchChildManifests: !seeding, stats: stats, fillService: fills, logger: logger)
         return (data, content, maintenance)
     }
 }
@@ -75,17 +80,64 @@ struct MaintenanceService: Service {
     }
 }
 
-/// The composition root: builds the whole server from settings.
+/// Runs blob fills and prefetches (`FillService`) as a service. On graceful shutdown it takes
+/// no new ones and gives running fills `grace` to finish, then cancels them cleanly.
+struct FillsService: Service {
+    let fills: FillService
+    let grace: Duration
+    func run() async throws {
+        await withGracefulShutdownHandler {
+            await fills.run(grace: grace)
+        } onGracefulShutdown: {
+            fills.shutDown()
+        }
+    }
+}
+
+/// The composition root: builds the whole server from settings, its fills and prefetches
+/// owned by a `FillsService` among the application's services.
 public func buildApplication(
     _ settings: ServeSettings,
     logger: Logger,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) throws -> some ApplicationProtocol {
+    let fills = FillService(logger: logger)
+    var app = try makeApplication(settings, logger: logger, fills: fills, onServerRunning: onServerRunning)
+    app.addServices(FillsService(fills: fills, grace: settings.fillShutdownGrace))
+    return app
+}
+
+/// Runs `serve` until SIGTERM or SIGINT.
+///
+/// The fills service runs beside the application, after it, so a graceful shutdown reaches
+/// it first: it takes no new downloads, gives running ones `fillShutdownGrace`, and cancels the
+/// rest (their clients' bodies are cut; nothing partial is kept). Only then does the HTTP
+/// server drain its connections, which no stalled download holds open any more. Inside the
+/// application, services are shut down after the server, which would wait for those clients.
+public func runServer(
+    _ settings: ServeSettings,
+    logger: Logger,
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+) async throws {
+    let fills = FillService(logger: logger)
+    let app = try makeApplication(settings, logger: logger, fills: fills, onServerRunning: onServerRunning)
+    let group = ServiceGroup(configuration: .init(
+        services: [app, FillsService(fills: fills, grace: settings.fillShutdownGrace)],
+        gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await group.run()
+}
+
+func makeApplication(
+    _ settings: ServeSettings,
+    logger: Logger,
+    fills: FillService,
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void
+) throws -> Application<RouterResponder<RegistryRequestContext>> {
     // Metrics go to a registry of this application's own, not a process-wide bootstrap,
     // so several applications (tests) can live in one process.
     let prometheus = PrometheusCollectorRegistry()
     let stats = MirrorStats(factory: PrometheusMetricsFactory(registry: prometheus))
-    let (data, content, maintenance) = try settings.makeCache(logger: logger, stats: stats)
+    let (data, content, maintenance) = try settings.makeCache(logger: logger, stats: stats, fills: fills)
     let watch = try makeWatchList(settings, content: content, logger: logger)
     stats.register(upstreams: settings.upstreams.map(\.name))
     let router = Router(context: RegistryRequestContext.self)
@@ -95,8 +147,7 @@ public func buildApplication(
         let throttle = LoginThrottle(limit: settings.authFailureLimit, window: settings.authFailureWindow)
         router.add(middleware: BasicAuthMiddleware(htpasswd: htpasswd, realm: settings.htpasswdRealm, throttle: throttle))
     }
-    RegistryRoutes(content: content, router: settings.upstreamRouter, maintenance: maintenance, stats: stats)
-        .add(to: router)
+    RegistryRoutes(content: content, router: settings.upstreamRouter).add(to: router)
     let upstreamList = settings.upstreams.map { (name: $0.name, url: $0.url.absoluteString) }
     router.get("/") { _, _ -> Response in
         let fills = content.activeFills.map { StatusPage.Fill(upstream: $0.upstream, digest: $0.digest, written: $0.written, size: $0.size) }
@@ -122,11 +173,11 @@ public func buildApplication(
     let maxConnections = settings.connectionLimit(logger: logger)
     var app = Application(
         router: router,
-        server: RegistryServer.http1(zeroCopy: settings.zeroCopy, idleTimeout: settings.idleTimeout),
+        server: RegistryPipeline.http1(zeroCopy: settings.zeroCopy, idleTimeout: settings.idleTimeout, parseErrorAnswer: RegistryError.parseErrorAnswer),
         configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: nil),
         onServerRunning: { channel in
             do {
-                try await RegistryServer.guardConnections(of: channel, maxConnections: maxConnections, logger: logger)
+                try await RegistryPipeline.guardConnections(of: channel, maxConnections: maxConnections, logger: logger)
             } catch {
                 logger.error("cannot guard the listening socket against running out of descriptors: \(error)")
             }

@@ -136,9 +136,9 @@ struct GC: AsyncParsableCommand {
         let cap = try maxSize.map(parseMaxSize) ?? configuration.maxSize
         let data = try DataDirectory(path: configuration.dataDirectory)
         let maintenance = CacheMaintenance(store: data.store, index: data.index, maxBytes: cap, logger: logger)
-        let unindexed = try maintenance.sweepUnindexed(dryRun: dryRun)
+        let unindexed = try await maintenance.sweepUnindexed(dryRun: dryRun)
         print("\(dryRun ? "would remove" : "removed") \(unindexed.count) store files the index does not know, \(ByteCount(unindexed.reduce(0) { $0 + $1.size }))")
-        let plan = try maintenance.evict(dryRun: dryRun)
+        let plan = try await maintenance.evict(dryRun: dryRun)
         let verb = dryRun ? "would evict" : "evicted"
         for image in plan.images {
             print("\(verb) \(image.tags.isEmpty ? "(untagged)" : image.tags.joined(separator: ", ")) \(image.digest)")

@@ -191,7 +191,8 @@ enum Command {
 /// SIGTERM (then SIGKILL) to its process group by `stop()`, or at the latest on deinit.
 ///
 /// It runs under `timeout(1)` with a generous lifetime cap, so that even if the test process
-/// itself crashes the server does not outlive it by much.
+/// itself crashes the server does not outlive it by much. After a SIGTERM, `timeout` allows
+/// 30 s before its SIGKILL: a server drains its downloads for up to 10 s (`ShutdownTests`).
 final class ChildProcess: Sendable {
     static let lifetimeCap = 900  // seconds
 
@@ -209,7 +210,7 @@ final class ChildProcess: Sendable {
         stdoutURL = logDirectory.appendingPathComponent("\(name).stdout.log")
         stderrURL = logDirectory.appendingPathComponent("\(name).stderr.log")
         child = try Subprocess.spawn(
-            timeoutProgram, ["--kill-after=5", String(Self.lifetimeCap), executable] + arguments,
+            timeoutProgram, ["--kill-after=30", String(Self.lifetimeCap), executable] + arguments,
             environment: environment, stdout: stdoutURL.path, stderr: stderrURL.path)
     }
 
@@ -232,6 +233,17 @@ final class ChildProcess: Sendable {
             Progress.step("\(name) (pid \(pid)) did not exit within \(grace) of SIGTERM; sending SIGKILL")
             _ = await child.killAndReap()
         }
+    }
+
+    /// SIGTERM, then up to `timeout` for the process to exit: its exit status, or nil if it
+    /// was still running then (it is then killed). Idempotent with `stop()`.
+    func terminate(timeout: Duration) async -> Int32? {
+        stopped.withLock { $0 = true }
+        guard !child.hasExited else { return child.poll() }
+        child.signalGroup(SIGTERM)
+        if let status = await child.wait(timeout: timeout) { return status }
+        _ = await child.killAndReap()
+        return nil
     }
 
     /// SIGKILL to the process group now, and reaped. Idempotent with `stop()`.

@@ -198,6 +198,10 @@ final class MirrorProcess: @unchecked Sendable {
         }
     }
 
+    /// SIGTERM, as a service manager stops it: the exit status, or nil if it did not exit
+    /// within `timeout` (then it is killed).
+    func terminate(timeout: Duration) async -> Int32? { await process.terminate(timeout: timeout) }
+
     /// SIGKILL, no grace: a crash, as far as the data directory can tell.
     func kill() async { await process.kill() }
 

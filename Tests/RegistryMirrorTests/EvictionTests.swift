@@ -119,7 +119,7 @@ import Testing
         #expect(try tags(index) == ["a"])
     }
 
-    @Test func maintenanceDeletesFilesButNotLeasedOnes() throws {
+    @Test func maintenanceDeletesFilesButNotLeasedOnes() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let store = try FileSystemStore(root: dir.path)
@@ -130,18 +130,18 @@ import Testing
         for label in ["one", "two"] {
             let bytes = Array(label.utf8)
             let digest = DigestHasher.digest(of: bytes)
-            try store.write(bytes, as: digest)
+            try await store.write(bytes, as: digest)
             batch.addBlob(digest, size: Int64(bytes.count))
             digests.append(digest)
         }
         try index.record(batch)
         var lease: BlobLease? = maintenance.lease(digests[1])
-        try maintenance.evict()
+        try await maintenance.evict()
         #expect(store.size(of: digests[0]) == nil)
         #expect(store.size(of: digests[1]) == 3, "a leased blob was deleted")
         withExtendedLifetime(lease) {}
         lease = nil
-        try maintenance.evict()
+        try await maintenance.evict()
         #expect(store.size(of: digests[1]) == nil)
         #expect(try index.usage().objects == 0)
     }
@@ -166,7 +166,7 @@ import Testing
         #expect(try index.evict(toAtMost: 0, dryRun: true).images.first?.digest == new)
     }
 
-    @Test func strayFilesAreSweptOnlyWhenOld() throws {
+    @Test func strayFilesAreSweptOnlyWhenOld() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let store = try FileSystemStore(root: dir.path)
@@ -176,7 +176,7 @@ import Testing
         for label in ["stray-old", "stray-new", "indexed-old"] {
             let bytes = Array(label.utf8)
             digests[label] = DigestHasher.digest(of: bytes)
-            try store.write(bytes, as: digests[label]!)
+            try await store.write(bytes, as: digests[label]!)
         }
         var batch = ContentBatch()
         batch.addBlob(digests["indexed-old"]!, size: 11)
@@ -185,9 +185,9 @@ import Testing
         for label in ["stray-old", "indexed-old"] {
             try FileManager.default.setAttributes([.modificationDate: old], ofItemAtPath: store.path(of: digests[label]!))
         }
-        #expect(try maintenance.sweepUnindexed(dryRun: true).map(\.digest) == [digests["stray-old"]!])
+        #expect(try await maintenance.sweepUnindexed(dryRun: true).map(\.digest) == [digests["stray-old"]!])
         #expect(store.size(of: digests["stray-old"]!) != nil, "a dry run deleted a file")
-        #expect(try maintenance.sweepUnindexed().map(\.digest) == [digests["stray-old"]!])
+        #expect(try await maintenance.sweepUnindexed().map(\.digest) == [digests["stray-old"]!])
         #expect(store.size(of: digests["stray-old"]!) == nil)
         #expect(store.size(of: digests["stray-new"]!) != nil, "a file whose record may still come was removed")
         #expect(store.size(of: digests["indexed-old"]!) != nil)

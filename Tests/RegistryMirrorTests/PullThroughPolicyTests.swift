@@ -128,14 +128,14 @@ struct PullThroughPolicyTests {
         let f = try PolicyFixture()
         defer { f.dir.remove() }
         let digest = f.upstream.put(blob: Array("shared layer".utf8), in: "team/a", "team/b")
-        guard case .filling(let fill, _) = try await f.registry.blob(try f.key("team/a"), digest) else {
+        guard let fill = try await f.registry.blob(try f.key("team/a"), digest).fill else {
             Issue.record("a cold blob should be filling")
             return
         }
         _ = try await fill.completed()
 
         for _ in 0..<2 {
-            guard case .stored = try await f.registry.blob(try f.key("team/b"), digest) else {
+            guard try await f.registry.blob(try f.key("team/b"), digest).cacheResult == .hit else {
                 Issue.record("the cached blob should be served under team/b")
                 return
             }
@@ -194,8 +194,7 @@ struct PullThroughPolicyTests {
         let fills = try await withThrowingTaskGroup(of: BlobFill?.self) { group in
             for _ in 0..<callers {
                 group.addTask {
-                    guard case .filling(let fill, _) = try await f.registry.blob(key, digest) else { return nil }
-                    return fill
+                    try await f.registry.blob(key, digest).fill
                 }
             }
             return try await group.reduce(into: [BlobFill?]()) { $0.append($1) }
@@ -231,7 +230,7 @@ struct PullThroughPolicyTests {
         // arm64's blobs are downloading; a client's GET joins those downloads.
         #expect(await f.upstream.calls.wait("blobGet", reaches: 2))
         for blob in children[1].blobs {
-            if case .filling(let fill, _) = try await f.registry.blob(try f.key("lib/app"), blob) { _ = try await fill.completed() }
+            if let fill = try await f.registry.blob(try f.key("lib/app"), blob).fill { _ = try await fill.completed() }
         }
         #expect(f.upstream.calls["blobGet"] == 2)
         for child in children[0...2] { #expect(f.upstream.calls["manifestGet \(child.manifest)"] == 1) }

@@ -1,27 +1,64 @@
-import ContentStore
+@testable import ContentStore
 import Foundation
 import MetadataIndex
 import Mirror
 import OCI
+import Synchronization
 import Testing
 
 @Suite struct FileSystemStoreTests {
+    @Test("FileSystemStore passes the BlobStore conformance suite")
+    func conformance() async throws {
+        let root = try TemporaryDirectory()
+        defer { root.remove() }
+        let counter = Counter()
+        try await BlobStoreConformance {
+            try FileSystemStore(root: root.path + "/store-\(counter.next())")
+        }.run()
+        // Whatever the checks did, no write is left half-done on disk.
+        #expect(regularFiles(under: root.path).filter { $0.hasSuffix(".part") }.isEmpty)
+    }
+
+    @Test("a store reopened after a crash mid-write shows nothing of it and sweeps its temp file")
+    func crashMidWriteIsSweptOnReopen() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let bytes = [UInt8](repeating: 9, count: 10_000)
+        let digest = DigestHasher.digest(of: bytes)
+        // A crashed process: its temp folder holds a half-written blob and nobody holds its lock.
+        do {
+            let crashed = try FileSystemStore(root: dir.path)
+            let writer = try crashed.makeFileWriter(expecting: digest, size: Int64(bytes.count))
+            try bytes.withUnsafeBytes { try writer.write(UnsafeRawBufferPointer(rebasing: $0.prefix(4000))) }
+            let leftover = dir.path + "/tmp/dead"
+            try FileManager.default.createDirectory(atPath: leftover, withIntermediateDirectories: true)
+            _ = FileManager.default.createFile(atPath: leftover + "/.lock", contents: nil)
+            try FileManager.default.copyItem(atPath: writer.temporaryPath, toPath: leftover + "/1.part")
+            writer.abort()
+        }
+        let reopened = try FileSystemStore(root: dir.path)
+        #expect(reopened.size(of: digest) == nil)
+        #expect(try reopened.allDigests().isEmpty)
+        #expect(regularFiles(under: dir.path).filter { $0.hasSuffix(".part") }.isEmpty, "a dead process's temp file survived the reopen")
+    }
+
     @Test func verifiedWriteBecomesVisibleAtomically() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let store = try FileSystemStore(root: dir.path)
         let bytes = Array("layer bytes".utf8)
         let digest = DigestHasher.digest(of: bytes)
-        let writer = try store.makeWriter(expecting: digest, size: Int64(bytes.count))
+        let writer = try store.makeFileWriter(expecting: digest, size: Int64(bytes.count))
         try bytes.withUnsafeBytes { try writer.write(UnsafeRawBufferPointer(rebasing: $0.prefix(5))) }
         #expect(store.size(of: digest) == nil, "nothing is visible before commit")
         #expect(FileManager.default.fileExists(atPath: writer.temporaryPath))
         try bytes.withUnsafeBytes { try writer.write(UnsafeRawBufferPointer(rebasing: $0.dropFirst(5))) }
-        try writer.commit()
+        try writer.commitNow()
         #expect(store.size(of: digest) == Int64(bytes.count))
         #expect(try store.read(digest, limit: 100) == bytes)
         #expect(!FileManager.default.fileExists(atPath: writer.temporaryPath))
-        #expect(store.location(of: digest) == .file(path: dir.path + "/blobs/" + digest.shardedPath, size: Int64(bytes.count)))
+        #expect(store.path(of: digest) == dir.path + "/blobs/" + digest.shardedPath)
+        #expect(try store.openFile(digest)?.size == Int64(bytes.count))
         #expect(try store.allDigests() == [digest])
     }
 
@@ -30,9 +67,9 @@ import Testing
         defer { dir.remove() }
         let store = try FileSystemStore(root: dir.path)
         let digest = DigestHasher.digest(of: Array("expected".utf8))
-        let writer = try store.makeWriter(expecting: digest, size: 8)
+        let writer = try store.makeFileWriter(expecting: digest, size: 8)
         try Array("tampered".utf8).withUnsafeBytes { try writer.write($0) }
-        #expect(throws: StoreError.self) { try writer.commit() }
+        #expect(throws: StoreError.self) { try writer.commitNow() }
         #expect(store.size(of: digest) == nil)
         #expect(!FileManager.default.fileExists(atPath: writer.temporaryPath), "the temp file is removed")
     }
@@ -43,10 +80,10 @@ import Testing
         let store = try FileSystemStore(root: dir.path)
         let bytes = Array("0123456789".utf8)
         let digest = DigestHasher.digest(of: bytes)
-        let short = try store.makeWriter(expecting: digest, size: 10)
+        let short = try store.makeFileWriter(expecting: digest, size: 10)
         try bytes.withUnsafeBytes { try short.write(UnsafeRawBufferPointer(rebasing: $0.prefix(9))) }
-        #expect(throws: StoreError.self) { try short.commit() }
-        let long = try store.makeWriter(expecting: digest, size: 9)
+        #expect(throws: StoreError.self) { try short.commitNow() }
+        let long = try store.makeFileWriter(expecting: digest, size: 9)
         #expect(throws: StoreError.self) { try bytes.withUnsafeBytes { try long.write($0) } }
         long.abort()
         #expect(store.size(of: digest) == nil)
@@ -60,7 +97,7 @@ import Testing
         let bytes = [UInt8](repeating: 7, count: 1 << 20)
         let digest = DigestHasher.digest(of: bytes)
         do {
-            let writer = try store.makeWriter(expecting: digest, size: Int64(bytes.count))
+            let writer = try store.makeFileWriter(expecting: digest, size: Int64(bytes.count))
             try bytes.withUnsafeBytes { try writer.write(UnsafeRawBufferPointer(rebasing: $0.prefix(1000))) }
             // the writer is dropped without commit, as when a download fails
         }
@@ -157,4 +194,10 @@ import Testing
         #expect(try router.route(path: "quay.io/a", namespace: nil).description == "quay.io/a")
         #expect(throws: MirrorError.self) { try router.route(path: "ghcr.io/Org", namespace: nil) }
     }
+}
+
+/// Numbers for store roots, one per call.
+final class Counter: Sendable {
+    private let value = Mutex(0)
+    func next() -> Int { value.withLock { $0 += 1; return $0 } }
 }

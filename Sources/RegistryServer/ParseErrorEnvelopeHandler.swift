@@ -9,7 +9,8 @@ import NIOHTTPTypes
 /// decoder's 80 KiB limits) never reaches the router: Hummingbird answers it with a bare
 /// `400`, `Content-Length: 0`, and closes. A registry client expects `{"errors":[…]}` on
 /// every error, so this handler, above the HTTP/1 codec, notes the decoder's error and
-/// rewrites that one response: the envelope, and `431` when the head was too large.
+/// rewrites that one response: the envelope, and `431` when the head was too large. The
+/// answer itself comes from the API layer (`ParseErrorAnswer`), which owns the error table.
 final class ParseErrorEnvelopeHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -17,6 +18,9 @@ final class ParseErrorEnvelopeHandler: ChannelDuplexHandler, RemovableChannelHan
     typealias OutboundOut = HTTPResponsePart
 
     private var parseError: HTTPParserError?
+    private let answer: ParseErrorAnswer.Render
+
+    init(answer: @escaping ParseErrorAnswer.Render) { self.answer = answer }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let error = error as? HTTPParserError { parseError = error }
@@ -31,13 +35,28 @@ final class ParseErrorEnvelopeHandler: ChannelDuplexHandler, RemovableChannelHan
             return
         }
         parseError = nil
-        let code: RegistryError.Code = error == .headerOverflow ? .headersTooLarge : .badRequest
-        let body = RegistryError.envelope(code: code.name, message: code.message, detail: "the request could not be parsed: \(error.debugDescription)")
-        head.status = code.status
-        head.headerFields[.contentType] = "application/json"
-        head.headerFields[.contentLength] = String(body.readableBytes)
-        head.headerFields[.dockerDistributionAPIVersion] = "registry/2.0"
+        let rendered = answer(error == .headerOverflow, "the request could not be parsed: \(error.debugDescription)")
+        head.status = rendered.status
+        for field in rendered.headerFields { head.headerFields[field.name] = field.value }
+        head.headerFields[.contentLength] = String(rendered.body.readableBytes)
+        let body = rendered.body
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(body)), promise: promise)
+    }
+}
+
+/// The answer to a request the HTTP/1 decoder rejected, rendered by the API layer.
+public struct ParseErrorAnswer: Sendable {
+    /// Renders the answer: whether the head was too large, and what went wrong.
+    public typealias Render = @Sendable (_ headTooLarge: Bool, _ detail: String) -> ParseErrorAnswer
+
+    public var status: HTTPResponse.Status
+    public var headerFields: HTTPFields
+    public var body: ByteBuffer
+
+    public init(status: HTTPResponse.Status, headerFields: HTTPFields, body: ByteBuffer) {
+        self.status = status
+        self.headerFields = headerFields
+        self.body = body
     }
 }
