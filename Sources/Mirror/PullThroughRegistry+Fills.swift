@@ -21,11 +21,11 @@ extension PullThroughRegistry {
     }
 
     /// Joins the running download of `digest`, or starts one.
-    func startOrJoinFill(_ repository: RepositoryKey, _ digest: Digest, upstream: any UpstreamClient) throws(MirrorError) -> BlobFill {
+    func startOrJoinFill(_ repository: RepositoryKey, _ digest: Digest, upstream: any UpstreamClient) async throws(MirrorError) -> BlobFill {
         let key = fillKey(upstream, digest)
         // Looked up before the lock: a chunked upstream sends no length, and this is the one
         // a client can be told in its place.
-        let expectedSize = fills.withLock({ $0[key] }) == nil ? try descriptorSize(of: digest, in: repository) : nil
+        let expectedSize = fills.withLock({ $0[key] }) == nil ? try await descriptorSize(of: digest, in: repository) : nil
         let started: (BlobFill, (any BlobWriter)?) = try fills.withLock { (fills) throws(MirrorError) in
             if let fill = fills[key] { return (fill, nil) }
             let writer: any BlobWriter
@@ -114,23 +114,23 @@ extension PullThroughRegistry {
     /// record is deleted again (unless the index already knew it): nothing unindexed stays.
     func publish(_ writer: any BlobWriter, repository: RepositoryKey) async throws {
         let digest = writer.digest
-        let knownBefore = try local.wrap { () throws(IndexError) in try index.blobSize(digest) } != nil
+        let knownBefore = try await local.wrap { () async throws(IndexError) in try await index.blobSize(digest) } != nil
         try await BlockingWork.run { try writer.commit() }
         var batch = ContentBatch()
         batch.addBlob(digest, size: writer.bytesWritten)
         batch.link(repository, digest)
-        try record(batch, stored: digest, knownBefore: knownBefore)
+        try await record(batch, stored: digest, knownBefore: knownBefore)
     }
 
     /// Records what was just stored; if the index refuses, the stored file goes again (unless
     /// the index already knew it), so no file stays that the index does not know.
-    func record(_ batch: ContentBatch, stored digest: Digest, knownBefore: Bool) throws(MirrorError) {
+    func record(_ batch: ContentBatch, stored digest: Digest, knownBefore: Bool) async throws(MirrorError) {
         do {
-            try index.record(batch)
+            try await index.record(batch, now: now)
         } catch {
             if !knownBefore { try? store.delete(digest) }
             stats?.storeFailed()
-            throw MirrorError(.storeFailed, "the local index cannot record \(digest): \(error.message)")
+            throw MirrorError(.storeFailed, "the local index cannot record \(digest): \(error.description)")
         }
     }
 }

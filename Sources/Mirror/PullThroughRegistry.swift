@@ -73,7 +73,7 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     var store: any BlobStore { local.store }
-    var index: MetadataIndex { local.index }
+    var index: any MetadataStore { local.index }
 
     /// The upstream for a repository, or nil when offline or unknown.
     func upstream(for repository: RepositoryKey) -> (any UpstreamClient)? {
@@ -125,7 +125,7 @@ public final class PullThroughRegistry: RegistryContent {
 
     /// `maxAge` overrides the policy's tag TTL (`.zero`: always ask the upstream).
     func manifest(_ repository: RepositoryKey, tag: Tag, upstream: any UpstreamClient, maxAge: Duration? = nil) async throws(MirrorError) -> ManifestContent {
-        let cached = try local.wrap { () throws(IndexError) in try index.tag(repository, tag) }
+        let cached = try await local.wrap { () async throws(IndexError) in try await index.tag(repository, tag) }
         let policy = policy(repository)
         if let cached, now - cached.checkedAt < Int64((maxAge ?? policy.tagTTL).components.seconds),
            let content = try? local.manifestContent(cached.digest, mediaType: cached.mediaType) {
@@ -137,7 +137,7 @@ public final class PullThroughRegistry: RegistryContent {
                 let head = try await upstream.manifest(repository.name, .tag(tag), head: true)
                 if let digest = head.digest {
                     if let cached, digest == cached.digest, var content = try? self.local.manifestContent(digest, mediaType: cached.mediaType) {
-                        try self.local.wrap { () throws(IndexError) in try self.index.touchTag(repository, tag, checkedAt: self.now) }
+                        try await self.local.wrap { () async throws(IndexError) in try await self.index.touchTag(repository, tag, checkedAt: self.now) }
                         content.cacheResult = .revalidated
                         return content
                     }
@@ -184,7 +184,7 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     func manifest(_ repository: RepositoryKey, digest: Digest, upstream: any UpstreamClient) async throws(MirrorError) -> ManifestContent {
-        let found = try local.wrap { () throws(IndexError) in try index.manifest(digest, in: repository) }
+        let found = try await local.wrap { () async throws(IndexError) in try await index.manifest(digest, in: repository) }
         // Bytes in memory need no stat of their file.
         if let (known, linked) = found, local.holdsInMemory(digest) || store.size(of: digest) != nil {
             if !linked {
@@ -196,7 +196,7 @@ public final class PullThroughRegistry: RegistryContent {
                 }
                 var batch = ContentBatch()
                 batch.link(repository, digest)
-                try local.wrap { () throws(IndexError) in try index.record(batch) }
+                try await local.wrap { () async throws(IndexError) in try await index.record(batch, now: now) }
             }
             // A file evicted between the check and the read is a miss, fetched below.
             if let content = try? local.manifestContent(digest, mediaType: known.mediaType) { return content }
@@ -235,7 +235,7 @@ public final class PullThroughRegistry: RegistryContent {
         }
         // The type the upstream served it as is the type we serve it as.
         let mediaType = response.mediaType.flatMap { MediaType.isManifest($0) ? $0 : nil } ?? document.mediaType
-        let knownBefore = try local.wrap { () throws(IndexError) in try index.blobSize(actual) } != nil
+        let knownBefore = try await local.wrap { () async throws(IndexError) in try await index.blobSize(actual) } != nil
         do {
             try store.write(bytes, as: actual)
         } catch {
@@ -252,7 +252,7 @@ public final class PullThroughRegistry: RegistryContent {
         for blob in document.blobs { batch.link(repository, blob.digest) }
         for child in document.manifests { batch.link(repository, child.digest) }
         if let tag { batch.tag(repository, tag, actual, mediaType: mediaType, checkedAt: now) }
-        try record(batch, stored: actual, knownBefore: knownBefore)
+        try await record(batch, stored: actual, knownBefore: knownBefore)
         var content = ManifestContent(digest: actual, mediaType: mediaType, bytes: bytes)
         content.cacheResult = .miss
         if document.isIndex, prefetchChildManifests { prefetchChildren(document.manifests, repository: repository, upstream: upstream) }
@@ -276,7 +276,7 @@ public final class PullThroughRegistry: RegistryContent {
                             self.stats?.prefetched("manifest")
                             let content = try await self.manifest(repository, digest: child.digest, upstream: upstream)
                             if let platform = child.platform, self.policy(repository).prefetchPlatforms.contains(where: { $0.matches(platform) }) {
-                                try self.prefetchBlobs(of: content, repository: repository, upstream: upstream)
+                                try await self.prefetchBlobs(of: content, repository: repository, upstream: upstream)
                             }
                         } catch {
                             self.logger.debug("prefetch of an index child failed", metadata: ["oci.digest": "\(child.digest)", "error": "\(error)"])
@@ -288,11 +288,11 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     /// Starts (or joins) downloads of an image manifest's blobs that are not cached yet.
-    func prefetchBlobs(of manifest: ManifestContent, repository: RepositoryKey, upstream: any UpstreamClient) throws {
+    func prefetchBlobs(of manifest: ManifestContent, repository: RepositoryKey, upstream: any UpstreamClient) async throws {
         let document = try ManifestDocument(bytes: manifest.bytes, contentType: manifest.mediaType)
         for blob in document.blobs where store.size(of: blob.digest) == nil {
             stats?.prefetched("blob")
-            _ = try startOrJoinFill(repository, blob.digest, upstream: upstream)
+            _ = try await startOrJoinFill(repository, blob.digest, upstream: upstream)
         }
     }
 
@@ -331,13 +331,13 @@ public final class PullThroughRegistry: RegistryContent {
                 throw error
             }
         }
-        if let file = try local.openIntact(digest) {
+        if let file = try await local.openIntact(digest) {
             try await ensureLinked(repository, digest, upstream: upstream)
             stats?.cache(.blob, .hit)
             return .stored(file, lease: lease)
         }
         // Not cached, evicted, or damaged (and removed): fetch it again.
-        let fill = try startOrJoinFill(repository, digest, upstream: upstream)
+        let fill = try await startOrJoinFill(repository, digest, upstream: upstream)
         return .filling(fill, lease: lease)
     }
 
@@ -346,7 +346,7 @@ public final class PullThroughRegistry: RegistryContent {
 
     public func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64 {
         guard let upstream = upstream(for: repository) else { return try await local.blobSize(repository, digest) }
-        if let size = try local.openIntact(digest)?.size {
+        if let size = try await local.openIntact(digest)?.size {
             try await ensureLinked(repository, digest, upstream: upstream)
             return size
         }
@@ -362,15 +362,15 @@ public final class PullThroughRegistry: RegistryContent {
         if size >= 0 { return size }
         // The upstream answered without a length (a chunked server). A cached manifest's
         // descriptor says it; failing that, the download does, fetched now and bounded.
-        if let known = try descriptorSize(of: digest, in: repository) { return known }
-        let fill = try startOrJoinFill(repository, digest, upstream: upstream)
+        if let known = try await descriptorSize(of: digest, in: repository) { return known }
+        let fill = try await startOrJoinFill(repository, digest, upstream: upstream)
         if let completed = try await fill.completedSize(within: Self.sizelessHeadWait) { return completed }
         throw MirrorError(.upstreamUnavailable, "\(upstream.name) sent no size for \(repository)@\(digest), and its download is still running; retry")
     }
 
     /// The size a cached manifest of `repository` gives for `digest`, if one names it.
-    func descriptorSize(of digest: Digest, in repository: RepositoryKey) throws(MirrorError) -> Int64? {
-        let manifests = try local.wrap { () throws(IndexError) in try index.manifests(naming: digest, in: repository) }
+    func descriptorSize(of digest: Digest, in repository: RepositoryKey) async throws(MirrorError) -> Int64? {
+        let manifests = try await local.wrap { () async throws(IndexError) in try await index.manifests(naming: digest, in: repository) }
         for record in manifests {
             guard let content = try? local.manifestContent(record.digest, mediaType: record.mediaType),
                   let document = try? ManifestDocument(bytes: content.bytes, contentType: content.mediaType) else { continue }
@@ -381,7 +381,7 @@ public final class PullThroughRegistry: RegistryContent {
 
     /// Repository scoping: link R to a cached blob only after the upstream confirms R holds it.
     func ensureLinked(_ repository: RepositoryKey, _ digest: Digest, upstream: any UpstreamClient) async throws(MirrorError) {
-        if try local.wrap({ () throws(IndexError) in try index.isLinked(repository, digest) }) { return }
+        if try await local.wrap({ () async throws(IndexError) in try await index.isLinked(repository, digest) }) { return }
         let size: Int64?
         do {
             size = try await upstream.blobSize(repository.name, digest)
@@ -393,7 +393,7 @@ public final class PullThroughRegistry: RegistryContent {
         }
         var batch = ContentBatch()
         batch.link(repository, digest)
-        try local.wrap { () throws(IndexError) in try index.record(batch) }
+        try await local.wrap { () async throws(IndexError) in try await index.record(batch, now: now) }
     }
 
     // MARK: Tags (referrers: PullThroughRegistry+Referrers.swift)
