@@ -22,17 +22,7 @@ import Testing
     }
 
     func record(_ index: any MetadataStore, _ bytes: [UInt8], tag: String?, blobs: [(Digest, Int64)], pin: Bool) async throws -> Digest {
-        let digest = DigestHasher.digest(of: bytes)
-        let document = try ManifestDocument(bytes: bytes, contentType: nil)
-        var batch = ContentBatch()
-        batch.addBlob(digest, size: Int64(bytes.count))
-        for (blob, size) in blobs { batch.addBlob(blob, size: size) }
-        batch.manifests.append(.init(digest: digest, size: Int64(bytes.count), document: document))
-        batch.link(repository, digest)
-        if let tag { batch.tag(repository, try Tag(parsing: tag), digest, mediaType: document.mediaType) }
-        if pin { batch.pinned.insert(digest) }
-        try await index.record(batch)
-        return digest
+        try await MetadataStoreConformance.record(index, bytes, tag: tag, blobs: blobs, in: repository, pin: pin)
     }
 
     func tags(_ index: any MetadataStore) async throws -> [String] { try await index.tags(repository) }

@@ -158,3 +158,12 @@ import Testing
         #expect(throws: MirrorError.self) { try router.route(path: "ghcr.io/Org", namespace: nil) }
     }
 }
+
+@Suite struct SQLiteMetadataStoreTests {
+    @Test func passesTheMetadataStoreConformanceSuite() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let root = dir.path
+        try await MetadataStoreConformance { name in try SQLiteMetadataStore(path: root + "/\(name).sqlite") }.run()
+    }
+}
