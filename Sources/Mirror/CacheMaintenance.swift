@@ -31,6 +31,7 @@ public final class CacheMaintenance: Sendable {
         var sleeper: CheckedContinuation<Void, Never>?
     }
     private let wakeup = Mutex(Wakeup())
+    private let evictionObservers = Mutex<[@Sendable ([Digest]) -> Void]>([])
 
     public init(store: any BlobStore, index: any MetadataStore, maxBytes: Int64?, checkInterval: Duration = .seconds(30),
                 stats: MirrorStats? = nil, clock: any MirrorClock = .system, logger: Logger) {
@@ -110,7 +111,17 @@ public final class CacheMaintenance: Sendable {
         return plan
     }
 
+    /// Calls `observer` with the digests each pass removes (after their rows are gone), so
+    /// what is held in memory (the manifest cache) forgets them too.
+    public func onEviction(_ observer: @escaping @Sendable ([Digest]) -> Void) {
+        evictionObservers.withLock { $0.append(observer) }
+    }
+
     private func deleteFiles(_ plan: EvictionPlan, limit: Int64) {
+        if !plan.blobs.isEmpty {
+            let digests = plan.blobs.map(\.digest)
+            for observer in evictionObservers.withLock({ $0 }) { observer(digests) }
+        }
         for blob in plan.blobs {
             do {
                 try store.delete(blob.digest)

@@ -25,14 +25,23 @@ public struct LocalRegistry: RegistryContent {
             }
             (digest, mediaType) = (tagged.digest, tagged.mediaType)
         case .digest(let requested):
+            // The warm path: bytes in memory and a fresh "held here" from the index.
+            if let hit = manifests.linked(requested, in: repository) {
+                return ManifestContent(digest: requested, mediaType: hit.mediaType, bytes: hit.bytes)
+            }
             guard let (stored, linked) = try await wrap({ () async throws(IndexError) in try await index.manifest(requested, in: repository) }), linked
             else {
                 throw MirrorError(.manifestUnknown, "\(repository)@\(requested) is not in the cache")
             }
-            (digest, mediaType) = (stored.digest, stored.mediaType)
+            let content = try manifestContent(stored.digest, mediaType: stored.mediaType)
+            manifests.noteLinked(stored.digest, in: repository, mediaType: stored.mediaType)
+            return content
         }
         return try manifestContent(digest, mediaType: mediaType)
     }
+
+    /// Forgets evicted manifests held in memory (`CacheMaintenance` calls it after a pass).
+    public func forget(_ digests: [Digest]) { manifests.forget(digests) }
 
     /// True when a manifest's bytes are in the memory cache.
     public func holdsInMemory(_ digest: Digest) -> Bool { manifests[digest] != nil }

@@ -67,6 +67,7 @@ public final class PullThroughRegistry: RegistryContent {
         self.policies = policies
         self.offline = offline
         self.maintenance = maintenance
+        maintenance?.onEviction { [local] digests in local.forget(digests) }
         self.prefetchChildManifests = prefetchChildManifests
         self.stats = stats
         self.logger = logger
@@ -184,6 +185,9 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     func manifest(_ repository: RepositoryKey, digest: Digest, upstream: any UpstreamClient) async throws(MirrorError) -> ManifestContent {
+        if let hit = local.manifests.linked(digest, in: repository) {
+            return ManifestContent(digest: digest, mediaType: hit.mediaType, bytes: hit.bytes)
+        }
         let found = try await local.wrap { () async throws(IndexError) in try await index.manifest(digest, in: repository) }
         // Bytes in memory need no stat of their file.
         if let (known, linked) = found, local.holdsInMemory(digest) || store.size(of: digest) != nil {
@@ -199,7 +203,10 @@ public final class PullThroughRegistry: RegistryContent {
                 try await local.wrap { () async throws(IndexError) in try await index.record(batch, now: now) }
             }
             // A file evicted between the check and the read is a miss, fetched below.
-            if let content = try? local.manifestContent(digest, mediaType: known.mediaType) { return content }
+            if let content = try? local.manifestContent(digest, mediaType: known.mediaType) {
+                local.manifests.noteLinked(digest, in: repository, mediaType: known.mediaType)
+                return content
+            }
         }
         return try await manifestFlights.run("digest|\(repository)|\(digest)", joined: { stats?.joined(.manifestByDigest) }) { () throws(MirrorError) in
             try await self.fetchManifest(repository, digest: digest, tag: nil, upstream: upstream)
