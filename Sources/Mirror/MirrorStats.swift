@@ -90,7 +90,9 @@ public final class MirrorStats: UpstreamObserver, Sendable {
     private let cacheCounts: [AtomicCount] = (0..<(CacheKind.allCases.count * CacheResult.allCases.count)).map { _ in AtomicCount() }
     private let servedBytes = AtomicCount()
     private let servedByRepository = Sharded<[String: Int64]> { [:] }
-    // Metric objects, made once per label set; sharded by key, since every request looks one up.
+    // Metric objects, made once per label set and shard. Every request looks some up, mostly
+    // under the same few keys, so the shard is the calling thread's (swift-metrics objects for
+    // one label set all feed one Prometheus series).
     private let counters = Sharded<[String: Counter]> { [:] }
     private let timers = Sharded<[String: CoreMetrics.Timer]> { [:] }
     private let gauges = Sharded<[String: Gauge]> { [:] }
@@ -129,7 +131,7 @@ public final class MirrorStats: UpstreamObserver, Sendable {
         guard bytes > 0 else { return }
         servedBytes.add(bytes)
         let name = repository.description
-        servedByRepository.withLock(for: name) { $0[name, default: 0] += bytes }
+        servedByRepository.withLockForThisThread { $0[name, default: 0] += bytes }
         counter("registry_mirror_served_bytes_total", []).increment(by: bytes)
     }
 
@@ -253,7 +255,7 @@ public final class MirrorStats: UpstreamObserver, Sendable {
         }
         var repositories: [String: Int64] = [:]
         for shard in 0..<servedByRepository.count {
-            servedByRepository.withLock(shard: shard) { repositories.merge($0) { a, _ in a } }
+            servedByRepository.withLock(shard: shard) { repositories.merge($0, uniquingKeysWith: +) }
         }
         return Snapshot(started: started, cache: cache, servedBytes: servedBytes.current, upstreamBytes: s.upstreamBytes,
                         upstreams: s.upstreams, repositories: repositories, storeBytes: s.storeBytes,
@@ -269,7 +271,7 @@ public final class MirrorStats: UpstreamObserver, Sendable {
 
     private func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
         let key = Self.key(label, dimensions)
-        return counters.withLock(for: key) { cache in
+        return counters.withLockForThisThread { cache in
             if let counter = cache[key] { return counter }
             let counter = Counter(label: label, dimensions: dimensions, factory: factory)
             cache[key] = counter
@@ -279,7 +281,7 @@ public final class MirrorStats: UpstreamObserver, Sendable {
 
     private func timer(_ label: String, _ dimensions: [(String, String)]) -> CoreMetrics.Timer {
         let key = Self.key(label, dimensions)
-        return timers.withLock(for: key) { cache in
+        return timers.withLockForThisThread { cache in
             if let timer = cache[key] { return timer }
             let timer = CoreMetrics.Timer(label: label, dimensions: dimensions, factory: factory)
             cache[key] = timer
@@ -289,7 +291,7 @@ public final class MirrorStats: UpstreamObserver, Sendable {
 
     private func gauge(_ label: String, _ dimensions: [(String, String)] = []) -> Gauge {
         let key = Self.key(label, dimensions)
-        return gauges.withLock(for: key) { cache in
+        return gauges.withLockForThisThread { cache in
             if let gauge = cache[key] { return gauge }
             let gauge = Gauge(label: label, dimensions: dimensions, factory: factory)
             cache[key] = gauge

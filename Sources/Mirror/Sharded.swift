@@ -1,3 +1,8 @@
+#if canImport(Darwin)
+import Darwin
+#else
+import Glibc
+#endif
 import Synchronization
 
 /// State split into shards, each behind a lock of its own, picked by a key's hash. Requests
@@ -22,6 +27,19 @@ final class Sharded<State: Sendable>: Sendable {
     /// Runs `body` on the shard `key` falls in.
     func withLock<Key: Hashable, T>(for key: Key, _ body: (inout State) throws -> T) rethrows -> T {
         try shards[key.hashValue & (shards.count - 1)].state.withLock { try body(&$0) }
+    }
+
+    /// Runs `body` on the shard of the calling thread: for state every request updates under
+    /// the same key (one counter, one repository's bytes), where a shard by key would be one
+    /// lock again. Readers then merge every shard.
+    func withLockForThisThread<T>(_ body: (inout State) throws -> T) rethrows -> T {
+        var hasher = Hasher()
+        #if canImport(Darwin)
+        hasher.combine(UInt(bitPattern: pthread_self()))
+        #else
+        hasher.combine(UInt(pthread_self()))
+        #endif
+        return try shards[hasher.finalize() & (shards.count - 1)].state.withLock { try body(&$0) }
     }
 
     /// Runs `body` on shard `index`, for walks over every shard (a flush, a snapshot).
