@@ -97,7 +97,7 @@ public final class CacheMaintenance: Sendable {
         if let limit = target ?? maxBytes {
             // `isLeased` is called on the writer thread; the leases are sharded Mutexes.
             plan = try await index.evict(toAtMost: limit, dryRun: dryRun, inUse: isLeased)
-            if !dryRun { deleteFiles(plan, limit: limit) }
+            if !dryRun { await deleteFiles(plan, limit: limit) }
         } else {
             let usage = try await index.usage()
             var none = EvictionPlan()
@@ -117,17 +117,22 @@ public final class CacheMaintenance: Sendable {
         evictionObservers.withLock { $0.append(observer) }
     }
 
-    private func deleteFiles(_ plan: EvictionPlan, limit: Int64) {
+    /// Unlinks the evicted files on a thread of their own (a pass at scale removes thousands),
+    /// then reports the pass.
+    private func deleteFiles(_ plan: EvictionPlan, limit: Int64) async {
         if !plan.blobs.isEmpty {
             let digests = plan.blobs.map(\.digest)
             for observer in evictionObservers.withLock({ $0 }) { observer(digests) }
         }
-        for blob in plan.blobs {
-            do {
-                try store.delete(blob.digest)
-            } catch where error.code != .notFound {
-                logger.warning("deleting an evicted blob failed", metadata: ["oci.digest": "\(blob.digest)", "error": "\(error.message)"])
-            } catch {}
+        let (store, logger, blobs) = (store, logger, plan.blobs)
+        _ = try? await BlockingWork.run {
+            for blob in blobs {
+                do throws(StoreError) {
+                    try store.delete(blob.digest)
+                } catch where error.code != .notFound {
+                    logger.warning("deleting an evicted blob failed", metadata: ["oci.digest": "\(blob.digest)", "error": "\(error.message)"])
+                } catch {}
+            }
         }
         if !plan.blobs.isEmpty {
             stats?.evicted(images: plan.images.count, bytes: plan.bytesFreed)
