@@ -27,8 +27,13 @@ public final class SQLiteMetadataStore: MetadataStore {
         try writeConnection.execute("PRAGMA cache_size=-16384")
         let count = readers ?? min(4, max(2, ProcessInfo.processInfo.activeProcessorCount))
         var pool: [ConnectionThread] = []
-        for i in 0..<max(1, count) {
-            pool.append(ConnectionThread(name: "index-read-\(i)", connection: try SQLiteConnection(path: path, readOnly: true)))
+        do {
+            for i in 0..<max(1, count) {
+                pool.append(ConnectionThread(name: "index-read-\(i)", connection: try SQLiteConnection(path: path, readOnly: true)))
+            }
+        } catch {
+            for reader in pool { reader.stop() }
+            throw error
         }
         self.readers = pool
         self.writer = ConnectionThread(name: "index-write", connection: writeConnection)
