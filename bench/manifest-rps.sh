@@ -14,6 +14,7 @@ i=0
 for b in "$@"; do
   i=$((i+1)); p=$((5400+i))
   "$b" serve --offline --listen 127.0.0.1:$p --data-dir $w/data --log-level error > $w/$i.log 2>&1 & echo $! > $w/$i.pid
+  sleep 1  # a newer binary migrates the index: an older one must open it first
 done
 sleep 1
 for round in 1 2 3; do

@@ -65,26 +65,26 @@ public struct BundleExporter: Sendable {
     public static let containerdNameAnnotation = "io.containerd.image.name"
 
     let store: FileSystemStore
-    let index: MetadataIndex
+    let index: any MetadataStore
     let logger: Logger
 
-    public init(store: FileSystemStore, index: MetadataIndex, logger: Logger) {
+    public init(store: FileSystemStore, index: any MetadataStore, logger: Logger) {
         self.store = store
         self.index = index
         self.logger = logger
     }
 
     /// Exports `references` (`[host/]name[:tag|@digest]`, as they were cached) to `output`.
-    public func export(_ references: [String], to output: String, options: Options = .init()) throws(BundleError) -> Summary {
+    public func export(_ references: [String], to output: String, options: Options = .init()) async throws(BundleError) -> Summary {
         guard !references.isEmpty else { throw BundleError("no images to export") }
         var plans: [ImagePlan] = []
         for text in references {
-            let plan = try makePlan(text, selection: options.platforms)
+            let plan = try await makePlan(text, selection: options.platforms)
             if !plans.contains(where: { $0.name == plan.name }) { plans.append(plan) }
         }
         if options.referrers {
             for image in plans where image.referrerOf == nil {
-                for plan in try referrerPlans(of: image) where !plans.contains(where: { $0.name == plan.name }) { plans.append(plan) }
+                for plan in try await referrerPlans(of: image) where !plans.contains(where: { $0.name == plan.name }) { plans.append(plan) }
             }
         }
 
@@ -138,14 +138,14 @@ public struct BundleExporter: Sendable {
         var listedPlatforms: [Platform] = []
     }
 
-    private func makePlan(_ text: String, selection: PlatformSelection?) throws(BundleError) -> ImagePlan {
+    private func makePlan(_ text: String, selection: PlatformSelection?) async throws(BundleError) -> ImagePlan {
         let reference: ImageReference
         do {
             reference = try ImageReference(parsing: text)
         } catch {
             throw BundleError("bad reference \(text): \(error.message)")
         }
-        let root = try resolve(reference, as: text)
+        let root = try await resolve(reference, as: text)
         let repository = RepositoryKey(upstream: reference.host, name: reference.repository)
         var plan = ImagePlan(name: reference.description, root: root, repository: repository)
         try walk(root, depth: 0, selection: selection, plan: &plan)
@@ -162,13 +162,13 @@ public struct BundleExporter: Sendable {
     }
 
     /// The root descriptor a cached reference names, with its ref-name annotations.
-    private func resolve(_ reference: ImageReference, as text: String) throws(BundleError) -> Descriptor {
+    private func resolve(_ reference: ImageReference, as text: String) async throws(BundleError) -> Descriptor {
         let repository = RepositoryKey(upstream: reference.host, name: reference.repository)
         let found: (digest: Digest, manifest: ManifestRecord)?
         do throws(IndexError) {
-            found = try lookUp(reference, in: repository)
+            found = try await lookUp(reference, in: repository)
         } catch {
-            throw BundleError("reading the index: \(error.message)")
+            throw BundleError("reading the index: \(error.description)")
         }
         guard let found else {
             throw BundleError("\(text) is not in the cache (as \(reference)); fetch it first with `registry-mirror seed \(text)`")
@@ -191,7 +191,7 @@ public struct BundleExporter: Sendable {
 
     /// Entries for what refers to `image` and is fully cached: cosign's tags of each subject,
     /// then manifests whose `subject` it is, then what refers to those.
-    private func referrerPlans(of image: ImagePlan) throws(BundleError) -> [ImagePlan] {
+    private func referrerPlans(of image: ImagePlan) async throws(BundleError) -> [ImagePlan] {
         let repository = image.repository
         let base = "\(repository.upstream)/\(repository.name.value)"
         var plans: [ImagePlan] = []
@@ -202,14 +202,14 @@ public struct BundleExporter: Sendable {
             var found: [(name: String, descriptor: Descriptor)] = []
             do throws(IndexError) {
                 for tag in Referrers.cosignTags(for: subject) {
-                    guard let tagged = try index.tag(repository, tag), let record = try index.manifest(tagged.digest) else { continue }
+                    guard let tagged = try await index.tag(repository, tag), let record = try await index.manifest(tagged.digest) else { continue }
                     found.append(("\(base):\(tag)", Descriptor(mediaType: record.mediaType, digest: record.digest, size: record.size)))
                 }
-                for record in try index.referrers(repository, subject: subject) {
+                for record in try await index.referrers(repository, subject: subject) {
                     found.append(("\(base)@\(record.digest)", Descriptor(mediaType: record.mediaType, digest: record.digest, size: record.size)))
                 }
             } catch {
-                throw BundleError("reading the index: \(error.message)")
+                throw BundleError("reading the index: \(error.description)")
             }
             for (name, descriptor) in found where seen.insert(descriptor.digest).inserted {
                 if let missing = try firstMissing(descriptor, image: name) {
@@ -227,17 +227,17 @@ public struct BundleExporter: Sendable {
     }
 
     /// By digest: only if the repository is linked to it, as the registry API would serve it.
-    private func lookUp(_ reference: ImageReference, in repository: RepositoryKey) throws(IndexError) -> (digest: Digest, manifest: ManifestRecord)? {
+    private func lookUp(_ reference: ImageReference, in repository: RepositoryKey) async throws(IndexError) -> (digest: Digest, manifest: ManifestRecord)? {
         let digest: Digest
         if let pinned = reference.digest {
-            guard try index.isLinked(repository, pinned) else { return nil }
+            guard try await index.isLinked(repository, pinned) else { return nil }
             digest = pinned
-        } else if let tag = reference.tag, let record = try index.tag(repository, tag) {
+        } else if let tag = reference.tag, let record = try await index.tag(repository, tag) {
             digest = record.digest
         } else {
             return nil
         }
-        return try index.manifest(digest).map { (digest, $0) }
+        return try await index.manifest(digest).map { (digest, $0) }
     }
 
     private func walk(_ descriptor: Descriptor, depth: Int, selection: PlatformSelection?, plan: inout ImagePlan) throws(BundleError) {

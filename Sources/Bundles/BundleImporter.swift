@@ -40,16 +40,16 @@ public struct BundleImporter: Sendable {
     }
 
     let store: FileSystemStore
-    let index: MetadataIndex
+    let index: any MetadataStore
     let logger: Logger
 
-    public init(store: FileSystemStore, index: MetadataIndex, logger: Logger) {
+    public init(store: FileSystemStore, index: any MetadataStore, logger: Logger) {
         self.store = store
         self.index = index
         self.logger = logger
     }
 
-    public func importBundle(at path: String, options: Options = .init()) throws(BundleError) -> [Imported] {
+    public func importBundle(at path: String, options: Options = .init()) async throws(BundleError) -> [Imported] {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw BundleError("\(path) does not exist")
@@ -63,20 +63,20 @@ public struct BundleImporter: Sendable {
                 let isOCI = FileManager.default.fileExists(atPath: path + "/oci-layout")
                 if !isOCI, let manifest = try BundleDirectory(root: path).contents("manifest.json", limit: ManifestDocument.maxSize) {
                     var archive = try DockerArchive(source: .directory(path), manifestJSON: manifest)
-                    result = try importDockerArchive(&archive, options: options, session: &session)
+                    result = try await importDockerArchive(&archive, options: options, session: &session)
                 } else {
                     let layout = try readDirectoryLayout(path, session: &session)
-                    result = try load(try roots(of: layout.index, options: options), blobDirectory: layout.blobDirectory,
+                    result = try await load(try roots(of: layout.index, options: options), blobDirectory: layout.blobDirectory,
                                       options: options, session: &session)
                 }
             } else {
                 let catalog = try TarCatalog(path: path)
                 if !catalog.hasOCILayout, let manifest = catalog.dockerManifest {
                     var archive = try DockerArchive(source: .tar(path: path, catalog: catalog), manifestJSON: manifest)
-                    result = try importDockerArchive(&archive, options: options, session: &session)
+                    result = try await importDockerArchive(&archive, options: options, session: &session)
                 } else {
                     let layout = try readTarLayout(path, session: &session)
-                    result = try load(try roots(of: layout.index, options: options), blobDirectory: nil,
+                    result = try await load(try roots(of: layout.index, options: options), blobDirectory: nil,
                                       options: options, session: &session)
                 }
             }
@@ -176,7 +176,7 @@ public struct BundleImporter: Sendable {
     }
 
     /// Walks each root, storing what is not stored yet, then records them all in one transaction.
-    func load(_ roots: [Root], blobDirectory: BundleDirectory?, options: Options, session: inout IngestSession) throws(BundleError) -> [Imported] {
+    func load(_ roots: [Root], blobDirectory: BundleDirectory?, options: Options, session: inout IngestSession) async throws(BundleError) -> [Imported] {
         var results: [Imported] = []
         var batch = ContentBatch()
         for root in roots {
@@ -198,9 +198,9 @@ public struct BundleImporter: Sendable {
             batch.addBlob(digest, size: size)
         }
         do {
-            try index.record(batch)
+            try await index.record(batch)
         } catch {
-            throw BundleError("recording the import in the index failed: \(error.message)")
+            throw BundleError("recording the import in the index failed: \(error.description)")
         }
         return results
     }

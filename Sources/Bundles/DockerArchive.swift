@@ -307,7 +307,7 @@ struct TarCatalog {
 extension BundleImporter {
     /// Hashes and checks a docker archive, stores its files and the manifests made for them,
     /// then records its images like a layout's.
-    func importDockerArchive(_ archive: inout DockerArchive, options: Options, session: inout IngestSession) throws(BundleError) -> [Imported] {
+    func importDockerArchive(_ archive: inout DockerArchive, options: Options, session: inout IngestSession) async throws(BundleError) -> [Imported] {
         try archive.hashFiles()
         let images = try archive.images()
         var roots: [Root] = []
@@ -318,7 +318,7 @@ extension BundleImporter {
         }
         try archive.ingest(into: &session)
         for image in images { try session.ingest(image.manifest, as: image.descriptor.digest) }
-        return try load(roots, blobDirectory: nil, options: options, session: &session)
+        return try await load(roots, blobDirectory: nil, options: options, session: &session)
     }
 
     /// `RepoTags` (`alpine:3` is `docker.io/library/alpine:3`), or `--as`. A `--as` without a

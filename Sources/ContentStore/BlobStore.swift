@@ -29,9 +29,19 @@ public protocol BlobStore: Sendable {
     func delete(_ digest: Digest) async throws(StoreError)
     /// Every stored digest, for verify and garbage collection.
     func allDigests() async throws(StoreError) -> [Digest]
+    /// Removes many blobs (an eviction pass); answers the ones that failed, absent ones aside.
+    func delete(_ digests: [Digest]) async -> [(Digest, StoreError)]
 }
 
 extension BlobStore {
+    public func delete(_ digests: [Digest]) async -> [(Digest, StoreError)] {
+        var failed: [(Digest, StoreError)] = []
+        for digest in digests {
+            do throws(StoreError) { try await delete(digest) } catch where error.code != .notFound { failed.append((digest, error)) } catch {}
+        }
+        return failed
+    }
+
     /// Writes a complete in-memory blob (a manifest) through a verified writer.
     public func write(_ bytes: [UInt8], as digest: Digest) async throws(StoreError) {
         let writer = try await makeWriter(expecting: digest, size: Int64(bytes.count))

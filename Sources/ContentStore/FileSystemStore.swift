@@ -142,6 +142,22 @@ public final class FileSystemStore: BlobStore {
         }
     }
 
+    /// Unlinks on a thread of its own: a pass at scale removes thousands of files, and the
+    /// cooperative pool's few threads serve every request.
+    public func delete(_ digests: [Digest]) async -> [(Digest, StoreError)] {
+        await withCheckedContinuation { continuation in
+            let thread = Thread {
+                var failed: [(Digest, StoreError)] = []
+                for digest in digests {
+                    do throws(StoreError) { try self.delete(digest) } catch { failed.append((digest, error)) }
+                }
+                continuation.resume(returning: failed)
+            }
+            thread.name = "registry-mirror-unlink"
+            thread.start()
+        }
+    }
+
     public func allDigests() throws(StoreError) -> [Digest] {
         var out: [Digest] = []
         let fm = FileManager.default

@@ -8,15 +8,15 @@ import Synchronization
 /// Keeps the cache under its size cap: records access times cheaply and evicts least
 /// recently used images when the store is over `maxBytes`.
 ///
-/// - Access times are kept in memory and written in one transaction per flush (every
-///   `flushInterval`, before each eviction pass, and at shutdown), never a SQLite write
-///   per request.
+/// - Access times are kept in memory, in shards by digest (no lock every request takes), and
+///   written in one transaction per flush (before each eviction pass, and at shutdown), never
+///   a SQLite write per request.
 /// - Blobs an open response is streaming hold a `BlobLease`; eviction skips them, and a
 ///   later pass takes them once the response is done.
 /// - A pass runs every `checkInterval`, and soon after a fill adds content (`nudge()`).
 public final class CacheMaintenance: Sendable {
     public let store: any BlobStore
-    public let index: MetadataIndex
+    public let index: any MetadataStore
     /// The cap; nil means no eviction (access times are still recorded).
     public let maxBytes: Int64?
     let logger: Logger
@@ -24,15 +24,16 @@ public final class CacheMaintenance: Sendable {
     let stats: MirrorStats?
     /// Access times and the unindexed sweep's cutoff are read from it.
     let clock: any MirrorClock
-    private let accessed = Mutex<[Digest: Int64]>([:])
-    private let leases = Mutex<[Digest: Int]>([:])
+    private let accessed = Sharded<[Digest: Int64]> { [:] }
+    private let leases = Sharded<[Digest: Int]> { [:] }
     private struct Wakeup {
         var pending = false
         var sleeper: CheckedContinuation<Void, Never>?
     }
     private let wakeup = Mutex(Wakeup())
+    private let evictionObservers = Mutex<[@Sendable ([Digest]) -> Void]>([])
 
-    public init(store: any BlobStore, index: MetadataIndex, maxBytes: Int64?, checkInterval: Duration = .seconds(30),
+    public init(store: any BlobStore, index: any MetadataStore, maxBytes: Int64?, checkInterval: Duration = .seconds(30),
                 stats: MirrorStats? = nil, clock: any MirrorClock = .system, logger: Logger) {
         self.stats = stats
         self.clock = clock
@@ -43,67 +44,88 @@ public final class CacheMaintenance: Sendable {
         self.logger = logger
     }
 
-    // MARK: Access and leases (request path: a lock and a dictionary write)
+    // MARK: Access and leases (request path: one shard's lock and a dictionary write)
 
     /// Marks `digest` as used now.
     public func touch(_ digest: Digest) {
         let now = clock.unixMilliseconds
-        accessed.withLock { $0[digest] = now }
+        accessed.withLock(for: digest) { $0[digest] = now }
     }
 
     /// Holds `digest` against eviction until the returned lease is released (deinit).
     public func lease(_ digest: Digest) -> BlobLease {
-        leases.withLock { $0[digest, default: 0] += 1 }
+        leases.withLock(for: digest) { $0[digest, default: 0] += 1 }
         return BlobLease(digest: digest, owner: self)
     }
 
     fileprivate func release(_ digest: Digest) {
-        leases.withLock { leases in
+        leases.withLock(for: digest) { leases in
             if let count = leases[digest], count > 1 { leases[digest] = count - 1 } else { leases[digest] = nil }
         }
     }
 
-    public func isLeased(_ digest: Digest) -> Bool { leases.withLock { $0[digest] != nil } }
+    public func isLeased(_ digest: Digest) -> Bool { leases.withLock(for: digest) { $0[digest] != nil } }
 
     /// Writes the batched access times.
-    public func flush() {
-        let batch = accessed.withLock { a -> [Digest: Int64] in
-            defer { a.removeAll(keepingCapacity: true) }
-            return a
+    public func flush() async {
+        var batch: [Digest: Int64] = [:]
+        for shard in 0..<accessed.count {
+            accessed.withLock(shard: shard) { a in
+                batch.merge(a) { old, _ in old }
+                a.removeAll(keepingCapacity: true)
+            }
         }
         do {
-            try index.recordAccess(batch)
+            try await index.recordAccess(batch)
         } catch {
-            logger.warning("recording access times failed", metadata: ["error": "\(error.message)"])
+            logger.warning("recording access times failed", metadata: ["error": "\(error.description)"])
             // Keep them for the next flush, unless newer ones arrived.
-            accessed.withLock { a in a.merge(batch) { new, _ in new } }
+            for (digest, ms) in batch {
+                accessed.withLock(for: digest) { a in a[digest] = max(a[digest] ?? ms, ms) }
+            }
         }
     }
 
     // MARK: Eviction
 
     /// One pass: flush access times, evict to the cap (or to `target`), delete the files.
+    /// The pass's transaction runs on the index's writer thread, never on the cooperative pool.
     @discardableResult
     public func evict(toAtMost target: Int64? = nil, dryRun: Bool = false) async throws(IndexError) -> EvictionPlan {
-        flush()
-        defer {
-            if !dryRun, let stats, let usage = try? index.usage() { stats.store(bytes: usage.bytes, objects: usage.objects, maxBytes: maxBytes) }
+        await flush()
+        let plan: EvictionPlan
+        if let limit = target ?? maxBytes {
+            // `isLeased` is called on the writer thread; the leases are sharded Mutexes.
+            plan = try await index.evict(toAtMost: limit, dryRun: dryRun, inUse: isLeased)
+            if !dryRun { await deleteFiles(plan, limit: limit) }
+        } else {
+            let usage = try await index.usage()
+            var none = EvictionPlan()
+            none.bytesBefore = usage.bytes
+            none.bytesAfter = usage.bytes
+            plan = none
         }
-        guard let limit = target ?? maxBytes else {
-            let usage = try index.usage()
-            var plan = EvictionPlan()
-            plan.bytesBefore = usage.bytes
-            plan.bytesAfter = usage.bytes
-            return plan
+        if !dryRun, let stats, let usage = try? await index.usage() {
+            stats.store(bytes: usage.bytes, objects: usage.objects, maxBytes: maxBytes)
         }
-        let plan = try index.evict(toAtMost: limit, dryRun: dryRun, inUse: isLeased)
-        guard !dryRun else { return plan }
-        for blob in plan.blobs {
-            do {
-                try await store.delete(blob.digest)
-            } catch where error.code != .notFound {
-                logger.warning("deleting an evicted blob failed", metadata: ["oci.digest": "\(blob.digest)", "error": "\(error.message)"])
-            } catch {}
+        return plan
+    }
+
+    /// Calls `observer` with the digests each pass removes (after their rows are gone), so
+    /// what is held in memory (the manifest cache) forgets them too.
+    public func onEviction(_ observer: @escaping @Sendable ([Digest]) -> Void) {
+        evictionObservers.withLock { $0.append(observer) }
+    }
+
+    /// Unlinks the evicted files on a thread of their own (a pass at scale removes thousands),
+    /// then reports the pass.
+    private func deleteFiles(_ plan: EvictionPlan, limit: Int64) async {
+        if !plan.blobs.isEmpty {
+            let digests = plan.blobs.map(\.digest)
+            for observer in evictionObservers.withLock({ $0 }) { observer(digests) }
+        }
+        for (digest, error) in await store.delete(plan.blobs.map(\.digest)) {
+            logger.warning("deleting an evicted blob failed", metadata: ["oci.digest": "\(digest)", "error": "\(error.message)"])
         }
         if !plan.blobs.isEmpty {
             stats?.evicted(images: plan.images.count, bytes: plan.bytesFreed)
@@ -116,7 +138,6 @@ public final class CacheMaintenance: Sendable {
             logger.warning("the store is still over its cap: the rest is pinned or in use", metadata: [
                 "store.bytes": "\(plan.bytesAfter)", "store.max_bytes": "\(limit)"])
         }
-        return plan
     }
 
     /// Removes store files the index has no row for, older than `age`: left by a crash between
@@ -124,7 +145,7 @@ public final class CacheMaintenance: Sendable {
     /// never served. The age spares writes whose record is still to come (an import records
     /// its blobs at its end). Walks the whole store, so it runs on demand (`gc`), not per pass.
     public func sweepUnindexed(olderThan age: TimeInterval = 6 * 3600, dryRun: Bool = false) async throws -> [EvictionPlan.Blob] {
-        let indexed = Set(try index.allBlobs().map(\.digest))
+        let indexed = Set(try await index.allBlobs().map(\.digest))
         let cutoff = clock.now().addingTimeInterval(-age)
         var swept: [EvictionPlan.Blob] = []
         for digest in try await store.allDigests() where !indexed.contains(digest) {
@@ -151,19 +172,19 @@ public final class CacheMaintenance: Sendable {
     /// The background loop, until cancelled: flush and evict every `checkInterval`, or
     /// when nudged. Flushes once more on the way out.
     public func run() async {
-        defer { flush() }
         var first = true
         while !Task.isCancelled {
             if !first { await sleepOrNudge() }
             first = false
-            guard !Task.isCancelled else { return }
+            guard !Task.isCancelled else { break }
             wakeup.withLock { $0.pending = false }
             do {
                 try await evict()
             } catch {
-                logger.error("eviction pass failed", metadata: ["error": "\(error.message)"])
+                logger.error("eviction pass failed", metadata: ["error": "\(error.description)"])
             }
         }
+        await flush()
     }
 
     private func sleepOrNudge() async {

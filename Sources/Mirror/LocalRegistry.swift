@@ -7,10 +7,10 @@ import OCI
 /// of the pull-through one.
 public struct LocalRegistry: RegistryContent {
     public let store: any BlobStore
-    public let index: MetadataIndex
+    public let index: any MetadataStore
     let manifests: ManifestCache
 
-    public init(store: any BlobStore, index: MetadataIndex, manifestCacheBytes: Int = 64 << 20) {
+    public init(store: any BlobStore, index: any MetadataStore, manifestCacheBytes: Int = 64 << 20) {
         self.store = store
         self.index = index
         self.manifests = ManifestCache(capacity: manifestCacheBytes)
@@ -20,19 +20,28 @@ public struct LocalRegistry: RegistryContent {
         let digest: Digest, mediaType: String
         switch reference {
         case .tag(let tag):
-            guard let tagged = try wrap({ () throws(IndexError) in try index.tag(repository, tag) }) else {
+            guard let tagged = try await wrap({ () async throws(IndexError) in try await index.tag(repository, tag) }) else {
                 throw MirrorError(.manifestUnknown, "\(repository):\(tag) is not in the cache")
             }
             (digest, mediaType) = (tagged.digest, tagged.mediaType)
         case .digest(let requested):
-            guard let (stored, linked) = try wrap({ () throws(IndexError) in try index.manifest(requested, in: repository) }), linked
+            // The warm path: bytes in memory and a fresh "held here" from the index.
+            if let hit = manifests.linked(requested, in: repository) {
+                return ManifestContent(digest: requested, mediaType: hit.mediaType, bytes: hit.bytes)
+            }
+            guard let (stored, linked) = try await wrap({ () async throws(IndexError) in try await index.manifest(requested, in: repository) }), linked
             else {
                 throw MirrorError(.manifestUnknown, "\(repository)@\(requested) is not in the cache")
             }
-            (digest, mediaType) = (stored.digest, stored.mediaType)
+            let content = try await manifestContent(stored.digest, mediaType: stored.mediaType)
+            manifests.noteLinked(stored.digest, in: repository, mediaType: stored.mediaType)
+            return content
         }
         return try await manifestContent(digest, mediaType: mediaType)
     }
+
+    /// Forgets evicted manifests held in memory (`CacheMaintenance` calls it after a pass).
+    public func forget(_ digests: [Digest]) { manifests.forget(digests) }
 
     /// True when a manifest's bytes are in the memory cache.
     public func holdsInMemory(_ digest: Digest) -> Bool { manifests[digest] != nil }
@@ -54,7 +63,7 @@ public struct LocalRegistry: RegistryContent {
     }
 
     public func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent {
-        guard try wrap({ () throws(IndexError) in try index.isLinked(repository, digest) }),
+        guard try await wrap({ () async throws(IndexError) in try await index.isLinked(repository, digest) }),
               let reader = try await openIntact(digest)
         else {
             throw MirrorError(.blobUnknown, "\(digest) is not in the cache for \(repository)")
@@ -77,7 +86,7 @@ public struct LocalRegistry: RegistryContent {
         }
         guard let reader else { return nil }
         let size = try await Self.size(of: reader, digest)
-        guard let recorded = try wrap({ () throws(IndexError) in try index.blobSize(digest) }), recorded != size else {
+        guard let recorded = try await wrap({ () async throws(IndexError) in try await index.blobSize(digest) }), recorded != size else {
             return reader
         }
         Logger(label: "registry-mirror").warning("a cached blob has the wrong size; removed, it will be fetched again",
@@ -100,10 +109,10 @@ public struct LocalRegistry: RegistryContent {
     }
 
     public func tags(_ repository: RepositoryKey) async throws(MirrorError) -> [String] {
-        guard try wrap({ () throws(IndexError) in try index.repositoryExists(repository) }) else {
+        guard try await wrap({ () async throws(IndexError) in try await index.repositoryExists(repository) }) else {
             throw MirrorError(.nameUnknown, "\(repository) is not in the cache")
         }
-        return try wrap { () throws(IndexError) in try index.tags(repository) }
+        return try await wrap { () async throws(IndexError) in try await index.tags(repository) }
     }
 
     /// Cached manifests of `repository` whose subject is `digest`, then what a cached
@@ -111,7 +120,7 @@ public struct LocalRegistry: RegistryContent {
     /// nothing a client could not then fetch.
     public func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor] {
         var recorded: [Descriptor] = []
-        for record in try wrap({ () throws(IndexError) in try index.referrers(repository, subject: digest) }) {
+        for record in try await wrap({ () async throws(IndexError) in try await index.referrers(repository, subject: digest) }) {
             var descriptor = Descriptor(mediaType: record.mediaType, digest: record.digest, size: record.size,
                                         annotations: record.annotations, artifactType: record.artifactType)
             // Rows recorded before the spec's rule (config media type when no artifactType) lack it.
@@ -120,8 +129,10 @@ public struct LocalRegistry: RegistryContent {
             }
             recorded.append(descriptor)
         }
-        let listed = try await schemeIndexReferrers(repository, digest).filter { descriptor in
-            (try? index.manifest(descriptor.digest, in: repository))?.linked == true
+        var listed: [Descriptor] = []
+        for descriptor in try await schemeIndexReferrers(repository, digest)
+        where (try? await index.manifest(descriptor.digest, in: repository))?.linked == true {
+            listed.append(descriptor)
         }
         return Referrers.merge(recorded, listed)
     }
@@ -129,7 +140,7 @@ public struct LocalRegistry: RegistryContent {
     /// What the cached referrers-tag-scheme index (`sha256-<hex>`) of `digest` lists, or
     /// nothing when that tag is not cached or is not an index.
     public func schemeIndexReferrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor] {
-        guard let tagged = try wrap({ () throws(IndexError) in try index.tag(repository, Referrers.schemeTag(for: digest)) }),
+        guard let tagged = try await wrap({ () async throws(IndexError) in try await index.tag(repository, Referrers.schemeTag(for: digest)) }),
               MediaType.isIndex(tagged.mediaType),
               let document = try? await parsedManifest(tagged.digest, mediaType: tagged.mediaType) else { return [] }
         return document.manifests
@@ -141,16 +152,16 @@ public struct LocalRegistry: RegistryContent {
         return try ManifestDocument(bytes: content.bytes, contentType: content.mediaType)
     }
 
-    func wrap<T>(_ body: () throws(IndexError) -> T) throws(MirrorError) -> T {
-        try Self.wrapIndex(body)
+    func wrap<T>(_ body: () async throws(IndexError) -> T) async throws(MirrorError) -> T {
+        try await Self.wrapIndex(body)
     }
 
     /// An index failure, as the mirror core reports it.
-    public static func wrapIndex<T>(_ body: () throws(IndexError) -> T) throws(MirrorError) -> T {
+    public static func wrapIndex<T>(_ body: () async throws(IndexError) -> T) async throws(MirrorError) -> T {
         do {
-            return try body()
+            return try await body()
         } catch {
-            throw MirrorError(.internal, error.message)
+            throw MirrorError(.internal, error.description)
         }
     }
 }

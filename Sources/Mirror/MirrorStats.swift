@@ -22,8 +22,8 @@ import Upstream
 /// - `registry_mirror_upstream_down{upstream}` (1 while marked down), `registry_mirror_upstream_marked_down_total{upstream}`,
 ///   `registry_mirror_upstream_ratelimit_remaining{upstream}` (Docker Hub's `ratelimit-remaining`, once seen)
 public final class MirrorStats: UpstreamObserver, Sendable {
-    public enum CacheKind: String, Sendable { case manifestByTag = "manifest_tag", manifestByDigest = "manifest_digest", blob }
-    public enum CacheResult: String, Sendable { case hit, revalidated, miss, stale, join }
+    public enum CacheKind: String, Sendable, CaseIterable { case manifestByTag = "manifest_tag", manifestByDigest = "manifest_digest", blob }
+    public enum CacheResult: String, Sendable, CaseIterable { case hit, revalidated, miss, stale, join }
 
     /// One upstream's health, as the status page shows it.
     public struct UpstreamHealth: Sendable {
@@ -69,12 +69,11 @@ public final class MirrorStats: UpstreamObserver, Sendable {
         }
     }
 
+    /// What is not counted on the request path (that is in `cacheCounts`, `servedBytes` and
+    /// `servedByRepository`, which take no lock every request shares).
     private struct State {
-        var cache: [String: Int] = [:]
-        var servedBytes: Int64 = 0
         var upstreamBytes: Int64 = 0
         var upstreams: [String: UpstreamHealth] = [:]
-        var repositories: [String: Int64] = [:]
         var storeBytes: Int64 = 0
         var storeObjects = 0
         var storeMaxBytes: Int64?
@@ -87,9 +86,26 @@ public final class MirrorStats: UpstreamObserver, Sendable {
     let clock: any MirrorClock
     let started: Date
     private let state = Mutex(State())
-    private let counters = Mutex<[String: Counter]>([:])
-    private let timers = Mutex<[String: CoreMetrics.Timer]>([:])
-    private let gauges = Mutex<[String: Gauge]>([:])
+    /// One counter per (kind, result), indexed by `cacheSlot`.
+    private let cacheCounts: [AtomicCount] = (0..<(CacheKind.allCases.count * CacheResult.allCases.count)).map { _ in AtomicCount() }
+    private let servedBytes = AtomicCount()
+    private let servedByRepository = Sharded<[String: Int64]> { [:] }
+    // Metric objects, made once per label set and shard. Every request looks some up, mostly
+    // under the same few keys, so the shard is the calling thread's (swift-metrics objects for
+    // one label set all feed one Prometheus series).
+    private let counters = Sharded<[String: Counter]> { [:] }
+    private let timers = Sharded<[String: CoreMetrics.Timer]> { [:] }
+    private let gauges = Sharded<[String: Gauge]> { [:] }
+
+    private final class AtomicCount: Sendable {
+        let value = Atomic<Int64>(0)
+        func add(_ n: Int64) { value.wrappingAdd(n, ordering: .relaxed) }
+        var current: Int64 { value.load(ordering: .relaxed) }
+    }
+
+    private static func cacheSlot(_ kind: CacheKind, _ result: CacheResult) -> Int {
+        CacheKind.allCases.firstIndex(of: kind)! * CacheResult.allCases.count + CacheResult.allCases.firstIndex(of: result)!
+    }
 
     public init(factory: any MetricsFactory, clock: any MirrorClock = .system) {
         self.factory = factory
@@ -100,7 +116,7 @@ public final class MirrorStats: UpstreamObserver, Sendable {
     // MARK: Events
 
     public func cache(_ kind: CacheKind, _ result: CacheResult) {
-        state.withLock { $0.cache["\(kind.rawValue)/\(result.rawValue)", default: 0] += 1 }
+        cacheCounts[Self.cacheSlot(kind, result)].add(1)
         counter("registry_mirror_cache_requests_total", [("kind", kind.rawValue), ("result", result.rawValue)]).increment()
         if result == .join { counter("registry_mirror_singleflight_joins_total", [("kind", kind.rawValue)]).increment() }
     }
@@ -113,10 +129,9 @@ public final class MirrorStats: UpstreamObserver, Sendable {
     /// Bytes sent to a client for `repository` (manifests and blobs).
     public func served(_ bytes: Int64, repository: RepositoryKey) {
         guard bytes > 0 else { return }
-        state.withLock {
-            $0.servedBytes += bytes
-            $0.repositories[repository.description, default: 0] += bytes
-        }
+        servedBytes.add(bytes)
+        let name = repository.description
+        servedByRepository.withLockForThisThread { $0[name, default: 0] += bytes }
         counter("registry_mirror_served_bytes_total", []).increment(by: bytes)
     }
 
@@ -231,8 +246,19 @@ public final class MirrorStats: UpstreamObserver, Sendable {
 
     public var snapshot: Snapshot {
         let s = state.withLock { $0 }
-        return Snapshot(started: started, cache: s.cache, servedBytes: s.servedBytes, upstreamBytes: s.upstreamBytes,
-                        upstreams: s.upstreams, repositories: s.repositories, storeBytes: s.storeBytes,
+        var cache: [String: Int] = [:]
+        for kind in CacheKind.allCases {
+            for result in CacheResult.allCases {
+                let count = cacheCounts[Self.cacheSlot(kind, result)].current
+                if count > 0 { cache["\(kind.rawValue)/\(result.rawValue)"] = Int(count) }
+            }
+        }
+        var repositories: [String: Int64] = [:]
+        for shard in 0..<servedByRepository.count {
+            servedByRepository.withLock(shard: shard) { repositories.merge($0, uniquingKeysWith: +) }
+        }
+        return Snapshot(started: started, cache: cache, servedBytes: servedBytes.current, upstreamBytes: s.upstreamBytes,
+                        upstreams: s.upstreams, repositories: repositories, storeBytes: s.storeBytes,
                         storeObjects: s.storeObjects, storeMaxBytes: s.storeMaxBytes, evictedImages: s.evictedImages,
                         verificationFailures: s.verificationFailures, storeFailures: s.storeFailures)
     }
@@ -244,8 +270,8 @@ public final class MirrorStats: UpstreamObserver, Sendable {
     }
 
     private func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
-        counters.withLock { cache in
-            let key = Self.key(label, dimensions)
+        let key = Self.key(label, dimensions)
+        return counters.withLockForThisThread { cache in
             if let counter = cache[key] { return counter }
             let counter = Counter(label: label, dimensions: dimensions, factory: factory)
             cache[key] = counter
@@ -254,8 +280,8 @@ public final class MirrorStats: UpstreamObserver, Sendable {
     }
 
     private func timer(_ label: String, _ dimensions: [(String, String)]) -> CoreMetrics.Timer {
-        timers.withLock { cache in
-            let key = Self.key(label, dimensions)
+        let key = Self.key(label, dimensions)
+        return timers.withLockForThisThread { cache in
             if let timer = cache[key] { return timer }
             let timer = CoreMetrics.Timer(label: label, dimensions: dimensions, factory: factory)
             cache[key] = timer
@@ -264,8 +290,8 @@ public final class MirrorStats: UpstreamObserver, Sendable {
     }
 
     private func gauge(_ label: String, _ dimensions: [(String, String)] = []) -> Gauge {
-        gauges.withLock { cache in
-            let key = Self.key(label, dimensions)
+        let key = Self.key(label, dimensions)
+        return gauges.withLockForThisThread { cache in
             if let gauge = cache[key] { return gauge }
             let gauge = Gauge(label: label, dimensions: dimensions, factory: factory)
             cache[key] = gauge

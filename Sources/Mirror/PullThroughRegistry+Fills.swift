@@ -130,7 +130,7 @@ extension PullThroughRegistry {
     /// record is deleted again (unless the index already knew it): nothing unindexed stays.
     func publish(_ writer: any BlobWriter, repository: RepositoryKey) async throws {
         let digest = writer.digest
-        let knownBefore = try local.wrap { () throws(IndexError) in try index.blobSize(digest) } != nil
+        let knownBefore = try await local.wrap { () async throws(IndexError) in try await index.blobSize(digest) } != nil
         // The store leaves the cooperative pool for the fsync and rename itself.
         try await writer.commit()
         var batch = ContentBatch()
@@ -143,11 +143,11 @@ extension PullThroughRegistry {
     /// the index already knew it), so no file stays that the index does not know.
     func record(_ batch: ContentBatch, stored digest: Digest, knownBefore: Bool) async throws(MirrorError) {
         do {
-            try index.record(batch)
+            try await index.record(batch, now: now)
         } catch {
             if !knownBefore { try? await store.delete(digest) }
             stats?.storeFailed()
-            throw MirrorError(.storeFailed, "the local index cannot record \(digest): \(error.message)")
+            throw MirrorError(.storeFailed, "the local index cannot record \(digest): \(error.description)")
         }
     }
 }

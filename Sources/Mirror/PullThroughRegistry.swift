@@ -70,13 +70,14 @@ public final class PullThroughRegistry: RegistryContent {
         self.policies = policies
         self.offline = offline
         self.maintenance = maintenance
+        maintenance?.onEviction { [local] digests in local.forget(digests) }
         self.prefetchChildManifests = prefetchChildManifests
         self.stats = stats
         self.logger = logger
     }
 
     var store: any BlobStore { local.store }
-    var index: MetadataIndex { local.index }
+    var index: any MetadataStore { local.index }
 
     /// The upstream for a repository, or nil when offline or unknown.
     func upstream(for repository: RepositoryKey) -> (any UpstreamClient)? {
@@ -133,7 +134,7 @@ public final class PullThroughRegistry: RegistryContent {
 
     /// `maxAge` overrides the policy's tag TTL (`.zero`: always ask the upstream).
     func manifest(_ repository: RepositoryKey, tag: Tag, upstream: any UpstreamClient, maxAge: Duration? = nil) async throws(MirrorError) -> ManifestContent {
-        let cached = try local.wrap { () throws(IndexError) in try index.tag(repository, tag) }
+        let cached = try await local.wrap { () async throws(IndexError) in try await index.tag(repository, tag) }
         let policy = policy(repository)
         if let cached, now - cached.checkedAt < Int64((maxAge ?? policy.tagTTL).components.seconds),
            let content = try? await local.manifestContent(cached.digest, mediaType: cached.mediaType) {
@@ -145,7 +146,7 @@ public final class PullThroughRegistry: RegistryContent {
                 let head = try await upstream.manifest(repository.name, .tag(tag), head: true)
                 if let digest = head.digest {
                     if let cached, digest == cached.digest, var content = try? await self.local.manifestContent(digest, mediaType: cached.mediaType) {
-                        try self.local.wrap { () throws(IndexError) in try self.index.touchTag(repository, tag, checkedAt: self.now) }
+                        try await self.local.wrap { () async throws(IndexError) in try await self.index.touchTag(repository, tag, checkedAt: self.now) }
                         content.cacheResult = .revalidated
                         return content
                     }
@@ -192,7 +193,10 @@ public final class PullThroughRegistry: RegistryContent {
     }
 
     func manifest(_ repository: RepositoryKey, digest: Digest, upstream: any UpstreamClient) async throws(MirrorError) -> ManifestContent {
-        let found = try local.wrap { () throws(IndexError) in try index.manifest(digest, in: repository) }
+        if let hit = local.manifests.linked(digest, in: repository) {
+            return ManifestContent(digest: digest, mediaType: hit.mediaType, bytes: hit.bytes)
+        }
+        let found = try await local.wrap { () async throws(IndexError) in try await index.manifest(digest, in: repository) }
         // Bytes in memory need no stat of their file.
         let present = found == nil ? false : local.holdsInMemory(digest) ? true : await store.size(of: digest) != nil
         if let (known, linked) = found, present {
@@ -205,10 +209,13 @@ public final class PullThroughRegistry: RegistryContent {
                 }
                 var batch = ContentBatch()
                 batch.link(repository, digest)
-                try local.wrap { () throws(IndexError) in try index.record(batch) }
+                try await local.wrap { () async throws(IndexError) in try await index.record(batch, now: now) }
             }
             // A file evicted between the check and the read is a miss, fetched below.
-            if let content = try? await local.manifestContent(digest, mediaType: known.mediaType) { return content }
+            if let content = try? await local.manifestContent(digest, mediaType: known.mediaType) {
+                local.manifests.noteLinked(digest, in: repository, mediaType: known.mediaType)
+                return content
+            }
         }
         return try await manifestFlights.run("digest|\(repository)|\(digest)", joined: { stats?.joined(.manifestByDigest) }) { () throws(MirrorError) in
             try await self.fetchManifest(repository, digest: digest, tag: nil, upstream: upstream)
@@ -244,7 +251,7 @@ public final class PullThroughRegistry: RegistryContent {
         }
         // The type the upstream served it as is the type we serve it as.
         let mediaType = response.mediaType.flatMap { MediaType.isManifest($0) ? $0 : nil } ?? document.mediaType
-        let knownBefore = try local.wrap { () throws(IndexError) in try index.blobSize(actual) } != nil
+        let knownBefore = try await local.wrap { () async throws(IndexError) in try await index.blobSize(actual) } != nil
         do {
             try await store.write(bytes, as: actual)
         } catch {
@@ -389,7 +396,7 @@ public final class PullThroughRegistry: RegistryContent {
 
     /// The size a cached manifest of `repository` gives for `digest`, if one names it.
     func descriptorSize(of digest: Digest, in repository: RepositoryKey) async throws(MirrorError) -> Int64? {
-        let manifests = try local.wrap { () throws(IndexError) in try index.manifests(naming: digest, in: repository) }
+        let manifests = try await local.wrap { () async throws(IndexError) in try await index.manifests(naming: digest, in: repository) }
         for record in manifests {
             guard let content = try? await local.manifestContent(record.digest, mediaType: record.mediaType),
                   let document = try? ManifestDocument(bytes: content.bytes, contentType: content.mediaType) else { continue }
@@ -400,7 +407,7 @@ public final class PullThroughRegistry: RegistryContent {
 
     /// Repository scoping: link R to a cached blob only after the upstream confirms R holds it.
     func ensureLinked(_ repository: RepositoryKey, _ digest: Digest, upstream: any UpstreamClient) async throws(MirrorError) {
-        if try local.wrap({ () throws(IndexError) in try index.isLinked(repository, digest) }) { return }
+        if try await local.wrap({ () async throws(IndexError) in try await index.isLinked(repository, digest) }) { return }
         let size: Int64?
         do {
             size = try await upstream.blobSize(repository.name, digest)
@@ -412,7 +419,7 @@ public final class PullThroughRegistry: RegistryContent {
         }
         var batch = ContentBatch()
         batch.link(repository, digest)
-        try local.wrap { () throws(IndexError) in try index.record(batch) }
+        try await local.wrap { () async throws(IndexError) in try await index.record(batch, now: now) }
     }
 
     // MARK: Tags (referrers: PullThroughRegistry+Referrers.swift)

@@ -92,9 +92,9 @@ public struct Seeder: Sendable {
         bytes += try await copyBlobs(blobs, repository: repository, name: name, progress: progress)
         if pin {
             do {
-                try registry.index.setPinned(root.digest, true)
+                try await registry.index.setPinned(root.digest, true)
             } catch {
-                throw MirrorError(.internal, "pinning \(name): \(error.message)")
+                throw MirrorError(.internal, "pinning \(name): \(error.description)")
             }
         }
         var copied: (count: Int, bytes: Int64) = (0, 0)
@@ -141,9 +141,9 @@ public struct Seeder: Sendable {
                 }
                 if pin {
                     do {
-                        try registry.index.setPinned(artifact.digest, true)
+                        try await registry.index.setPinned(artifact.digest, true)
                     } catch {
-                        throw MirrorError(.internal, "pinning a referrer of \(name): \(error.message)")
+                        throw MirrorError(.internal, "pinning a referrer of \(name): \(error.description)")
                     }
                 }
                 count += 1

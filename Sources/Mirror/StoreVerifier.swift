@@ -21,16 +21,16 @@ public struct StoreVerifier: Sendable {
     }
 
     let store: FileSystemStore
-    let index: MetadataIndex
+    let index: any MetadataStore
 
-    public init(store: FileSystemStore, index: MetadataIndex) {
+    public init(store: FileSystemStore, index: any MetadataStore) {
         self.store = store
         self.index = index
     }
 
-    public func run(repair: Bool) throws -> Report {
+    public func run(repair: Bool) async throws -> Report {
         var report = Report()
-        let recorded = Dictionary(try index.allBlobs().map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a })
+        let recorded = Dictionary(try await index.allBlobs().map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a })
         for digest in try store.allDigests() {
             report.checked += 1
             let path = store.path(of: digest)
@@ -56,7 +56,7 @@ public struct StoreVerifier: Sendable {
         report.missing = recorded.keys.filter { store.size(of: $0) == nil && !report.removed.contains($0) }.sorted()
         if repair {
             // The index then matches the store; a pull-through fill records them again.
-            try index.forgetBlobs(report.removed + report.missing)
+            try await index.forgetBlobs(report.removed + report.missing)
         }
         return report
     }

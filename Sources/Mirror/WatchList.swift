@@ -129,7 +129,7 @@ public final class WatchList: Sendable {
 
     private func refresh(_ image: Image, at position: Int) async {
         let metadata: Logger.Metadata = ["oci.reference": "\(image.name)"]
-        let known = cachedDigest(image)
+        let known = await cachedDigest(image)
         let fetched = ByteTally()
         do throws(MirrorError) {
             let result = try await seeder.seed(image.repository, image.reference, platforms: image.platforms, pin: false,
@@ -168,10 +168,10 @@ public final class WatchList: Sendable {
     }
 
     /// The digest the cache holds for the image before a refresh.
-    private func cachedDigest(_ image: Image) -> Digest? {
+    private func cachedDigest(_ image: Image) async -> Digest? {
         switch image.reference {
         case .digest(let digest): return digest
-        case .tag(let tag): return (try? registry.index.tag(image.repository, tag))?.digest
+        case .tag(let tag): return (try? await registry.index.tag(image.repository, tag))?.digest
         }
     }
 

@@ -12,7 +12,7 @@ import MetadataIndex
 public struct DataDirectory: Sendable {
     public let path: String
     public let store: FileSystemStore
-    public let index: MetadataIndex
+    public let index: any MetadataStore
 
     /// Opens the directory, creating it if missing.
     public init(path: String) throws {
@@ -23,7 +23,7 @@ public struct DataDirectory: Sendable {
         }
         self.path = path
         self.store = try FileSystemStore(root: path)
-        self.index = try MetadataIndex(path: path + "/index.sqlite")
+        self.index = try SQLiteMetadataStore(path: path + "/index.sqlite")
     }
 }
 

@@ -1,5 +1,4 @@
 import ContentStore
-import MetadataIndex
 import NIOPosix
 
 /// What `/readyz` answers: ready when the index answers a query, a small file can be written
@@ -33,11 +32,20 @@ actor Readiness {
         }
         waiting = []
         let (data, floor) = (data, minFreeSpace)
-        let verdict: Verdict
+        var verdict: Verdict
         do {
-            verdict = try await NIOThreadPool.singleton.runIfActive { Self.probe(data, minFreeSpace: floor) }
+            // The index runs its queries on threads of its own.
+            _ = try await data.index.schemaVersion()
+            verdict = nil
         } catch {
-            verdict = "the readiness probe could not run: \(error)"
+            verdict = "the index does not answer: \(error)"
+        }
+        if verdict == nil {
+            do {
+                verdict = try await NIOThreadPool.singleton.runIfActive { Self.probe(data, minFreeSpace: floor) }
+            } catch {
+                verdict = "the readiness probe could not run: \(error)"
+            }
         }
         last = (.now, verdict)
         for waiter in waiting ?? [] { waiter.resume(returning: verdict) }
@@ -45,13 +53,8 @@ actor Readiness {
         return verdict
     }
 
-    /// Blocking: a query, a write with fsync, a statvfs.
+    /// Blocking: a write with fsync, a statvfs.
     static func probe(_ data: DataDirectory, minFreeSpace: Int64) -> Verdict {
-        do {
-            _ = try data.index.schemaVersion()
-        } catch {
-            return "the index does not answer: \(error)"
-        }
         do throws(StoreError) {
             try data.store.probeWrite()
             let free = try data.store.freeSpace()

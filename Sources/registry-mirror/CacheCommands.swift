@@ -154,15 +154,17 @@ struct GC: AsyncParsableCommand {
 
 /// Resolves references in the cache to the digests of their root manifests, as `seed` resolved
 /// them. Prints the error and exits 1 for one that is not cached.
-func cachedRoots(_ texts: [String], _ common: CommonOptions, _ upstream: UpstreamNameOptions) throws -> (DataDirectory, [(digest: Digest, name: String)]) {
+func cachedRoots(_ texts: [String], _ common: CommonOptions, _ upstream: UpstreamNameOptions) async throws -> (DataDirectory, [(digest: Digest, name: String)]) {
     let configuration = try common.resolve()
     let settings = try upstream.settings(configuration)
     let data = try DataDirectory(path: configuration.dataDirectory)
     do throws(MirrorError) {
-        return (data, try texts.map { (text) throws(MirrorError) in
-            let found = try settings.cachedRoot(text, in: data.index)
-            return (found.digest, found.name)
-        })
+        var roots: [(digest: Digest, name: String)] = []
+        for text in texts {
+            let found = try await settings.cachedRoot(text, in: data.index)
+            roots.append((found.digest, found.name))
+        }
+        return (data, roots)
     } catch {
         FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
         throw ExitCode(1)
@@ -181,14 +183,14 @@ struct Pin: AsyncParsableCommand {
     func run() async throws {
         guard !references.isEmpty else {
             let data = try DataDirectory(path: try common.resolve().dataDirectory)
-            for pin in try data.index.pinned() {
+            for pin in try await data.index.pinned() {
                 print("\(pin.digest)  \(pin.references.isEmpty ? "(untagged)" : pin.references.joined(separator: ", "))")
             }
             return
         }
-        let (data, roots) = try cachedRoots(references, common, upstream)
+        let (data, roots) = try await cachedRoots(references, common, upstream)
         for (digest, name) in roots {
-            try data.index.setPinned(digest, true)
+            try await data.index.setPinned(digest, true)
             print("pinned \(name) \(digest)")
         }
     }
@@ -203,9 +205,9 @@ struct Unpin: AsyncParsableCommand {
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
-        let (data, roots) = try cachedRoots(references, common, upstream)
+        let (data, roots) = try await cachedRoots(references, common, upstream)
         for (digest, name) in roots {
-            try data.index.setPinned(digest, false)
+            try await data.index.setPinned(digest, false)
             print("unpinned \(name) \(digest)")
         }
     }

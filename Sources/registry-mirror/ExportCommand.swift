@@ -50,11 +50,11 @@ struct Export: AsyncParsableCommand {
             throw ExitCode(1)
         }
         // Short names mean what they meant to `seed`: resolved against the same upstreams.
-        let (dir, roots) = try cachedRoots(references, common, upstream)
+        let (dir, roots) = try await cachedRoots(references, common, upstream)
         let exporter = BundleExporter(store: dir.store, index: dir.index, logger: logger)
         let reporter = ProgressReporter(verb: "export")
         do {
-            let summary = try exporter.export(roots.map(\.name), to: output, options: .init(platforms: selection, progress: reporter.handler, referrers: !noReferrers))
+            let summary = try await exporter.export(roots.map(\.name), to: output, options: .init(platforms: selection, progress: reporter.handler, referrers: !noReferrers))
             for image in summary.images {
                 var line = "exported \(image.name) \(image.digest) \(image.mediaType) \(ByteCount(image.bytes))"
                 if let subject = image.referrerOf {

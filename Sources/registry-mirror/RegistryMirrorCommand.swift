@@ -160,7 +160,7 @@ struct Import: AsyncParsableCommand {
         let importer = BundleImporter(store: dir.store, index: dir.index, logger: logger)
         do {
             let progress = ProgressReporter(verb: "import").handler
-            let images = try importer.importBundle(at: path, options: .init(reference: reference, pin: pin, progress: progress))
+            let images = try await importer.importBundle(at: path, options: .init(reference: reference, pin: pin, progress: progress))
             for image in images {
                 var line = "imported \(image.reference) \(image.digest) \(image.mediaType) \(ByteCount(image.bytes))"
                 if MediaType.isIndex(image.mediaType) { line += " (\(image.platformsPresent)/\(image.platformsListed) platforms)" }
@@ -180,7 +180,7 @@ struct List: AsyncParsableCommand {
 
     func run() async throws {
         let dir = try DataDirectory(path: try common.resolve().dataDirectory)
-        let rows = try dir.index.listing()
+        let rows = try await dir.index.listing()
         guard !rows.isEmpty else {
             print("(the cache is empty)")
             return
@@ -240,7 +240,7 @@ struct Verify: AsyncParsableCommand {
 
     func run() async throws {
         let dir = try DataDirectory(path: try common.resolve().dataDirectory)
-        let report = try StoreVerifier(store: dir.store, index: dir.index).run(repair: repair)
+        let report = try await StoreVerifier(store: dir.store, index: dir.index).run(repair: repair)
         for (digest, reason) in report.corrupt {
             print("corrupt \(digest): \(reason)\(report.removed.contains(digest) ? " (removed)" : "")")
         }

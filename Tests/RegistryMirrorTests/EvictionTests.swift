@@ -15,115 +15,106 @@ import Testing
 
     /// Records an image manifest over `blobs` (each `size` bytes), tagged `tag`. Returns its digest.
     @discardableResult
-    func image(_ index: MetadataIndex, _ tag: String?, blobs: [String], size: Int64 = 1000, pin: Bool = false) throws -> Digest {
+    func image(_ index: any MetadataStore, _ tag: String?, blobs: [String], size: Int64 = 1000, pin: Bool = false) async throws -> Digest {
         let layers = blobs.map { #"{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"\#(Self.blob($0))","size":\#(size)}"# }
         let text = #"{"schemaVersion":2,"mediaType":"\#(MediaType.ociManifest)","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"\#(Self.blob("config-" + (tag ?? blobs.joined())))","size":10},"layers":[\#(layers.joined(separator: ","))]}"#
-        return try record(index, Array(text.utf8), tag: tag, blobs: blobs.map { (Self.blob($0), size) } + [(Self.blob("config-" + (tag ?? blobs.joined())), 10)], pin: pin)
+        return try await record(index, Array(text.utf8), tag: tag, blobs: blobs.map { (Self.blob($0), size) } + [(Self.blob("config-" + (tag ?? blobs.joined())), 10)], pin: pin)
     }
 
-    func record(_ index: MetadataIndex, _ bytes: [UInt8], tag: String?, blobs: [(Digest, Int64)], pin: Bool) throws -> Digest {
-        let digest = DigestHasher.digest(of: bytes)
-        let document = try ManifestDocument(bytes: bytes, contentType: nil)
-        var batch = ContentBatch()
-        batch.addBlob(digest, size: Int64(bytes.count))
-        for (blob, size) in blobs { batch.addBlob(blob, size: size) }
-        batch.manifests.append(.init(digest: digest, size: Int64(bytes.count), document: document))
-        batch.link(repository, digest)
-        if let tag { batch.tag(repository, try Tag(parsing: tag), digest, mediaType: document.mediaType) }
-        if pin { batch.pinned.insert(digest) }
-        try index.record(batch)
-        return digest
+    func record(_ index: any MetadataStore, _ bytes: [UInt8], tag: String?, blobs: [(Digest, Int64)], pin: Bool) async throws -> Digest {
+        try await MetadataStoreConformance.record(index, bytes, tag: tag, blobs: blobs, in: repository, pin: pin)
     }
 
-    func tags(_ index: MetadataIndex) throws -> [String] { try index.tags(repository) }
+    func tags(_ index: any MetadataStore) async throws -> [String] { try await index.tags(repository) }
 
     /// An access time after every record's own (access times only move forward).
     static func later(_ n: Int64) -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) + 60_000 + n }
 
-    @Test func leastRecentlyUsedImageGoesFirstAndSharedLayersStay() throws {
+    @Test func leastRecentlyUsedImageGoesFirstAndSharedLayersStay() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let index = try MetadataIndex(path: dir.path + "/index.sqlite")
-        let a = try image(index, "a", blobs: ["base", "a"])
-        let b = try image(index, "b", blobs: ["base", "b"])
-        let c = try image(index, "c", blobs: ["base", "c"], pin: true)
-        try index.recordAccess([a: Self.later(3000), b: Self.later(1000), c: Self.later(500)])
-        let total = try index.usage().bytes
+        let index = try SQLiteMetadataStore(path: dir.path + "/index.sqlite")
+        let a = try await image(index, "a", blobs: ["base", "a"])
+        let b = try await image(index, "b", blobs: ["base", "b"])
+        let c = try await image(index, "c", blobs: ["base", "c"], pin: true)
+        try await index.recordAccess([a: Self.later(3000), b: Self.later(1000), c: Self.later(500)])
+        let total = try await index.usage().bytes
 
         // Room for all but one image's own layer: b (least recently used) goes.
-        let plan = try index.evict(toAtMost: total - 500)
+        let plan = try await index.evict(toAtMost: total - 500)
         #expect(plan.images.map(\.digest) == [b])
         #expect(plan.images.first?.tags == ["registry.test/app:b"])
         #expect(Set(plan.blobs.map(\.digest)) == [b, Self.blob("b"), Self.blob("config-b")])
-        #expect(try tags(index) == ["a", "c"])
-        #expect(try index.blobSize(Self.blob("base")) == 1000)
+        await #expect(try tags(index) == ["a", "c"])
+        #expect(try await index.blobSize(Self.blob("base")) == 1000)
 
         // Down to nothing: a goes; the pinned c and the base layer it uses stay.
-        let rest = try index.evict(toAtMost: 0)
+        let rest = try await index.evict(toAtMost: 0)
         #expect(rest.images.map(\.digest) == [a])
-        #expect(try tags(index) == ["c"])
-        #expect(try index.blobSize(Self.blob("base")) == 1000)
-        #expect(try index.blobSize(Self.blob("a")) == nil)
-        #expect(rest.bytesAfter == (try index.usage().bytes))
+        await #expect(try tags(index) == ["c"])
+        #expect(try await index.blobSize(Self.blob("base")) == 1000)
+        #expect(try await index.blobSize(Self.blob("a")) == nil)
+        #expect(rest.bytesAfter == (try await index.usage().bytes))
 
         // Unpinned, c goes, and the base with it.
-        try index.setPinned(c, false)
-        _ = try index.evict(toAtMost: 0)
-        #expect(try index.usage().objects == 0)
+        try await index.setPinned(c, false)
+        _ = try await index.evict(toAtMost: 0)
+        #expect(try await index.usage().objects == 0)
     }
 
-    @Test func anIndexGoesWithTheChildrenOnlyItLists() throws {
+    @Test func anIndexGoesWithTheChildrenOnlyItLists() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let index = try MetadataIndex(path: dir.path + "/index.sqlite")
-        let amd64 = try image(index, nil, blobs: ["amd64"])
-        let arm64 = try image(index, nil, blobs: ["arm64"])
+        let index = try SQLiteMetadataStore(path: dir.path + "/index.sqlite")
+        let amd64 = try await image(index, nil, blobs: ["amd64"])
+        let arm64 = try await image(index, nil, blobs: ["arm64"])
         func list(_ children: [Digest], _ label: String) -> [UInt8] {
             let entries = children.map { #"{"mediaType":"\#(MediaType.ociManifest)","digest":"\#($0)","size":1,"platform":{"os":"linux","architecture":"\#(label)"}}"# }
             return Array(#"{"schemaVersion":2,"mediaType":"\#(MediaType.ociIndex)","manifests":[\#(entries.joined(separator: ","))]}"#.utf8)
         }
-        let both = try record(index, list([amd64, arm64], "x"), tag: "both", blobs: [], pin: false)
-        let shared = try record(index, list([arm64], "y"), tag: "arm-only", blobs: [], pin: false)
-        try index.recordAccess([both: Self.later(1), shared: Self.later(2)])
+        let both = try await record(index, list([amd64, arm64], "x"), tag: "both", blobs: [], pin: false)
+        let shared = try await record(index, list([arm64], "y"), tag: "arm-only", blobs: [], pin: false)
+        try await index.recordAccess([both: Self.later(1), shared: Self.later(2)])
         // Children are not candidates of their own; the oldest root is `both`.
-        let plan = try index.evict(toAtMost: (try index.usage().bytes) - 1)
+        let plan = try await index.evict(toAtMost: (try await index.usage().bytes) - 1)
         #expect(plan.images.map(\.digest) == [both])
-        #expect(try index.manifest(amd64) == nil, "a child only `both` listed stays behind")
-        #expect(try index.blobSize(Self.blob("amd64")) == nil)
-        #expect(try index.manifest(arm64) != nil, "a child another index lists was removed")
-        #expect(try index.blobSize(Self.blob("arm64")) == 1000)
-        #expect(try index.children(ofIndex: shared).map(\.digest) == [arm64])
+        #expect(try await index.manifest(amd64) == nil, "a child only `both` listed stays behind")
+        #expect(try await index.blobSize(Self.blob("amd64")) == nil)
+        #expect(try await index.manifest(arm64) != nil, "a child another index lists was removed")
+        #expect(try await index.blobSize(Self.blob("arm64")) == 1000)
+        #expect(try await index.children(ofIndex: shared).map(\.digest) == [arm64])
     }
 
-    @Test func looseBlobsAreCandidatesAndInUseBlobsWait() throws {
+    @Test func looseBlobsAreCandidatesAndInUseBlobsWait() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let index = try MetadataIndex(path: dir.path + "/index.sqlite")
+        let index = try SQLiteMetadataStore(path: dir.path + "/index.sqlite")
         var batch = ContentBatch()
         batch.addBlob(Self.blob("loose"), size: 5000)
-        try index.record(batch)
-        let a = try image(index, "a", blobs: ["a"])
-        try index.recordAccess([Self.blob("loose"): Self.later(1), a: Self.later(2)])
+        try await index.record(batch)
+        let a = try await image(index, "a", blobs: ["a"])
+        try await index.recordAccess([Self.blob("loose"): Self.later(1), a: Self.later(2)])
 
         // Dry run: the plan, and nothing changed.
-        let dry = try index.evict(toAtMost: 0, dryRun: true)
+        let dry = try await index.evict(toAtMost: 0, dryRun: true)
         #expect(dry.blobs.map(\.digest).first == Self.blob("loose"))
         #expect(dry.images.map(\.digest) == [a])
-        #expect(try index.blobSize(Self.blob("loose")) == 5000 && (try tags(index)) == ["a"])
+        #expect(try await index.blobSize(Self.blob("loose")) == 5000)
+        #expect(try await tags(index) == ["a"])
 
         // The loose blob is in use: kept, and counted as freed so `a` need not go.
-        let plan = try index.evict(toAtMost: (try index.usage().bytes) - 5000, inUse: { $0 == Self.blob("loose") })
+        let plan = try await index.evict(toAtMost: (try await index.usage().bytes) - 5000, dryRun: false, inUse: { $0 == Self.blob("loose") })
         #expect(plan.skippedInUse == [Self.blob("loose")])
         #expect(plan.images.isEmpty && plan.blobs.isEmpty)
-        #expect(try index.blobSize(Self.blob("loose")) == 5000)
-        #expect(try tags(index) == ["a"])
+        #expect(try await index.blobSize(Self.blob("loose")) == 5000)
+        await #expect(try tags(index) == ["a"])
     }
 
     @Test func maintenanceDeletesFilesButNotLeasedOnes() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let store = try FileSystemStore(root: dir.path)
-        let index = try MetadataIndex(path: dir.path + "/index.sqlite")
+        let index = try SQLiteMetadataStore(path: dir.path + "/index.sqlite")
         let maintenance = CacheMaintenance(store: store, index: index, maxBytes: 0, logger: Logger(label: "test"))
         var digests: [Digest] = []
         var batch = ContentBatch()
@@ -134,7 +125,7 @@ import Testing
             batch.addBlob(digest, size: Int64(bytes.count))
             digests.append(digest)
         }
-        try index.record(batch)
+        try await index.record(batch)
         var lease: BlobLease? = maintenance.lease(digests[1])
         try await maintenance.evict()
         #expect(store.size(of: digests[0]) == nil)
@@ -143,34 +134,34 @@ import Testing
         lease = nil
         try await maintenance.evict()
         #expect(store.size(of: digests[1]) == nil)
-        #expect(try index.usage().objects == 0)
+        #expect(try await index.usage().objects == 0)
     }
 
-    @Test func accessTimesAreBatchedUntilFlushed() throws {
+    @Test func accessTimesAreBatchedUntilFlushed() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let store = try FileSystemStore(root: dir.path)
-        let index = try MetadataIndex(path: dir.path + "/index.sqlite")
+        let index = try SQLiteMetadataStore(path: dir.path + "/index.sqlite")
         let maintenance = CacheMaintenance(store: store, index: index, maxBytes: nil, logger: Logger(label: "test"))
-        let old = try image(index, "old", blobs: ["x"])
-        let new = try image(index, "new", blobs: ["y"])
+        let old = try await image(index, "old", blobs: ["x"])
+        let new = try await image(index, "new", blobs: ["y"])
         func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
-        try index.recordAccess([old: now() + 1])
-        Thread.sleep(forTimeInterval: 0.01)
-        try index.recordAccess([new: now() + 1])
-        Thread.sleep(forTimeInterval: 0.01)
+        try await index.recordAccess([old: now() + 1])
+        try await Task.sleep(for: .milliseconds(10))
+        try await index.recordAccess([new: now() + 1])
+        try await Task.sleep(for: .milliseconds(10))
         maintenance.touch(old)
         // Not yet written: `old` is still the least recently used.
-        #expect(try index.evict(toAtMost: 0, dryRun: true).images.first?.digest == old)
-        maintenance.flush()
-        #expect(try index.evict(toAtMost: 0, dryRun: true).images.first?.digest == new)
+        #expect(try await index.evict(toAtMost: 0, dryRun: true).images.first?.digest == old)
+        await maintenance.flush()
+        #expect(try await index.evict(toAtMost: 0, dryRun: true).images.first?.digest == new)
     }
 
     @Test func strayFilesAreSweptOnlyWhenOld() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let store = try FileSystemStore(root: dir.path)
-        let index = try MetadataIndex(path: dir.path + "/index.sqlite")
+        let index = try SQLiteMetadataStore(path: dir.path + "/index.sqlite")
         let maintenance = CacheMaintenance(store: store, index: index, maxBytes: nil, logger: Logger(label: "test"))
         var digests: [String: Digest] = [:]
         for label in ["stray-old", "stray-new", "indexed-old"] {
@@ -180,7 +171,7 @@ import Testing
         }
         var batch = ContentBatch()
         batch.addBlob(digests["indexed-old"]!, size: 11)
-        try index.record(batch)
+        try await index.record(batch)
         let old = Date().addingTimeInterval(-7 * 3600)
         for label in ["stray-old", "indexed-old"] {
             try FileManager.default.setAttributes([.modificationDate: old], ofItemAtPath: store.path(of: digests[label]!))

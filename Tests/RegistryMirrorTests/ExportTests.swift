@@ -18,7 +18,7 @@ struct ExportHarness {
     static let singleName = "docker.io/test/single:v1"
     static let multiName = "ghcr.io/test/multi:v1"
 
-    init() throws {
+    init() async throws {
         h = try ImportHarness()
         var layout = try LayoutFixture(root: h.dir.path + "/layout", seed: 7)
         single = try layout.image(layers: [3000, 70_000])
@@ -30,7 +30,7 @@ struct ExportHarness {
         index = try layout.index(children.map(\.manifest))
         try layout.add(single.manifest, refName: Self.singleName)
         try layout.add(index, refName: Self.multiName)
-        _ = try h.importer.importBundle(at: layout.root)
+        _ = try await h.importer.importBundle(at: layout.root)
         exporter = BundleExporter(store: h.data.store, index: h.data.index, logger: Logger(label: "test"))
     }
 
@@ -125,12 +125,12 @@ final class EventLog: Sendable {
 }
 
 @Suite struct ExportTests {
-    @Test func exportThenImportRoundTripsDigestsAndBytes() throws {
-        let e = try ExportHarness()
+    @Test func exportThenImportRoundTripsDigestsAndBytes() async throws {
+        let e = try await ExportHarness()
         defer { e.h.dir.remove() }
         for output in [e.h.dir.path + "/bundle.tar", e.h.dir.path + "/bundle-dir"] {
             let events = EventLog()
-            let summary = try e.exporter.export(["test/single:v1", "ghcr.io/test/multi:v1"], to: output,
+            let summary = try await e.exporter.export(["test/single:v1", "ghcr.io/test/multi:v1"], to: output,
                                                 options: .init(progress: events.handler))
             #expect(summary.images.map(\.name) == [ExportHarness.singleName, ExportHarness.multiName])
             #expect(summary.images[1].platformsWritten == 3 && summary.images[1].platformsListed == 3)
@@ -140,22 +140,22 @@ final class EventLog: Sendable {
             #expect(e.leftovers(of: output) == [URL(fileURLWithPath: output).lastPathComponent], "no temporary left beside the bundle")
 
             let fresh = try e.freshImporter()
-            let imported = try fresh.importer.importBundle(at: output)
+            let imported = try await fresh.importer.importBundle(at: output)
             #expect(imported.map(\.reference.description) == [ExportHarness.singleName, ExportHarness.multiName])
             #expect(imported.map(\.digest) == [e.single.manifest.digest, e.index.digest])
             #expect(try Set(fresh.data.store.allDigests()) == Set(e.h.data.store.allDigests()))
             for digest in try e.h.data.store.allDigests() {
                 #expect(try fresh.data.store.read(digest, limit: 1 << 20) == e.h.data.store.read(digest, limit: 1 << 20))
             }
-            #expect(try fresh.data.index.listing().map(\.digest) == e.h.data.index.listing().map(\.digest))
+            #expect(try await fresh.data.index.listing().map(\.digest) == e.h.data.index.listing().map(\.digest))
         }
     }
 
-    @Test func indexJSONNamesFullReferencesAndKeepsStoredMediaTypes() throws {
-        let e = try ExportHarness()
+    @Test func indexJSONNamesFullReferencesAndKeepsStoredMediaTypes() async throws {
+        let e = try await ExportHarness()
         defer { e.h.dir.remove() }
         let output = e.h.dir.path + "/out"
-        _ = try e.exporter.export(["test/single:v1", "ghcr.io/test/multi@\(e.index.digest)"], to: output)
+        _ = try await e.exporter.export(["test/single:v1", "ghcr.io/test/multi@\(e.index.digest)"], to: output)
         let index = try JSONDecoder().decode(ImageIndex.self, from: Data(contentsOf: URL(fileURLWithPath: output + "/index.json")))
         #expect(index.schemaVersion == 2 && index.mediaType == MediaType.ociIndex)
         #expect(index.manifests.map(\.digest) == [e.single.manifest.digest, e.index.digest])
@@ -167,13 +167,13 @@ final class EventLog: Sendable {
         #expect(try Data(contentsOf: URL(fileURLWithPath: output + "/oci-layout")) == Data(#"{"imageLayoutVersion":"1.0.0"}"#.utf8))
     }
 
-    @Test func unknownReferencesAndExistingOutputsAreRefused() throws {
-        let e = try ExportHarness()
+    @Test func unknownReferencesAndExistingOutputsAreRefused() async throws {
+        let e = try await ExportHarness()
         defer { e.h.dir.remove() }
         let output = e.h.dir.path + "/out.tar"
         for missing in ["test/single:v2", "docker.io/test/other:v1", "ghcr.io/test/single:v1", "test/single@\(e.index.digest)"] {
             do {
-                _ = try e.exporter.export([missing], to: output)
+                _ = try await e.exporter.export([missing], to: output)
                 Issue.record("exported \(missing), which is not cached")
             } catch {
                 #expect(error.message.contains(missing) && error.message.contains("registry-mirror seed"), "\(error.message)")
@@ -182,41 +182,41 @@ final class EventLog: Sendable {
         #expect(e.leftovers(of: output).isEmpty)
 
         try Data("x".utf8).write(to: URL(fileURLWithPath: output))
-        #expect(throws: BundleError.self) { try e.exporter.export(["test/single:v1"], to: output) }
+        await #expect(throws: BundleError.self) { try await e.exporter.export(["test/single:v1"], to: output) }
         #expect(try Data(contentsOf: URL(fileURLWithPath: output)) == Data("x".utf8), "an existing file is left alone")
 
         let nonEmpty = e.h.dir.path + "/full"
         try FileManager.default.createDirectory(atPath: nonEmpty, withIntermediateDirectories: true)
         try Data().write(to: URL(fileURLWithPath: nonEmpty + "/keep"))
-        #expect(throws: BundleError.self) { try e.exporter.export(["test/single:v1"], to: nonEmpty) }
+        await #expect(throws: BundleError.self) { try await e.exporter.export(["test/single:v1"], to: nonEmpty) }
         let empty = e.h.dir.path + "/empty"
         try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
-        _ = try e.exporter.export(["test/single:v1"], to: empty)
+        _ = try await e.exporter.export(["test/single:v1"], to: empty)
         #expect(FileManager.default.fileExists(atPath: empty + "/index.json"), "an empty directory is filled")
     }
 
-    @Test func platformSelectionWithChildrenMissingFromTheCache() throws {
-        let e = try ExportHarness()
+    @Test func platformSelectionWithChildrenMissingFromTheCache() async throws {
+        let e = try await ExportHarness()
         defer { e.h.dir.remove() }
         // arm64: manifest cached, layer gone (as after a `skopeo inspect`); arm/v7: nothing cached.
         try e.h.data.store.delete(e.children[1].blobs[1].digest)
         for blob in [e.children[2].manifest] + e.children[2].blobs { try e.h.data.store.delete(blob.digest) }
         var n = 0
-        func output() -> String { n += 1; return e.h.dir.path + "/out\(n).tar" }
+        func output() async -> String { n += 1; return e.h.dir.path + "/out\(n).tar" }
 
         // Default: the one complete instance, under the byte-exact index.
-        let cached = output()
-        let summary = try e.exporter.export([ExportHarness.multiName], to: cached)
+        let cached = await output()
+        let summary = try await e.exporter.export([ExportHarness.multiName], to: cached)
         #expect(summary.images[0].platformsWritten == 1 && summary.images[0].platformsListed == 3)
         let fresh = try e.freshImporter()
-        let imported = try fresh.importer.importBundle(at: cached)
+        let imported = try await fresh.importer.importBundle(at: cached)
         #expect(imported[0].digest == e.index.digest)
         #expect(imported[0].platformsPresent == 1 && imported[0].platformsListed == 3)
         #expect(fresh.data.store.size(of: e.children[0].blobs[1].digest) != nil)
         #expect(fresh.data.store.size(of: e.children[1].manifest.digest) == nil)
 
         // --platform linux/amd64: fine. linux/arm64 (partly cached) and linux/arm/v7: named errors.
-        let amd = try e.exporter.export([ExportHarness.multiName], to: output(), options: .init(platforms: .specific([.init(os: "linux", architecture: "amd64")])))
+        let amd = try await e.exporter.export([ExportHarness.multiName], to: output(), options: .init(platforms: .specific([.init(os: "linux", architecture: "amd64")])))
         #expect(amd.images[0].platformsWritten == 1)
         let cases: [(PlatformSelection, String)] = [
             (.specific([.init(os: "linux", architecture: "arm64")]), "linux/arm64/v8"),
@@ -225,9 +225,9 @@ final class EventLog: Sendable {
             (.all, "linux/arm64/v8"),
         ]
         for (selection, named) in cases {
-            let path = output()
+            let path = await output()
             do {
-                _ = try e.exporter.export([ExportHarness.multiName], to: path, options: .init(platforms: selection))
+                _ = try await e.exporter.export([ExportHarness.multiName], to: path, options: .init(platforms: selection))
                 Issue.record("export with \(selection) succeeded")
             } catch {
                 #expect(error.message.contains(named), "\(selection): \(error.message)")
@@ -237,11 +237,11 @@ final class EventLog: Sendable {
 
         // Nothing of an index cached: an error even by default.
         try e.h.data.store.delete(e.children[0].manifest.digest)
-        #expect(throws: BundleError.self) { try e.exporter.export([ExportHarness.multiName], to: output()) }
+        await #expect(throws: BundleError.self) { try await e.exporter.export([ExportHarness.multiName], to: output()) }
     }
 
-    @Test func corruptCachedBlobFailsTheExportAndLeavesNoOutput() throws {
-        let e = try ExportHarness()
+    @Test func corruptCachedBlobFailsTheExportAndLeavesNoOutput() async throws {
+        let e = try await ExportHarness()
         defer { e.h.dir.remove() }
         let victim = e.single.blobs[2]  // the 70 000-byte layer, same size after the flip
         let path = e.h.data.store.path(of: victim.digest)
@@ -251,7 +251,7 @@ final class EventLog: Sendable {
 
         for output in [e.h.dir.path + "/bad.tar", e.h.dir.path + "/bad-dir"] {
             do {
-                _ = try e.exporter.export([ExportHarness.multiName, "test/single:v1"], to: output)
+                _ = try await e.exporter.export([ExportHarness.multiName, "test/single:v1"], to: output)
                 Issue.record("a corrupt cache was exported")
             } catch {
                 #expect(error.message.contains(victim.digest.description), "\(error.message)")
@@ -266,7 +266,7 @@ final class EventLog: Sendable {
         manifest[manifest.count - 2] = UInt8(ascii: " ")
         try Data(manifest).write(to: URL(fileURLWithPath: manifestPath))
         do {
-            _ = try e.exporter.export([ExportHarness.multiName], to: e.h.dir.path + "/bad2.tar", options: .init(platforms: .all))
+            _ = try await e.exporter.export([ExportHarness.multiName], to: e.h.dir.path + "/bad2.tar", options: .init(platforms: .all))
             Issue.record("a corrupt manifest was exported")
         } catch {
             #expect(error.message.contains(e.children[0].manifest.digest.description), "\(error.message)")
@@ -342,19 +342,19 @@ struct DockerArchiveFixture {
 }
 
 @Suite struct DockerArchiveImportTests {
-    @Test func importsTarAndDirectoryAsOCIImagesWithCheckedDiffIDs() throws {
+    @Test func importsTarAndDirectoryAsOCIImagesWithCheckedDiffIDs() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         let archive = try DockerArchiveFixture(root: h.dir.path + "/saved", repoTags: ["busybox:1", "registry.example:5000/team/app:2"])
         let tar = try h.tar(archive.root)
         let events = EventLog()
-        let imported = try h.importer.importBundle(at: tar, options: .init(progress: events.handler))
+        let imported = try await h.importer.importBundle(at: tar, options: .init(progress: events.handler))
         #expect(imported.map(\.reference.description) == ["docker.io/library/busybox:1", "registry.example:5000/team/app:2"])
         #expect(imported[0].digest == imported[1].digest)
         #expect(imported[0].mediaType == MediaType.ociManifest)
 
         let busybox = RepositoryKey(upstream: "docker.io", name: try RepositoryName(parsing: "library/busybox"))
-        let tag = try #require(try h.data.index.tag(busybox, Tag(parsing: "1")))
+        let tag = try #require(try await h.data.index.tag(busybox, Tag(parsing: "1")))
         let bytes = try h.data.store.read(tag.digest, limit: 1 << 20)
         #expect(DigestHasher.digest(of: bytes) == tag.digest)
         let manifest = try ManifestDocument(bytes: bytes)
@@ -366,7 +366,7 @@ struct DockerArchiveFixture {
             "application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar",
         ])
         for layer in manifest.layers { #expect(h.data.store.size(of: layer.digest) == layer.size) }
-        #expect(try h.data.index.isLinked(busybox, archive.layers[1]))
+        #expect(try await h.data.index.isLinked(busybox, archive.layers[1]))
         // Config, two distinct layers, the manifest made for them; nothing else was kept.
         #expect(h.storedBlobs.count == 4)
         #expect(Set(events.finishedBlobs) == Set([archive.config, archive.layers[0], archive.layers[1], tag.digest]))
@@ -374,50 +374,50 @@ struct DockerArchiveFixture {
         // The same archive extracted: the same manifest digest.
         let again = try ImportHarness()
         defer { again.dir.remove() }
-        let fromDirectory = try again.importer.importBundle(at: archive.root)
+        let fromDirectory = try await again.importer.importBundle(at: archive.root)
         #expect(fromDirectory.map(\.digest) == imported.map(\.digest))
     }
 
-    @Test func wrongDiffIDsRefuseTheArchive() throws {
+    @Test func wrongDiffIDsRefuseTheArchive() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         let archive = try DockerArchiveFixture(root: h.dir.path + "/saved", repoTags: ["busybox:1"], wrongDiffID: true)
         for path in [try h.tar(archive.root), archive.root] {
             do {
-                _ = try h.importer.importBundle(at: path)
+                _ = try await h.importer.importBundle(at: path)
                 Issue.record("an archive with wrong diff_ids was imported")
             } catch {
                 #expect(error.message.contains("diff_ids"), "\(error.message)")
                 #expect(error.message.contains(archive.diffIDs[1].description), "\(error.message)")
             }
             #expect(h.storedBlobs.isEmpty)
-            #expect(try h.data.index.listing().isEmpty)
+            #expect(try await h.data.index.listing().isEmpty)
         }
     }
 
-    @Test func untaggedImagesNeedAReference() throws {
+    @Test func untaggedImagesNeedAReference() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         let archive = try DockerArchiveFixture(root: h.dir.path + "/saved", repoTags: nil)
         do {
-            _ = try h.importer.importBundle(at: archive.root)
+            _ = try await h.importer.importBundle(at: archive.root)
             Issue.record("an untagged image was imported without --as")
         } catch {
             #expect(error.message.contains("--as"), "\(error.message)")
         }
         #expect(h.storedBlobs.isEmpty)
-        let imported = try h.importer.importBundle(at: archive.root, options: .init(reference: "team/app:7"))
+        let imported = try await h.importer.importBundle(at: archive.root, options: .init(reference: "team/app:7"))
         #expect(imported.map(\.reference.description) == ["docker.io/team/app:7"])
     }
 
-    @Test func aTarMissingALayerIsRefused() throws {
+    @Test func aTarMissingALayerIsRefused() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         let archive = try DockerArchiveFixture(root: h.dir.path + "/saved", repoTags: ["busybox:1"])
         try FileManager.default.removeItem(atPath: archive.root + "/" + archive.layerFiles[1])
         for path in [try h.tar(archive.root), archive.root] {
             do {
-                _ = try h.importer.importBundle(at: path)
+                _ = try await h.importer.importBundle(at: path)
                 Issue.record("an archive without one of its layers was imported")
             } catch {
                 #expect(error.message.contains(archive.layerFiles[1]), "\(error.message)")
@@ -426,7 +426,7 @@ struct DockerArchiveFixture {
         }
     }
 
-    @Test func ociLayoutWinsOverManifestJSONAndContainerdNamesAreUsed() throws {
+    @Test func ociLayoutWinsOverManifestJSONAndContainerdNamesAreUsed() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         var layout = try LayoutFixture(root: h.dir.path + "/layout")
@@ -438,11 +438,11 @@ struct DockerArchiveFixture {
         try JSONEncoder().encode(ImageIndex(manifests: [entry])).write(to: URL(fileURLWithPath: layout.root + "/index.json"))
         try Data("not docker's".utf8).write(to: URL(fileURLWithPath: layout.root + "/manifest.json"))
         for path in [layout.root, try h.tar(layout.root)] {
-            let imported = try h.importer.importBundle(at: path)
+            let imported = try await h.importer.importBundle(at: path)
             #expect(imported.map(\.reference.description) == ["docker.io/library/alpine:3"])
             #expect(imported.map(\.digest) == [image.manifest.digest])
         }
-        let renamed = try h.importer.importBundle(at: layout.root, options: .init(reference: "team/app"))
+        let renamed = try await h.importer.importBundle(at: layout.root, options: .init(reference: "team/app"))
         #expect(renamed.map(\.reference.description) == ["docker.io/team/app:3"], "--as keeps the bare tag")
     }
 }

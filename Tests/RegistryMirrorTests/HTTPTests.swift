@@ -21,7 +21,7 @@ struct ServedFixture {
     let plainReferrer: Descriptor
     let layoutRoot: String
 
-    init() throws {
+    init() async throws {
         harness = try ImportHarness()
         var layout = try LayoutFixture(root: harness.dir.path + "/layout")
         single = try layout.image(layers: [1000, 3 << 20])
@@ -38,7 +38,7 @@ struct ServedFixture {
         try layout.add(plainReferrer, refName: "docker.io/test/single@\(plainReferrer.digest)")
         try layout.add(index, refName: "docker.io/test/multi:v1")
         layoutRoot = layout.root
-        _ = try harness.importer.importBundle(at: layout.root)
+        _ = try await harness.importer.importBundle(at: layout.root)
     }
 
     func bytes(_ d: Descriptor) throws -> [UInt8] { Array(try Data(contentsOf: URL(fileURLWithPath: layoutRoot + "/blobs/sha256/" + d.digest.hex))) }
@@ -66,7 +66,7 @@ func envelopeCode(_ response: TestResponse) throws -> String? {
 
 @Suite(.serialized) struct HTTPTests {
     @Test func baseEndpoint() async throws {
-        let f = try ServedFixture()
+        let f = try await ServedFixture()
         defer { f.harness.dir.remove() }
         try await f.test { client in
             let r = try await client.execute(uri: "/v2/", method: .get)
@@ -76,7 +76,7 @@ func envelopeCode(_ response: TestResponse) throws -> String? {
     }
 
     @Test func manifestsAreServedByteExactWithHeaders() async throws {
-        let f = try ServedFixture()
+        let f = try await ServedFixture()
         defer { f.harness.dir.remove() }
         let manifestBytes = try f.bytes(f.single.manifest)
         let indexBytes = try f.bytes(f.index)
@@ -111,7 +111,7 @@ func envelopeCode(_ response: TestResponse) throws -> String? {
     }
 
     @Test func conditionalAndAcceptNegotiation() async throws {
-        let f = try ServedFixture()
+        let f = try await ServedFixture()
         defer { f.harness.dir.remove() }
         let digest = f.single.manifest.digest
         try await f.test { client in
@@ -134,7 +134,7 @@ func envelopeCode(_ response: TestResponse) throws -> String? {
     }
 
     @Test func blobsWithRangesAndHead() async throws {
-        let f = try ServedFixture()
+        let f = try await ServedFixture()
         defer { f.harness.dir.remove() }
         let small = f.single.blobs[1]
         let smallBytes = try f.bytes(small)
@@ -179,7 +179,7 @@ func envelopeCode(_ response: TestResponse) throws -> String? {
     }
 
     @Test func repositoryScopingAndErrors() async throws {
-        let f = try ServedFixture()
+        let f = try await ServedFixture()
         defer { f.harness.dir.remove() }
         let layer = f.single.blobs[1].digest
         let manifest = f.single.manifest.digest
@@ -210,7 +210,7 @@ func envelopeCode(_ response: TestResponse) throws -> String? {
     }
 
     @Test func tagListPaginates() async throws {
-        let f = try ServedFixture()
+        let f = try await ServedFixture()
         defer { f.harness.dir.remove() }
         struct TagList: Decodable { let name: String; let tags: [String] }
         try await f.test { client in
@@ -233,7 +233,7 @@ func envelopeCode(_ response: TestResponse) throws -> String? {
     }
 
     @Test func referrersWithArtifactTypeFilter() async throws {
-        let f = try ServedFixture()
+        let f = try await ServedFixture()
         defer { f.harness.dir.remove() }
         let subject = f.single.manifest.digest
         let referrer = f.referrer

@@ -22,7 +22,7 @@ import Testing
     }
 
     @Test("a directory layout with a link to outside is refused, naming the link, and nothing is stored", arguments: Linked.allCases)
-    func linkToOutsideIsRefused(_ linked: Linked) throws {
+    func linkToOutsideIsRefused(_ linked: Linked) async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         let (layout, image) = try Self.taggedImage(in: h, layers: [1000, 2000])
@@ -39,32 +39,32 @@ import Testing
         try FileManager.default.createSymbolicLink(atPath: inside, withDestinationPath: outside)
 
         do {
-            let imported = try h.importer.importBundle(at: layout.root)
+            let imported = try await h.importer.importBundle(at: layout.root)
             Issue.record("a layout with \(inside) linked to \(outside) was imported: \(imported.map(\.reference))")
         } catch {
             #expect(error.message.contains(inside), "the error does not name the link: \(error.message)")
             #expect(error.message.contains("symbolic link"), "\(error.message)")
         }
         #expect(h.storedBlobs.isEmpty, "a refused import stored \(h.storedBlobs)")
-        #expect(try h.data.index.listing().isEmpty)
+        #expect(try await h.data.index.listing().isEmpty)
     }
 
     @Test("a blob linked to another file inside the layout is refused too: links are not followed at all")
-    func linkInsideIsRefused() throws {
+    func linkInsideIsRefused() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         let (layout, image) = try Self.taggedImage(in: h, layers: [1000])
         let victim = layout.path(of: image.blobs[1].digest)
         try FileManager.default.moveItem(atPath: victim, toPath: layout.root + "/moved")
         try FileManager.default.createSymbolicLink(atPath: victim, withDestinationPath: "../../moved")
-        #expect { try h.importer.importBundle(at: layout.root) } throws: { error in
+        await #expect { try await h.importer.importBundle(at: layout.root) } throws: { error in
             (error as? BundleError)?.message.contains(victim) == true
         }
         #expect(h.storedBlobs.isEmpty)
     }
 
     @Test("a docker save folder whose layer links outside it is refused, naming the layer; links inside still work")
-    func dockerFolderLinkToOutsideIsRefused() throws {
+    func dockerFolderLinkToOutsideIsRefused() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         let archive = try DockerArchiveFixture(root: h.dir.path + "/saved", repoTags: ["busybox:1"])
@@ -75,7 +75,7 @@ import Testing
         try FileManager.default.removeItem(atPath: linked)
         try FileManager.default.createSymbolicLink(atPath: linked, withDestinationPath: outside)
         do {
-            _ = try h.importer.importBundle(at: archive.root)
+            _ = try await h.importer.importBundle(at: archive.root)
             Issue.record("a docker save folder with \(linked) linked to \(outside) was imported")
         } catch {
             #expect(error.message.contains(linked), "the error does not name the link: \(error.message)")
@@ -85,7 +85,7 @@ import Testing
     }
 
     @Test("a docker save folder whose manifest.json is a link is refused, naming it")
-    func dockerManifestLinkIsRefused() throws {
+    func dockerManifestLinkIsRefused() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         let archive = try DockerArchiveFixture(root: h.dir.path + "/saved", repoTags: ["busybox:1"])
@@ -93,7 +93,7 @@ import Testing
         let outside = h.dir.path + "/outside-manifest.json"
         try FileManager.default.moveItem(atPath: linked, toPath: outside)
         try FileManager.default.createSymbolicLink(atPath: linked, withDestinationPath: outside)
-        #expect { try h.importer.importBundle(at: archive.root) } throws: { error in
+        await #expect { try await h.importer.importBundle(at: archive.root) } throws: { error in
             (error as? BundleError)?.message.contains("\(linked) is a symbolic link") == true
         }
         #expect(h.storedBlobs.isEmpty, "a refused import stored \(h.storedBlobs)")

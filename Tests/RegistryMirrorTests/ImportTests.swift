@@ -35,7 +35,7 @@ struct ImportHarness {
 }
 
 @Suite struct ImportTests {
-    @Test func importsImagesAndIndexesWithAllChildren() throws {
+    @Test func importsImagesAndIndexesWithAllChildren() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         var layout = try LayoutFixture(root: h.dir.path + "/layout")
@@ -49,35 +49,35 @@ struct ImportHarness {
         try layout.add(single.manifest, refName: "docker.io/test/single:v1")
         try layout.add(index, refName: "ghcr.io/test/multi:v1")
 
-        let imported = try h.importer.importBundle(at: layout.root)
+        let imported = try await h.importer.importBundle(at: layout.root)
         #expect(imported.map(\.reference.description) == ["docker.io/test/single:v1", "ghcr.io/test/multi:v1"])
         #expect(imported[1].platformsPresent == 3 && imported[1].platformsListed == 3)
 
         let multi = RepositoryKey(upstream: "ghcr.io", name: try RepositoryName(parsing: "test/multi"))
-        #expect(try h.data.index.tag(multi, Tag(parsing: "v1"))?.digest == index.digest)
-        #expect(try h.data.index.children(ofIndex: index.digest).map(\.platform?.architecture) == ["amd64", "arm64", "arm"])
+        #expect(try await h.data.index.tag(multi, Tag(parsing: "v1"))?.digest == index.digest)
+        #expect(try await h.data.index.children(ofIndex: index.digest).map(\.platform?.architecture) == ["amd64", "arm64", "arm"])
         for child in children {
-            #expect(try h.data.index.isLinked(multi, child.manifest.digest))
-            for blob in child.blobs { #expect(try h.data.index.isLinked(multi, blob.digest)) }
+            #expect(try await h.data.index.isLinked(multi, child.manifest.digest))
+            for blob in child.blobs { #expect(try await h.data.index.isLinked(multi, blob.digest)) }
         }
         let singleKey = RepositoryKey(upstream: "docker.io", name: try RepositoryName(parsing: "test/single"))
-        #expect(try !h.data.index.isLinked(singleKey, children[0].blobs[1].digest), "repositories do not share links")
+        await #expect(try !h.data.index.isLinked(singleKey, children[0].blobs[1].digest), "repositories do not share links")
         #expect(try h.data.store.read(index.digest, limit: 1 << 20) == Array(Data(contentsOf: URL(fileURLWithPath: layout.path(of: index.digest)))))
     }
 
-    @Test func bareTagNeedsAReference() throws {
+    @Test func bareTagNeedsAReference() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         var layout = try LayoutFixture(root: h.dir.path + "/layout")
         let image = try layout.image(layers: [10])
         try layout.add(image.manifest, refName: "v1")
-        #expect(throws: BundleError.self) { try h.importer.importBundle(at: layout.root) }
+        await #expect(throws: BundleError.self) { try await h.importer.importBundle(at: layout.root) }
         #expect(h.storedBlobs.isEmpty, "a refused import leaves nothing behind")
-        let imported = try h.importer.importBundle(at: layout.root, options: .init(reference: "test/app"))
+        let imported = try await h.importer.importBundle(at: layout.root, options: .init(reference: "test/app"))
         #expect(imported.first?.reference.description == "docker.io/test/app:v1")
     }
 
-    @Test func tamperedBlobIsNamedAndNothingIsLeft() throws {
+    @Test func tamperedBlobIsNamedAndNothingIsLeft() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         var layout = try LayoutFixture(root: h.dir.path + "/layout")
@@ -89,16 +89,16 @@ struct ImportHarness {
         try Data(bytes).write(to: URL(fileURLWithPath: layout.path(of: victim.digest)))
 
         do {
-            _ = try h.importer.importBundle(at: layout.root)
+            _ = try await h.importer.importBundle(at: layout.root)
             Issue.record("a tampered bundle was imported")
         } catch {
             #expect(error.message.contains(victim.digest.description))
         }
         #expect(h.storedBlobs.isEmpty)
-        #expect(try h.data.index.listing().isEmpty)
+        #expect(try await h.data.index.listing().isEmpty)
     }
 
-    @Test func missingLayerIsIncomplete() throws {
+    @Test func missingLayerIsIncomplete() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         var layout = try LayoutFixture(root: h.dir.path + "/layout")
@@ -106,7 +106,7 @@ struct ImportHarness {
         try layout.add(image.manifest, refName: "docker.io/test/app:v1")
         try FileManager.default.removeItem(atPath: layout.path(of: image.blobs[1].digest))
         do {
-            _ = try h.importer.importBundle(at: layout.root)
+            _ = try await h.importer.importBundle(at: layout.root)
             Issue.record("an incomplete bundle was imported")
         } catch {
             #expect(error.message.contains("incomplete"))
@@ -115,7 +115,7 @@ struct ImportHarness {
         #expect(h.storedBlobs.isEmpty)
     }
 
-    @Test func indexMayLackChildrenThatWereNotExported() throws {
+    @Test func indexMayLackChildrenThatWereNotExported() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         var layout = try LayoutFixture(root: h.dir.path + "/layout")
@@ -124,24 +124,24 @@ struct ImportHarness {
         let index = try layout.index([amd.manifest, arm.manifest])
         try layout.add(index, refName: "docker.io/test/multi:v1")
         for blob in [amd.manifest] + amd.blobs { try FileManager.default.removeItem(atPath: layout.path(of: blob.digest)) }
-        let imported = try h.importer.importBundle(at: layout.root)
+        let imported = try await h.importer.importBundle(at: layout.root)
         #expect(imported.first?.platformsPresent == 1)
         #expect(imported.first?.platformsListed == 2)
     }
 
-    @Test func importsATarOfALayout() throws {
+    @Test func importsATarOfALayout() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         var layout = try LayoutFixture(root: h.dir.path + "/layout")
         let image = try layout.image(layers: [3000, 70_000])
         try layout.add(image.manifest, refName: "docker.io/test/tarred:v1")
         let tar = try h.tar(layout.root)
-        let imported = try h.importer.importBundle(at: tar)
+        let imported = try await h.importer.importBundle(at: tar)
         #expect(imported.first?.digest == image.manifest.digest)
         for blob in image.blobs { #expect(h.data.store.size(of: blob.digest) == blob.size) }
     }
 
-    @Test func truncatedTarIsRefused() throws {
+    @Test func truncatedTarIsRefused() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         var layout = try LayoutFixture(root: h.dir.path + "/layout")
@@ -150,7 +150,7 @@ struct ImportHarness {
         let tar = try h.tar(layout.root)
         let full = try Data(contentsOf: URL(fileURLWithPath: tar))
         try full.prefix(full.count / 2).write(to: URL(fileURLWithPath: tar))
-        #expect(throws: BundleError.self) { try h.importer.importBundle(at: tar) }
+        await #expect(throws: BundleError.self) { try await h.importer.importBundle(at: tar) }
         #expect(h.storedBlobs.isEmpty)
     }
 }

@@ -19,7 +19,7 @@ struct PolicyFixture {
 
     init(policy: UpstreamPolicy = UpstreamPolicy()) throws {
         dir = try TemporaryDirectory()
-        let local = LocalRegistry(store: try FileSystemStore(root: dir.path), index: try MetadataIndex(path: dir.path + "/index.sqlite"))
+        let local = LocalRegistry(store: try FileSystemStore(root: dir.path), index: try SQLiteMetadataStore(path: dir.path + "/index.sqlite"))
         registry = PullThroughRegistry(local: local, upstreams: [upstream], policies: [upstream.name: policy],
                                        stats: MirrorStats(factory: CountingMetrics(events: metrics)), clock: clock,
                                        logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })

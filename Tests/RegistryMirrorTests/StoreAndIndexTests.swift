@@ -132,17 +132,17 @@ import Testing
         RepositoryKey(upstream: upstream, name: try RepositoryName(parsing: name))
     }
 
-    @Test func migratesAndReopens() throws {
+    @Test func migratesAndReopens() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        #expect(try MetadataIndex(path: dir.path + "/i.sqlite").schemaVersion() == 3)
-        #expect(try MetadataIndex(path: dir.path + "/i.sqlite").schemaVersion() == 3)
+        #expect(try await SQLiteMetadataStore(path: dir.path + "/i.sqlite").schemaVersion() == 4)
+        #expect(try await SQLiteMetadataStore(path: dir.path + "/i.sqlite").schemaVersion() == 4)
     }
 
-    @Test func recordsAndScopesContent() throws {
+    @Test func recordsAndScopesContent() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let index = try MetadataIndex(path: dir.path + "/i.sqlite")
+        let index = try SQLiteMetadataStore(path: dir.path + "/i.sqlite")
         let a = try key("team/a"), b = try key("team/b"), other = try key("team/a", upstream: "ghcr.io")
         let layer = DigestHasher.digest(of: Array("layer".utf8))
         let manifestBytes = Array(#"{"schemaVersion":2,"mediaType":"\#(MediaType.ociManifest)","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"\#(layer)","size":5},"layers":[]}"#.utf8)
@@ -154,23 +154,23 @@ import Testing
         batch.link(a, manifest)
         batch.link(a, layer)
         for tag in ["v2", "v10", "latest"] { batch.tag(a, try Tag(parsing: tag), manifest, mediaType: MediaType.ociManifest, checkedAt: 42) }
-        try index.record(batch)
+        try await index.record(batch)
 
-        let tagged = try index.tag(a, Tag(parsing: "v2"))
+        let tagged = try await index.tag(a, Tag(parsing: "v2"))
         #expect(tagged?.digest == manifest && tagged?.mediaType == MediaType.ociManifest && tagged?.checkedAt == 42)
-        #expect(try index.tag(b, Tag(parsing: "v2")) == nil)
-        #expect(try index.tag(other, Tag(parsing: "v2")) == nil, "the upstream is part of the key")
-        #expect(try index.tags(a) == ["latest", "v10", "v2"])
-        #expect(try index.isLinked(a, layer))
-        #expect(try !index.isLinked(b, layer), "b never held the layer")
-        #expect(try index.repositoryExists(a))
-        #expect(try !index.repositoryExists(b))
-        #expect(try index.manifest(manifest)?.mediaType == MediaType.ociManifest)
-        #expect(try index.manifest(manifest, in: a).map { [$0.record.mediaType, "\($0.linked)"] } == [MediaType.ociManifest, "true"])
-        #expect(try index.manifest(manifest, in: b)?.linked == false, "b never held the manifest")
-        #expect(try index.manifest(layer, in: a) == nil, "a layer is not a manifest")
-        #expect(try index.totalSize(manifest) == 5 + Int64(manifestBytes.count))
-        #expect(try index.listing().map(\.tag) == ["latest", "v10", "v2"])
+        #expect(try await index.tag(b, Tag(parsing: "v2")) == nil)
+        #expect(try await index.tag(other, Tag(parsing: "v2")) == nil, "the upstream is part of the key")
+        #expect(try await index.tags(a) == ["latest", "v10", "v2"])
+        #expect(try await index.isLinked(a, layer))
+        await #expect(try !index.isLinked(b, layer), "b never held the layer")
+        #expect(try await index.repositoryExists(a))
+        await #expect(try !index.repositoryExists(b))
+        #expect(try await index.manifest(manifest)?.mediaType == MediaType.ociManifest)
+        #expect(try await index.manifest(manifest, in: a).map { [$0.record.mediaType, "\($0.linked)"] } == [MediaType.ociManifest, "true"])
+        #expect(try await index.manifest(manifest, in: b)?.linked == false, "b never held the manifest")
+        #expect(try await index.manifest(layer, in: a) == nil, "a layer is not a manifest")
+        #expect(try await index.totalSize(manifest) == 5 + Int64(manifestBytes.count))
+        #expect(try await index.listing().map(\.tag) == ["latest", "v10", "v2"])
     }
 }
 
@@ -193,6 +193,15 @@ import Testing
         #expect(try router.route(path: "ghcr.io/org/app", namespace: nil).description == "ghcr.io/org/app")
         #expect(try router.route(path: "quay.io/a", namespace: nil).description == "quay.io/a")
         #expect(throws: MirrorError.self) { try router.route(path: "ghcr.io/Org", namespace: nil) }
+    }
+}
+
+@Suite struct SQLiteMetadataStoreTests {
+    @Test func passesTheMetadataStoreConformanceSuite() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let root = dir.path
+        try await MetadataStoreConformance { name in try SQLiteMetadataStore(path: root + "/\(name).sqlite") }.run()
     }
 }
 

@@ -4,16 +4,16 @@ import OCI
 import Testing
 
 @Suite struct VerifyTests {
-    @Test func findsCorruptAndMissingBlobsAndRepairs() throws {
+    @Test func findsCorruptAndMissingBlobsAndRepairs() async throws {
         let h = try ImportHarness()
         defer { h.dir.remove() }
         var layout = try LayoutFixture(root: h.dir.path + "/layout")
         let image = try layout.image(layers: [4000, 5000])
         try layout.add(image.manifest, refName: "docker.io/test/app:v1")
-        _ = try h.importer.importBundle(at: layout.root)
+        _ = try await h.importer.importBundle(at: layout.root)
         let verifier = StoreVerifier(store: h.data.store, index: h.data.index)
-        #expect(try verifier.run(repair: false).isClean)
-        #expect(try verifier.run(repair: false).checked == 4, "config, two layers, manifest")
+        await #expect(try verifier.run(repair: false).isClean)
+        await #expect(try verifier.run(repair: false).checked == 4, "config, two layers, manifest")
 
         // Flip a byte in one layer; delete another.
         let corrupt = image.blobs[1].digest, lost = image.blobs[2].digest
@@ -23,14 +23,14 @@ import Testing
         try Data(bytes).write(to: URL(fileURLWithPath: path))
         try h.data.store.delete(lost)
 
-        let found = try verifier.run(repair: false)
+        let found = try await verifier.run(repair: false)
         #expect(found.corrupt.map(\.digest) == [corrupt])
         #expect(found.missing == [lost])
         #expect(h.data.store.size(of: corrupt) != nil, "without repair nothing is removed")
 
-        let repaired = try verifier.run(repair: true)
+        let repaired = try await verifier.run(repair: true)
         #expect(repaired.removed == [corrupt])
         #expect(h.data.store.size(of: corrupt) == nil)
-        #expect(try verifier.run(repair: false).isClean, "after repair the index matches the store")
+        await #expect(try verifier.run(repair: false).isClean, "after repair the index matches the store")
     }
 }

@@ -1,5 +1,4 @@
 import CSQLite
-import Foundation
 
 /// A value bound to or read from a SQLite statement.
 public enum SQLValue: Sendable, Equatable {
@@ -8,29 +7,35 @@ public enum SQLValue: Sendable, Equatable {
     case null
 }
 
-/// One SQLite connection, serialized by a lock, with a prepared-statement cache.
-///
-/// SQLite calls take microseconds, so callers use it directly from async code; the lock makes
-/// the connection safe to share. WAL mode lets a `seed` or `import` process write while a
-/// server reads the same file.
-final class SQLiteConnection: @unchecked Sendable {
+/// One SQLite connection with a prepared-statement cache. It has no lock: it belongs to one
+/// `ConnectionThread`, which runs the jobs given to it one at a time.
+final class SQLiteConnection {
     private let handle: OpaquePointer
-    private let lock = NSLock()
     private var statements: [String: OpaquePointer] = [:]
     private static let transient = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_destructor_type.self)
 
-    init(path: String) throws(IndexError) {
+    /// Opens `path`. A `readOnly` connection refuses writes (`query_only`); the file and its
+    /// WAL must exist already, which the writer's migrations ensure.
+    init(path: String, readOnly: Bool = false) throws(IndexError) {
         var db: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
-        guard sqlite3_open_v2(path, &db, flags, nil) == SQLITE_OK, let db else {
+        let rc = sqlite3_open_v2(path, &db, flags, nil)
+        guard rc == SQLITE_OK, let db else {
             let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             if let db { sqlite3_close(db) }
-            throw IndexError(.io, "open \(path): \(message)")
+            throw IndexError(.io, "cannot open the index at \(path)",
+                             cause: SQLiteFailure(code: rc, message: message, statement: "open"))
         }
         handle = db
+        sqlite3_extended_result_codes(db, 1)
+        // Another process (a `seed`, `import` or `gc` beside a server) may hold the write lock.
         sqlite3_busy_timeout(db, 10_000)
-        try execute("PRAGMA journal_mode=WAL")
-        try execute("PRAGMA synchronous=NORMAL")
+        if readOnly {
+            try execute("PRAGMA query_only=1")
+        } else {
+            try execute("PRAGMA journal_mode=WAL")
+            try execute("PRAGMA synchronous=NORMAL")
+        }
         try execute("PRAGMA foreign_keys=ON")
     }
 
@@ -39,30 +44,25 @@ final class SQLiteConnection: @unchecked Sendable {
         sqlite3_close(handle)
     }
 
-    /// Runs one or more statements with no parameters and no results.
-    func execute(_ sql: String) throws(IndexError) {
-        lock.lock()
-        defer { lock.unlock() }
-        try executeLocked(sql)
+    private func failure(_ rc: Int32, _ sql: String, function: String = #function) -> IndexError {
+        IndexError(.io, "an index statement failed",
+                   cause: SQLiteFailure(code: rc, message: String(cString: sqlite3_errmsg(handle)), statement: sql),
+                   function: function)
     }
 
-    private func executeLocked(_ sql: String) throws(IndexError) {
+    /// Runs one or more statements with no parameters and no results.
+    func execute(_ sql: String) throws(IndexError) {
         var error: UnsafeMutablePointer<CChar>?
-        guard sqlite3_exec(handle, sql, nil, nil, &error) == SQLITE_OK else {
+        let rc = sqlite3_exec(handle, sql, nil, nil, &error)
+        guard rc == SQLITE_OK else {
             let message = error.map { String(cString: $0) } ?? "unknown error"
             sqlite3_free(error)
-            throw IndexError(.io, "\(message) in: \(sql.prefix(120))")
+            throw IndexError(.io, "an index statement failed", cause: SQLiteFailure(code: rc, message: message, statement: sql))
         }
     }
 
     /// Runs a statement, calling `row` for each result row.
     func query(_ sql: String, _ bindings: [SQLValue] = [], row: (Row) throws -> Void = { _ in }) throws(IndexError) {
-        lock.lock()
-        defer { lock.unlock() }
-        try queryLocked(sql, bindings, row: row)
-    }
-
-    private func queryLocked(_ sql: String, _ bindings: [SQLValue], row: (Row) throws -> Void) throws(IndexError) {
         let statement = try prepared(sql)
         defer {
             sqlite3_reset(statement)
@@ -79,15 +79,13 @@ final class SQLiteConnection: @unchecked Sendable {
         while true {
             let rc = sqlite3_step(statement)
             if rc == SQLITE_DONE { return }
-            guard rc == SQLITE_ROW else {
-                throw IndexError(.io, "\(String(cString: sqlite3_errmsg(handle))) in: \(sql.prefix(120))")
-            }
+            guard rc == SQLITE_ROW else { throw failure(rc, sql) }
             do {
                 try row(Row(statement: statement))
             } catch let error as IndexError {
                 throw error
             } catch {
-                throw IndexError(.io, "\(error)")
+                throw IndexError(.io, "reading a row failed", cause: error as? any Error & Sendable)
             }
         }
     }
@@ -95,38 +93,35 @@ final class SQLiteConnection: @unchecked Sendable {
     /// Runs `body` inside `BEGIN IMMEDIATE … COMMIT`, rolling back if it throws. With
     /// `commit: false` it always rolls back: a dry run that sees its own writes.
     func transaction<T>(commit: Bool = true, _ body: (Transaction) throws -> T) throws(IndexError) -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        try executeLocked("BEGIN IMMEDIATE")
+        try execute("BEGIN IMMEDIATE")
         do {
             let result = try body(Transaction(connection: self))
-            try executeLocked(commit ? "COMMIT" : "ROLLBACK")
+            try execute(commit ? "COMMIT" : "ROLLBACK")
             return result
         } catch {
-            try? executeLocked("ROLLBACK")
+            try? execute("ROLLBACK")
             if let error = error as? IndexError { throw error }
-            throw IndexError(.io, "\(error)")
+            throw IndexError(.io, "an index transaction failed", cause: error as? any Error & Sendable)
         }
     }
 
-    /// Statement access while the connection's lock is already held by a transaction.
+    /// Statement access inside a transaction.
     struct Transaction {
         let connection: SQLiteConnection
         func run(_ sql: String, _ bindings: [SQLValue] = [], row: (Row) throws -> Void = { _ in }) throws {
-            try connection.queryLocked(sql, bindings, row: row)
+            try connection.query(sql, bindings, row: row)
         }
-        func execute(_ sql: String) throws { try connection.executeLocked(sql) }
+        func execute(_ sql: String) throws { try connection.execute(sql) }
         var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(connection.handle) }
+        /// Rows the last INSERT, UPDATE or DELETE changed.
+        var changes: Int { Int(sqlite3_changes(connection.handle)) }
     }
 
     private func prepared(_ sql: String) throws(IndexError) -> OpaquePointer {
         if let statement = statements[sql] { return statement }
         var statement: OpaquePointer?
-        guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK,
-            let statement
-        else {
-            throw IndexError(.io, "\(String(cString: sqlite3_errmsg(handle))) in: \(sql.prefix(120))")
-        }
+        let rc = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil)
+        guard rc == SQLITE_OK, let statement else { throw failure(rc, sql) }
         statements[sql] = statement
         return statement
     }
