@@ -38,10 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-v3="$work/registry-v3"
-xz -dc "$here/../shared/anchors/registry-v3.1.1.xz" > "$v3" && chmod +x "$v3"
-[ "$(sha256sum "$v3" | cut -d' ' -f1)" = 7f71c1d604102c13dd2fa317c574b500b8585db553b3e94dc094a0ce1c59baa6 ] \
-  || die "registry-v3.1.1 does not have the sha256 its README names"
+v3=$(registry_v3)
 
 size=$((size_mib << 20)) rate=$((rate_mib << 20)) tail=$((1 << 20))
 UP=$(free_port)

@@ -1,13 +1,18 @@
 # Helpers for bench/run.sh: servers, pulls, and the measurements. Sourced, not run.
 # Expects: $work (scratch directory on disk), $out (client output, on tmpfs if possible),
-# $bin (the registry-mirror binary), $here (the repository), and the ports below.
+# $bin (the registry-mirror binary), $v3 (distribution v3.1.1's: `registry_v3`), $here (the
+# repository), and the ports below.
 #
 # Contenders, each with a port and an upstream of its own:
 #   direct  a plain docker-registry ($UP_DIRECT); the images were pushed to it
 #   mirror  registry-mirror           ($MIRROR) → upstream $UP_MIRROR
-#   proxy   docker-registry in pull-through mode (proxy.remoteurl) ($PROXY) → $UP_PROXY
-# The three upstreams are docker-registry processes serving one storage directory, so each
-# access log ($work/up-<contender>.log) holds one contender's upstream traffic and nothing else.
+#   v3      distribution v3.1.1 in pull-through mode (proxy.remoteurl) ($V3) → $UP_V3
+#   proxy   Debian's docker-registry, distribution 2.8.2, in pull-through mode ($PROXY) → $UP_PROXY
+# and a reference that is no cache:
+#   nginx   nginx-light serving the big image's manifest and largest layer as static files
+#           ($NGINX): the practical limit for the warm manifest and warm blob measures
+# The upstreams are docker-registry processes serving one storage directory, so each access
+# log ($work/up-<contender>.log) holds one contender's upstream traffic and nothing else.
 
 # The manifest types a modern puller accepts (for curl and wrk).
 ACCEPT='Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json'
@@ -32,15 +37,79 @@ wait_http() { # $1 port
   die "nothing answers on port $1"
 }
 
-# A docker-registry. $1 name, $2 port, $3 storage directory, $4 extra YAML.
+# A docker-registry. $1 name, $2 port, $3 storage directory, $4 extra YAML, $5 the binary
+# (default: Debian's docker-registry; `registry_v3` gives v3.1.1's).
 # Its access log goes to $work/$1.log, its pid to $work/$1.pid.
 start_registry() {
   mkdir -p "$work/$1.d"
   printf 'version: 0.1\nlog: {level: error, accesslog: {disabled: false}}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\nhttp: {addr: 127.0.0.1:%s}\n%s\n' \
     "$3" "$2" "$4" > "$work/$1.d/config.yml"
-  docker-registry serve "$work/$1.d/config.yml" > "$work/$1.log" 2> "$work/$1.err" &
+  # Without OTEL_TRACES_EXPORTER=none, v3 sends traces to localhost:4318 (2.8 ignores it).
+  OTEL_TRACES_EXPORTER=none "${5:-docker-registry}" serve "$work/$1.d/config.yml" > "$work/$1.log" 2> "$work/$1.err" &
   echo $! > "$work/$1.pid"
   wait_http "$2"
+}
+
+# distribution v3.1.1, the anchor binary of ../shared/anchors (see its README), unpacked once
+# into a cache directory (never into the repository) and checked against the sha256 its
+# README names; prints its path. $REGISTRY_V3 names a binary to use instead,
+# $REGISTRY_MIRROR_ANCHORS the anchors directory (default: ../shared/anchors beside the repository).
+REGISTRY_V3_SHA256=7f71c1d604102c13dd2fa317c574b500b8585db553b3e94dc094a0ce1c59baa6
+registry_v3() {
+  if [ -n "${REGISTRY_V3:-}" ]; then
+    [ -x "$REGISTRY_V3" ] || die "REGISTRY_V3=$REGISTRY_V3 is not an executable"
+    echo "$REGISTRY_V3"; return 0
+  fi
+  local anchors=${REGISTRY_MIRROR_ANCHORS:-$here/../shared/anchors}
+  local cache=${XDG_CACHE_HOME:-$HOME/.cache}/registry-mirror-bench
+  local v3="$cache/registry-v3.1.1"
+  if [ ! -x "$v3" ] || [ "$(sha256sum "$v3" | cut -d' ' -f1)" != "$REGISTRY_V3_SHA256" ]; then
+    [ -f "$anchors/registry-v3.1.1.xz" ] || die "no $anchors/registry-v3.1.1.xz (set REGISTRY_MIRROR_ANCHORS or REGISTRY_V3)"
+    mkdir -p "$cache"
+    xz -dc "$anchors/registry-v3.1.1.xz" > "$v3.tmp" && chmod +x "$v3.tmp"
+    [ "$(sha256sum "$v3.tmp" | cut -d' ' -f1)" = "$REGISTRY_V3_SHA256" ] \
+      || die "registry-v3.1.1 does not have the sha256 its README names"
+    mv "$v3.tmp" "$v3"
+  fi
+  echo "$v3"
+}
+
+# nginx serving the files under $2/root as the registry paths they stand for, with sendfile
+# and no access log; its config, pid file and error log live in $2. $1 port, $3 the manifests'
+# Content-Type. Its pid goes to $work/nginx.pid (the master; the workers are its children).
+# The workers run as this user: the files sit in private scratch directories (when not root,
+# nginx ignores the `user` line).
+start_nginx() {
+  local port=$1 dir=$2 type=$3
+  mkdir -p "$dir/tmp"
+  cat > "$dir/nginx.conf" <<NGINX
+daemon off;
+user $(id -un);
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/error.log error;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000000;
+  client_body_temp_path $dir/tmp; proxy_temp_path $dir/tmp; fastcgi_temp_path $dir/tmp;
+  uwsgi_temp_path $dir/tmp; scgi_temp_path $dir/tmp;
+  types {}
+  server {
+    listen 127.0.0.1:$port;
+    root $dir/root;
+    location = /v2/ { default_type application/json; return 200 '{}'; }
+    location ~ "^/v2/.+/manifests/sha256:[0-9a-f]{64}\$" { default_type $type; }
+    location ~ "^/v2/.+/blobs/sha256:[0-9a-f]{64}\$" { default_type application/octet-stream; }
+    location / { return 404; }
+  }
+}
+NGINX
+  nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" > "$dir/nginx.out" 2>&1 &
+  echo $! > "$work/nginx.pid"
+  wait_http "$port"
 }
 stop() { # $1 name
   [ -f "$work/$1.pid" ] || return 0
@@ -50,21 +119,42 @@ stop() { # $1 name
   kill -9 "$pid" 2>/dev/null || true
 }
 
-port_of() { case $1 in direct) echo "$UP_DIRECT" ;; mirror) echo "$MIRROR" ;; proxy) echo "$PROXY" ;; esac; }
+port_of() {
+  case $1 in
+    direct) echo "$UP_DIRECT" ;; mirror) echo "$MIRROR" ;; v3) echo "$V3" ;; proxy) echo "$PROXY" ;;
+    nginx) echo "$NGINX" ;;
+  esac
+}
 
 # Starts a contender on an empty cache.
-start_contender() { # $1 mirror|proxy
+start_contender() { # $1 mirror|v3|proxy
+  rm -rf "$work/$1-data"
   case $1 in
-    mirror)
-      rm -rf "$work/mirror-data"
-      "$bin" serve --listen "127.0.0.1:$MIRROR" --data-dir "$work/mirror-data" \
-        --upstream "http://127.0.0.1:$UP_MIRROR" --log-level error > "$work/mirror.out" 2>&1 &
-      echo $! > "$work/mirror.pid"
-      wait_http "$MIRROR" ;;
-    proxy)
-      rm -rf "$work/proxy-data"
-      start_registry proxy "$PROXY" "$work/proxy-data" "proxy: {remoteurl: http://127.0.0.1:$UP_PROXY}" ;;
+    mirror) start_mirror error ;;
+    v3) start_registry v3 "$V3" "$work/v3-data" "proxy: {remoteurl: http://127.0.0.1:$UP_V3}" "$v3" ;;
+    proxy) start_registry proxy "$PROXY" "$work/proxy-data" "proxy: {remoteurl: http://127.0.0.1:$UP_PROXY}" ;;
   esac
+}
+# The mirror on the cache it has, at log level $1; "default" passes no --log-level (info).
+# Its log goes to a file on disk ($work/mirror.out), as a service's log would.
+start_mirror() {
+  local level=(); [ "$1" = default ] || level=(--log-level "$1")
+  "$bin" serve --listen "127.0.0.1:$MIRROR" --data-dir "$work/mirror-data" \
+    --upstream "http://127.0.0.1:$UP_MIRROR" "${level[@]}" >> "$work/mirror.out" 2>&1 &
+  echo $! > "$work/mirror.pid"
+  wait_http "$MIRROR"
+}
+
+# CPU time of a server in clock ticks: utime + stime of the process (all its threads) and of
+# its child processes (nginx's workers), from /proc/PID/stat. $1 name (of its pid file).
+server_cpu_ticks() {
+  local pid p t=0; pid=$(cat "$work/$1.pid")
+  for p in "$pid" $(ps -o pid= --ppid "$pid"); do
+    [ -r "/proc/$p/stat" ] || continue
+    # The fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
+    t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+  done
+  echo "$t"
 }
 
 # Upstream traffic, from the contender's upstream access log (combined log format).
@@ -138,6 +228,17 @@ cold_pulls() { # $1 label, $2 repo:tag, then the contenders
   done
 }
 
+# Aggregate MB/s of $4 concurrent curls of one blob to /dev/null: all their bytes over the wall
+# time from the first start to the last end. Each must get the whole blob. $1 port, $2 repo, $3 digest.
+blob_aggregate_mbps() {
+  local t0 t1 sizes; t0=$(now)
+  sizes=$(seq "$4" | xargs -P "$4" -I{} curl -fsS -o /dev/null -w '%{size_download}\n' "http://127.0.0.1:$1/v2/$2/blobs/$3") \
+    || die "$4 concurrent GETs of blob $3 from port $1 failed"
+  t1=$(now)
+  [ "$(grep -c "^$BIG_LAYER_SIZE\$" <<< "$sizes")" = "$4" ] || die "blob $3 from port $1: not every reader got $BIG_LAYER_SIZE bytes"
+  awk -v n="$(( $4 * BIG_LAYER_SIZE ))" -v t="$(calc "$t1 - $t0")" 'BEGIN {printf "%d\n", n / t / 1e6}'
+}
+
 # MB/s of one blob fetched with curl to /dev/null. $1 port, $2 repo, $3 digest.
 blob_mbps() {
   local r; r=$(curl -fsS -o /dev/null -w '%{size_download} %{speed_download}' "http://127.0.0.1:$1/v2/$2/blobs/$3") \
@@ -151,13 +252,27 @@ cat_mbps() { # $1 file
 }
 median_of() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# Requests per second for one warm URL: wrk -t2 -c32 for $WRK_SECONDS. Prints "RPS ERRORS",
-# where ERRORS counts non-2xx answers and socket errors (a valid measurement has none).
+# Requests per second for one warm URL: wrk $WRK_LOAD (-t2 -c32) for $WRK_SECONDS, pinned by
+# taskset to the CPUs $WRK_CPUS (the servers run unpinned). Prints "RPS ERRORS REQUESTS", where ERRORS
+# counts non-2xx answers and socket errors (a valid measurement has none).
 wrk_rps() { # $1 port, $2 path
-  local o; o=$(wrk -t2 -c32 -d"${WRK_SECONDS}s" -H "$ACCEPT" "http://127.0.0.1:$1$2" 2>&1) || die "wrk on port $1 failed"
+  local o; o=$(taskset -c "$WRK_CPUS" wrk $WRK_LOAD -d"${WRK_SECONDS}s" -H "$ACCEPT" "http://127.0.0.1:$1$2" 2>&1) \
+    || die "wrk on port $1 failed"
   echo "$o" >> "$work/wrk.log"
   echo "$o" | awk '/Requests\/sec/ {r = $2}
+    / requests in / {n = $1}
     /Non-2xx/ {e += $NF}
     /Socket errors/ {gsub(",", ""); e += $4 + $6 + $8 + $10}
-    END {printf "%s %d\n", r, e}'
+    END {printf "%s %d %d\n", r, e, n}'
+}
+# wrk_rps against the server $1 (a name with a pid file), recorded under the key suffix $3:
+# manifest.rps and manifest.errors, and manifest.cpu_us, the server's CPU time
+# (server_cpu_ticks before and after the run) per request in microseconds. $2 path.
+manifest_measure() {
+  local c0 c1 rps errors n
+  c0=$(server_cpu_ticks "$1")
+  read -r rps errors n < <(wrk_rps "$(port_of "$1")" "$2")
+  c1=$(server_cpu_ticks "$1")
+  record "manifest.rps.$3" "$rps"; record "manifest.errors.$3" "$errors"
+  if [ "$n" -gt 0 ]; then record "manifest.cpu_us.$3" "$(calc "($c1 - $c0) * 1000000 / $(getconf CLK_TCK) / $n")"; fi
 }

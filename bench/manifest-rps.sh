@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Warm manifest-by-digest requests/s (wrk -t2 -c32 -d8s) of each registry-mirror binary given,
-# interleaved, 3 rounds, for before/after comparisons of the manifest path.
+# interleaved, 3 rounds, for before/after comparisons of the manifest path. wrk is pinned to one
+# CPU, as in bench/run.sh (the last one, or the taskset list $BENCH_WRK_CPUS); the servers are not.
 # Usage: bash bench/manifest-rps.sh BINARY...
 set -euo pipefail
 w=$(mktemp -d /tmp/mrps.XXXX); trap 'kill $(cat $w/*.pid 2>/dev/null) 2>/dev/null; rm -rf $w' EXIT
@@ -21,7 +22,7 @@ for round in 1 2 3; do
   i=0
   for b in "$@"; do
     i=$((i+1)); p=$((5400+i))
-    r=$(wrk -t2 -c32 -d8s -s $w/accept.lua http://127.0.0.1:$p/v2/bench/small/manifests/$digest | awk '/Requests\/sec/ {print $2}')
+    r=$(taskset -c "${BENCH_WRK_CPUS:-$(( $(nproc) - 1 ))}" wrk -t2 -c32 -d8s -s $w/accept.lua http://127.0.0.1:$p/v2/bench/small/manifests/$digest | awk '/Requests\/sec/ {print $2}')
     echo "$(basename $b) round $round: $r req/s"
   done
 done

@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""Turns bench/run.sh's per-run records into one markdown table, prints it, and with --doc
-writes it into docs/benchmarks.md between the "latest run" markers (nothing else changes).
+"""Turns bench/run.sh's per-run records into one markdown table and, at the end, the ratios
+of registry-mirror to the others with their targets; prints them, and with --doc writes them
+into docs/benchmarks.md between the "latest run" markers (nothing else changes).
 
 Usage: report.py RESULTS IMAGES_ENV [--doc FILE] [--command CMD] [--load-before L]
                  [--load-after L] [--elapsed SECONDS] [--runs N] [--hf-runs N] [--wrk-seconds N]
-RESULTS has one record a line: "RUN KEY VALUE". Ratios are taken within each run, then the
-median over runs is shown with the spread (min–max) of the runs."""
-import argparse, datetime, os, platform, re, shlex, statistics, subprocess, sys
+                 [--wrk-cpus CPUS] [--wrk-load ARGS] [--blob-readers N]
+RESULTS has one record a line: "RUN KEY VALUE". Keys end in the contender: mirror, v3
+(distribution v3.1.1), proxy (distribution 2.8.2), nginx; mirror_info is the mirror at its
+default log level. Ratios are taken within each run, then the median over runs is shown with
+the spread (min–max) of the runs."""
+import argparse, datetime, os, platform, re, shlex, shutil, statistics, subprocess, sys
 from collections import defaultdict
 
 BEGIN = "<!-- bench:latest-run:begin (written by bench/run.sh; edit outside these markers) -->"
 END = "<!-- bench:latest-run:end -->"
-K = ("mirror", "proxy")
+K = ("mirror", "v3", "proxy")  # the caches, in the table's column order; nginx is a reference
 
 
 def load(results):
@@ -41,6 +45,8 @@ def machine():
     debian = open("/etc/debian_version").read().strip() if os.path.exists("/etc/debian_version") else "?"
     swift = re.search(r"Swift version (\S+)", cmd_out("swift", "--version"))
     registry = re.search(r"(\d+\.\d+\.\d+\S*)", cmd_out("docker-registry", "--version"))
+    nginx = re.search(r"nginx/(\S+)", subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
+                      if shutil.which("nginx") else "")
     skopeo = re.search(r"version (\S+)", cmd_out("skopeo", "--version"))
     curl = cmd_out("curl", "--version").split()[1:2]
     wrk = re.search(r"wrk (\S+)", cmd_out("wrk", "-v") or "")
@@ -53,6 +59,7 @@ def machine():
         "debian": debian,
         "swift": swift.group(1) if swift else "?",
         "distribution": registry.group(1) if registry else "?",
+        "nginx": nginx.group(1) if nginx else "?",
         "tools": f"skopeo {skopeo.group(1) if skopeo else '?'}, curl {''.join(curl) or '?'}, "
                  f"wrk {wrk.group(1) if wrk else '?'}, hyperfine {''.join(hyperfine) or '?'}",
     }
@@ -101,11 +108,12 @@ def met(series, op, target):
 def table(runs, img, a):
     big, small, multi, repos = (float(img[k]) for k in ("BIG_SIZE", "SMALL_SIZE", "MULTI_SIZE", "REPOS_SIZE"))
     big_mib = big / 1048576
-    rows = []  # (measure, mirror cell, proxy cell, target, met)
+    rows = []  # (measure, mirror, v3, proxy, nginx cells, target, met)
 
-    def both(label, f, fmt, target="", rule=None):
-        s = {k: per_run(runs, lambda r, k=k: f(r, k)) for k in K}
-        rows.append((label, s["mirror"].cell(fmt), s["proxy"].cell(fmt), target,
+    def both(label, f, fmt, target="", rule=None, nginx=False):
+        """One row: a cell per cache (and nginx's when it serves the measure too)."""
+        s = {k: per_run(runs, lambda r, k=k: f(r, k)) for k in K + ("nginx",) if nginx or k != "nginx"}
+        rows.append((label, *(s[k].cell(fmt) for k in K), s["nginx"].cell(fmt) if nginx else "", target,
                      met(s["mirror"], *rule) if rule else ""))
 
     # The issue's targets
@@ -120,24 +128,24 @@ def table(runs, img, a):
     layer_mib = float(img["BIG_LAYER_SIZE"]) / 1048576
     both(f"warm {layer_mib:.0f} MiB blob MB/s ÷ `cat` of the file (curl to /dev/null)",
          lambda r, k: r[f"blob.{k}"] / r["blob.cat"], "{:.2f}", "≥ 0.5", (">=", 0.5))
-    ratio = per_run(runs, lambda r: r["manifest.rps.mirror"] / r["manifest.rps.proxy"])
-    rows.append(("warm manifest-by-digest requests/s (wrk -t2 -c32), ours ÷ distribution's",
-                 ratio.cell("{:.1f}"), "1", "≥ 10", met(ratio, ">=", 10)))
     both(f"peak RSS, 8 concurrent cold pulls of the {big_mib:.0f} MiB image, MiB",
          lambda r, k: r[f"big8.rss.{k}"], "{:.0f}", "≤ 64", ("<=", 64))
     both("upstream requests for a warm pull by tag within the TTL",
          lambda r, k: r[f"big.warm.reqs.{k}"], "{:.0f}", "0", ("<=", 0))
     # Extra rows
-    rows.append(("*more measures*", "", "", "", ""))
+    rows.append(("*more measures*", "", "", "", "", "", ""))
     both("cold pull of the big image, seconds", lambda r, k: r[f"big.cold.{k}"], "{:.2f}")
     both("warm pull of the big image, seconds", lambda r, k: r[f"big.warm.{k}"], "{:.2f}")
-    both(f"warm {layer_mib:.0f} MiB blob, MB/s", lambda r, k: r[f"blob.{k}"], "{:.0f}")
+    both(f"warm {layer_mib:.0f} MiB blob, MB/s", lambda r, k: r[f"blob.{k}"], "{:.0f}", nginx=True)
+    both(f"warm {layer_mib:.0f} MiB blob, {a.blob_readers} concurrent curls, MB/s in all",
+         lambda r, k: r[f"blob16.{k}"], "{:.0f}", nginx=True)
 
-    def rps(r, k):
-        if r.get(f"manifest.errors.{k}", 0) > 0:
-            raise KeyError("a measurement with errors is not a measurement")
-        return r[f"manifest.rps.{k}"]
-    both("warm manifest-by-digest requests/s", rps, "{:.0f}")
+    wrk = f"wrk {a.wrk_load} on CPU {a.wrk_cpus}"
+    both(f"warm manifest-by-digest requests/s ({wrk}; the mirror at log level error)", rps, "{:.0f}", nginx=True)
+    both("the same, the mirror at its default log level (info)",
+         lambda r, k: rps(r, "mirror_info" if k == "mirror" else k), "{:.0f}", nginx=True)
+    both("server CPU per warm manifest request, µs (the mirror at error)", cpu, "{:.1f}", nginx=True)
+    both("the same, the mirror at info", lambda r, k: cpu(r, "mirror_info" if k == "mirror" else k), "{:.1f}", nginx=True)
     both("upstream requests during the manifest wrk run", lambda r, k: r[f"manifest.reqs.{k}"], "{:.0f}")
     both("8 concurrent cold pulls of the big image, wall seconds", lambda r, k: r[f"big8.cold.{k}"], "{:.1f}")
     both("the same ÷ 8 concurrent direct pulls", lambda r, k: r[f"big8.cold.{k}"] / r["big8.direct"], "{:.2f}")
@@ -156,7 +164,8 @@ def table(runs, img, a):
     both(f"{count} small repositories: wall time ÷ the same direct", lambda r, k: r[f"repos.cold.{k}"] / r["repos.direct"], "{:.2f}")
     both(f"{count} small repositories: upstream bytes ÷ their size", lambda r, k: r[f"repos.cold.bytes.{k}"] / repos, "{:.2f}")
 
-    lines = ["| measure | registry-mirror | distribution proxy | target | met? |", "|---|---|---|---|---|"]
+    lines = ["| measure | registry-mirror | distribution v3.1.1 proxy | distribution 2.8.2 proxy | nginx, static files "
+             "| target | met? |", "|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
 
     def ref(key, fmt):
@@ -175,11 +184,65 @@ def table(runs, img, a):
         f"{ref('blob.nosendfile', '{:.0f}')}; a bare sendfile server with no HTTP stack "
         f"(`bench/sendfile-server.py`, the most curl drains) {ref('blob.bare', '{:.0f}')}.",
     ]
-    errs = {k: sum(r.get(f"manifest.errors.{k}", 0) for r in runs) for k in K}
+    tasks = sorted({int(k.rsplit(".", 1)[1]) for r in runs for k in r if k.startswith("inprocess.ops.")})
+    if tasks:
+        notes.append("- In process (`bench/inprocess.sh`: the warm manifest lookup through the router, no socket), "
+                     "lookups/s by concurrent tasks: "
+                     + "; ".join(f"{n} {ref(f'inprocess.ops.{n}', '{:.0f}')}" for n in tasks) + ".")
+    errs = {k: sum(r.get(f"manifest.errors.{k}", 0) for r in runs) for k in K + ("mirror_info", "nginx")}
     if any(errs.values()):
-        notes.append(f"- wrk saw errors (non-2xx or socket): mirror {errs['mirror']:.0f}, proxy {errs['proxy']:.0f}; "
-                     "runs with errors are left out of the requests/s rows.")
+        notes.append("- wrk saw errors (non-2xx or socket): " + ", ".join(f"{k} {v:.0f}" for k, v in errs.items())
+                     + "; runs with errors are left out of the requests/s and CPU rows.")
     return "\n".join(lines + notes)
+
+
+def rps(r, k):
+    if r.get(f"manifest.errors.{k}", 0) > 0:
+        raise KeyError("a measurement with errors is not a measurement")
+    return r[f"manifest.rps.{k}"]
+
+
+def cpu(r, k):
+    rps(r, k)  # the same rule: a run with errors does not count
+    return r[f"manifest.cpu_us.{k}"]
+
+
+def ratios(runs, img, a):
+    """The ratios of registry-mirror to the others and to its targets, each taken within a run."""
+    big = float(img["BIG_SIZE"])
+    rows = []
+
+    def ratio(label, f, fmt, target="", rule=None):
+        s = per_run(runs, f)
+        if s.values:
+            rows.append((label, s.cell(fmt), target, met(s, *rule) if rule else ""))
+
+    ratio("warm manifest requests/s, ours (log level error) ÷ nginx", lambda r: rps(r, "mirror") / rps(r, "nginx"),
+          "{:.2f}", "≥ 0.6", (">=", 0.6))
+    ratio("the same, ours at the default log level (info) ÷ nginx", lambda r: rps(r, "mirror_info") / rps(r, "nginx"), "{:.2f}")
+    ratio("server CPU per warm manifest request, ours at info ÷ distribution v3.1.1",
+          lambda r: cpu(r, "mirror_info") / cpu(r, "v3"), "{:.2f}", "≤ 0.2", ("<=", 0.2))
+    ratio("the same, ours at error ÷ distribution v3.1.1", lambda r: cpu(r, "mirror") / cpu(r, "v3"), "{:.2f}")
+    ratio(f"warm blob, {a.blob_readers} concurrent curls, MB/s in all, ours ÷ nginx",
+          lambda r: r["blob16.mirror"] / r["blob16.nginx"], "{:.2f}", "≥ 1.0", (">=", 1.0))
+    ratio("warm blob, one curl, MB/s, ours ÷ nginx", lambda r: r["blob.mirror"] / r["blob.nginx"], "{:.2f}")
+    ratio("warm manifest requests/s, ours ÷ distribution v3.1.1", lambda r: rps(r, "mirror") / rps(r, "v3"), "{:.1f}")
+    ratio("warm manifest requests/s, ours ÷ distribution 2.8.2", lambda r: rps(r, "mirror") / rps(r, "proxy"),
+          "{:.1f}", "≥ 10", (">=", 10))
+    # The earlier targets, ours only (the table has every contender's).
+    ratio("upstream bytes ÷ image size, 1 cold pull", lambda r: r["big.cold.bytes.mirror"] / big, "{:.2f}", "1.00", ("<=", 1.005))
+    ratio("upstream bytes ÷ image size, 8 concurrent cold pulls", lambda r: r["big8.bytes.mirror"] / big, "{:.2f}", "1.00", ("<=", 1.005))
+    ratio("cold pull ÷ direct", lambda r: r["big.cold.mirror"] / r["big.warm.direct"], "{:.2f}", "≤ 1.05", ("<=", 1.05))
+    ratio("warm pull ÷ direct", lambda r: r["big.warm.mirror"] / r["big.warm.direct"], "{:.2f}", "≤ 1.00", ("<=", 1.00))
+    ratio("warm blob MB/s ÷ `cat`", lambda r: r["blob.mirror"] / r["blob.cat"], "{:.2f}", "≥ 0.5", (">=", 0.5))
+    # The in-process benchmark (run.sh --inprocess)
+    ratio("in process, warm manifest lookups/s: 2 tasks ÷ 1 task", lambda r: r["inprocess.ratio.2to1"],
+          "{:.2f}", "≥ 1.8", (">=", 1.8))
+    ratio("in process: steps where ops/s fell by over 5 % as tasks were added (1→2→8→32)",
+          lambda r: r["inprocess.falls"], "{:.0f}", "0", ("<=", 0))
+    lines = ["**Ratios** (registry-mirror to the others and to its targets; within each run, median of the runs):", "",
+             "| ratio | value | target | met? |", "|---|---|---|---|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def num(v):
@@ -223,7 +286,7 @@ def section(runs, img, a):
         "the build check included).",
         "",
         f"Machine: {m['nproc']} cores (`nproc`), {m['memory']}, {m['cpu']}, {m['kernel']}, Debian {m['debian']}, "
-        f"Swift {m['swift']}, distribution {m['distribution']}; {m['tools']}.",
+        f"Swift {m['swift']}, distribution {m['distribution']} (Debian's) and v3.1.1, nginx {m['nginx']}; {m['tools']}.",
         "",
         f"Load average (1, 5, 15 min): {a.load_before} before the run, {a.load_after} after it "
         "(which counts the run itself)."
@@ -235,7 +298,7 @@ def section(runs, img, a):
                  "average, or, where that is unknown, a load average above half the cores before it). Absolute times, throughputs and "
                  "time ratios are noisier than on a quiet machine; byte counts, request counts and RSS are not "
                  "affected."]
-    return "\n".join(head + ["", table(runs, img, a), "", raw(runs)])
+    return "\n".join(head + ["", table(runs, img, a), "", ratios(runs, img, a), "", raw(runs)])
 
 
 def main():
@@ -245,6 +308,8 @@ def main():
     p.add_argument("--load-before", default="?"); p.add_argument("--load-after", default="?")
     p.add_argument("--elapsed", type=int, default=0); p.add_argument("--runs", default="?")
     p.add_argument("--hf-runs", default="3"); p.add_argument("--wrk-seconds", default="8")
+    p.add_argument("--wrk-cpus", default="?"); p.add_argument("--wrk-load", default="-t2 -c32")
+    p.add_argument("--blob-readers", default="16")
     p.add_argument("--cpu-before", default=""); p.add_argument("--cpu-after", default="")
     a = p.parse_args()
     text = section(load(a.results), env_file(a.images_env), a)
