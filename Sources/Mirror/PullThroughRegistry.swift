@@ -438,11 +438,12 @@ public final class PullThroughRegistry: RegistryContent {
 
     static func map(_ error: UpstreamError, upstream: any UpstreamClient, what: String, unknown: MirrorError.Code) -> MirrorError {
         switch error.code {
-        case .notFound: return MirrorError(unknown, "\(what) is not on \(upstream.name): \(error.message)")
-        case .denied: return MirrorError(.upstreamDenied, error.message)
-        case .tooManyRequests: return MirrorError(.tooManyRequests, error.message, retryAfter: error.retryAfter)
-        case .unavailable: return MirrorError(.upstreamUnavailable, "upstream \(upstream.name) is unavailable: \(error.message)", retryAfter: error.retryAfter)
-        case .invalidResponse: return MirrorError(.invalidContent, error.message)
+        case .notFound: return MirrorError(unknown, "\(what) is not on \(upstream.name): \(error.message)", cause: error)
+        case .denied: return MirrorError(.upstreamDenied, error.message, cause: error)
+        case .tooManyRequests: return MirrorError(.tooManyRequests, error.message, retryAfter: error.retryAfter, cause: error)
+        case .invalidResponse: return MirrorError(.invalidContent, error.message, cause: error)
+        case .busy: return MirrorError(.upstreamUnavailable, "this mirror is busy: \(error.message)", retryAfter: error.retryAfter, cause: error)
+        default: return MirrorError(.upstreamUnavailable, "upstream \(upstream.name) is unavailable: \(error.message)", retryAfter: error.retryAfter, cause: error)
         }
     }
 

@@ -105,7 +105,7 @@ public struct RelayedRange: Sendable {
 }
 
 /// Errors of the mirror core, mapped to wire codes in one table by the HTTP front.
-public struct MirrorError: Error, Sendable, CustomStringConvertible {
+public struct MirrorError: ErrorWithOrigin, Sendable {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         let raw: String
         public var description: String { raw }
@@ -127,11 +127,15 @@ public struct MirrorError: Error, Sendable, CustomStringConvertible {
     public let message: String
     /// Seconds a client should wait, for `.tooManyRequests`.
     public var retryAfter: Int?
+    /// Where it was raised and what it wraps (an upstream, store or index error), for logs.
+    public let origin: ErrorOrigin
 
-    public init(_ code: Code, _ message: String, retryAfter: Int? = nil) {
+    public init(_ code: Code, _ message: String, retryAfter: Int? = nil, cause: (any Error)? = nil,
+                file: String = #fileID, line: Int = #line) {
         self.code = code
         self.message = message
         self.retryAfter = retryAfter
+        self.origin = ErrorOrigin(cause: cause, file: file, line: line)
     }
 
     public var description: String { "\(code.raw): \(message)" }

@@ -61,14 +61,17 @@ public protocol TransferSink: AnyObject, Sendable {
 }
 
 /// Why a transfer failed below HTTP: no answer, or an answer cut short.
-public struct TransportError: Error, Sendable, CustomStringConvertible {
-    public enum Kind: Sendable { case connect, timeout, reset, aborted, other }
+public struct TransportError: Error, Sendable, CustomStringConvertible, CustomDebugStringConvertible {
+    public enum Kind: Sendable { case connect, timeout, reset, aborted, other, busy }
     public let kind: Kind
     public let message: String
+    /// libcurl's code for the failure, when libcurl reported one.
+    public var curlCode: Int?
     /// The upstream had answered before the failure (this response's head, then a body cut or
     /// too slow; or a redirect to a host that failed): it is alive, if unwell.
     public var afterAnswer = false
     public var description: String { message }
+    public var debugDescription: String { curlCode.map { "\(message) (curl error \($0))" } ?? message }
 }
 
 /// Runs libcurl transfers on dedicated threads, never on the Swift concurrency pool, and
@@ -80,8 +83,10 @@ public struct TransportError: Error, Sendable, CustomStringConvertible {
 public final class CurlTransport: Sendable {
     private let handles = Mutex<[CurlHandle]>([])
     private let slots: AsyncSemaphore
+    private let maxConcurrent: Int
 
     public init(maxConcurrent: Int = 64) {
+        self.maxConcurrent = maxConcurrent
         slots = AsyncSemaphore(maxConcurrent)
         Self.globalInit
     }
@@ -95,9 +100,15 @@ public final class CurlTransport: Sendable {
     /// Performs one exchange. Redirects are not followed here (the caller decides, so that
     /// credentials never follow a redirect to another host).
     public func perform(_ exchange: HTTPExchange, limits: TransferLimits, sink: any TransferSink) async throws -> ResponseHead {
-        await slots.wait()
+        // The head's deadline counts the wait for a slot: a client waits for both, and with
+        // every slot busy the wait alone could outlast containerd's 30 s.
+        let deadline = ContinuousClock.now + limits.headerTimeout
+        guard await slots.wait(until: deadline) else {
+            try Task.checkCancellation()
+            throw TransportError(kind: .busy, message: "no upstream transfer slot came free within \(limits.headerTimeout) (\(maxConcurrent) transfers busy)")
+        }
         defer { slots.signal() }
-        let context = TransferContext(sink: sink, headerDeadline: ContinuousClock.now + limits.headerTimeout)
+        let context = TransferContext(sink: sink, headerDeadline: deadline)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ResponseHead, any Error>) in
                 let thread = Thread { [self] in
@@ -175,6 +186,7 @@ public final class CurlTransport: Sendable {
             reusable = false
             if context.discarding, let head = context.head { return head }
             var error = Self.transportError(code, context: context, url: exchange.url)
+            error.curlCode = Int(code.rawValue)
             error.afterAnswer = context.head != nil
             throw error
         }

@@ -33,32 +33,55 @@ public struct UpstreamConfiguration: Sendable {
 }
 
 /// Errors from an upstream, as the mirror core needs to tell them apart.
-public struct UpstreamError: Error, Sendable, CustomStringConvertible {
-    public enum Code: Sendable, Equatable {
+public struct UpstreamError: ErrorWithOrigin, Sendable {
+    /// What went wrong, as the mirror core must react to it. A struct over a private enum,
+    /// so codes can be added without breaking a caller's `switch` (which needs a `default`).
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Kind: Hashable, Sendable {
+            case notFound, denied, tooManyRequests, unavailable, invalidResponse, busy
+        }
+        private let kind: Kind
+
         /// The upstream says the repository or content does not exist (or, anonymously, hides it).
-        case notFound
+        public static let notFound = Code(kind: .notFound)
         /// The upstream refused the configured credentials.
-        case denied
-        case tooManyRequests
+        public static let denied = Code(kind: .denied)
+        public static let tooManyRequests = Code(kind: .tooManyRequests)
         /// Unreachable, timed out, reset, or a 5xx after retries.
-        case unavailable
+        public static let unavailable = Code(kind: .unavailable)
         /// An answer that breaks the protocol: wrong digest, oversized manifest, redirect loop.
-        case invalidResponse
+        public static let invalidResponse = Code(kind: .invalidResponse)
+        /// This mirror had no free transfer slot in time: its own load, not the upstream's fault.
+        public static let busy = Code(kind: .busy)
+
+        public var description: String {
+            switch kind {
+            case .notFound: return "not found"
+            case .denied: return "denied"
+            case .tooManyRequests: return "too many requests"
+            case .unavailable: return "unavailable"
+            case .invalidResponse: return "invalid response"
+            case .busy: return "busy"
+            }
+        }
     }
     public let code: Code
     public let message: String
     public var retryAfter: Int?
     /// Refused without a request: the upstream is marked down.
     public var markedDown = false
+    public let origin: ErrorOrigin
 
-    public init(_ code: Code, _ message: String, retryAfter: Int? = nil) {
+    public init(_ code: Code, _ message: String, retryAfter: Int? = nil, cause: (any Error)? = nil,
+                file: String = #fileID, line: Int = #line) {
         self.code = code
         self.message = message
         self.retryAfter = retryAfter
+        self.origin = ErrorOrigin(cause: cause, file: file, line: line)
     }
 
     /// Errors that justify serving stale content.
-    public var isUpstreamFailure: Bool { code == .unavailable || code == .tooManyRequests }
+    public var isUpstreamFailure: Bool { code == .unavailable || code == .tooManyRequests || code == .busy }
     public var description: String { message }
 }
 
@@ -282,8 +305,12 @@ public final class UpstreamRegistry: Sendable {
                 // Thrown past an answer (a refused redirect, a token service's status).
                 outcome = .answered
                 throw error
+            } catch let error as TransportError where error.kind == .busy {
+                // Our own slots were full for the whole deadline: no upstream to blame, and a
+                // retry would only queue again behind the same transfers.
+                throw UpstreamError(.busy, error.message, retryAfter: 1, cause: error)
             } catch let error as TransportError {
-                lastError = UpstreamError(.unavailable, error.message)
+                lastError = UpstreamError(.unavailable, error.message, cause: error)
                 if error.afterAnswer {
                     outcome = .answered
                 } else if error.kind != .aborted, outcome != .answered {
@@ -293,7 +320,7 @@ public final class UpstreamRegistry: Sendable {
             } catch {
                 // The sink refused the body (a size or digest check): not worth a retry.
                 outcome = .answered
-                throw UpstreamError(.invalidResponse, "\(name): \(error)")
+                throw UpstreamError(.invalidResponse, "\(name): \(error)", cause: error)
             }
             // A transfer that already delivered body bytes cannot be retried from here.
             guard attempt < limit, counting.received == 0, !Task.isCancelled else { break }
