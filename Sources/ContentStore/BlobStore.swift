@@ -81,7 +81,7 @@ public protocol BlobWriter: AnyObject, Sendable {
 }
 
 /// Errors from a blob store.
-public struct StoreError: Error, Sendable, CustomStringConvertible {
+public struct StoreError: ErrorWithOrigin, Sendable {
     public struct Code: Hashable, Sendable {
         let raw: String
         public static let notFound = Code(raw: "not found")
@@ -92,10 +92,13 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
 
     public let code: Code
     public let message: String
+    /// Where it was raised and what it wraps (an `errno`, a transport failure), for logs.
+    public let origin: ErrorOrigin
 
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil, file: String = #fileID, line: Int = #line) {
         self.code = code
         self.message = message
+        self.origin = ErrorOrigin(cause: cause, file: file, line: line)
     }
 
     public var description: String { "\(code.raw): \(message)" }

@@ -1,9 +1,11 @@
+import OCI
+
 /// Errors from the metadata index.
 ///
 /// Like swift-nio's `FileSystemError`: a growable code, a message that says what failed, the
 /// error it wraps (`cause`, e.g. a `SQLiteFailure` with SQLite's code, message and the
 /// statement) and where in this module it was thrown (`location`).
-public struct IndexError: Error, Sendable, CustomStringConvertible {
+public struct IndexError: ErrorWithOrigin, Sendable {
     /// A struct over a private enum, so codes can be added without breaking a `switch`.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: Hashable, Sendable { case io, schema, notFound, closed }
@@ -62,8 +64,8 @@ public struct IndexError: Error, Sendable, CustomStringConvertible {
         return "\(code): \(message): \(cause)"
     }
 
-    /// Everything, the location included, for a log line at debug.
-    public var detailedDescription: String { "\(description) [at \(location)]" }
+    /// Where it was raised; the cause is already in `description`.
+    public var origin: ErrorOrigin { ErrorOrigin(file: location.file, line: location.line) }
 }
 
 /// A failed SQLite call: the result code, SQLite's message, and the statement (abridged).

@@ -78,7 +78,7 @@ public final class CacheMaintenance: Sendable {
         do {
             try await index.recordAccess(batch)
         } catch {
-            logger.warning("recording access times failed", metadata: ["error": "\(error.description)"])
+            logger.warning("recording access times failed", metadata: ["error": "\(error.debugDescription)"])
             // Keep them for the next flush, unless newer ones arrived.
             for (digest, ms) in batch {
                 accessed.withLock(for: digest) { a in a[digest] = max(a[digest] ?? ms, ms) }
@@ -125,7 +125,7 @@ public final class CacheMaintenance: Sendable {
             for observer in evictionObservers.withLock({ $0 }) { observer(digests) }
         }
         for (digest, error) in await store.delete(plan.blobs.map(\.digest)) {
-            logger.warning("deleting an evicted blob failed", metadata: ["oci.digest": "\(digest)", "error": "\(error.message)"])
+            logger.warning("deleting an evicted blob failed", metadata: ["oci.digest": "\(digest)", "error": "\(error.debugDescription)"])
         }
         if !plan.blobs.isEmpty {
             stats?.evicted(images: plan.images.count, bytes: plan.bytesFreed)
@@ -181,7 +181,7 @@ public final class CacheMaintenance: Sendable {
             do {
                 try await evict()
             } catch {
-                logger.error("eviction pass failed", metadata: ["error": "\(error.description)"])
+                logger.error("eviction pass failed", metadata: ["error": "\(error.debugDescription)"])
             }
         }
         await flush()

@@ -56,7 +56,7 @@ public struct LocalRegistry: RegistryContent {
             bytes = try await store.read(digest, limit: ManifestDocument.maxSize)
         } catch {
             if error.code == .notFound { throw MirrorError(.manifestUnknown, "\(digest) is indexed but its file is missing") }
-            throw MirrorError(.internal, "reading manifest \(digest): \(error.message)")
+            throw MirrorError(.internal, "reading manifest \(digest): \(error.message)", cause: error)
         }
         manifests[digest] = bytes
         return ManifestContent(digest: digest, mediaType: mediaType, bytes: bytes)
@@ -82,7 +82,7 @@ public struct LocalRegistry: RegistryContent {
         do {
             reader = try await store.openBlob(digest)
         } catch {
-            throw MirrorError(.storeFailed, "the local store cannot open \(digest): \(error.message)")
+            throw MirrorError(.storeFailed, "the local store cannot open \(digest): \(error.message)", cause: error)
         }
         guard let reader else { return nil }
         let size = try await Self.size(of: reader, digest)
@@ -100,7 +100,7 @@ public struct LocalRegistry: RegistryContent {
         do {
             return try await reader.size()
         } catch {
-            throw MirrorError(.storeFailed, "the local store cannot tell the size of \(digest): \(error)")
+            throw MirrorError(.storeFailed, "the local store cannot tell the size of \(digest): \(error)", cause: error)
         }
     }
 
@@ -161,7 +161,7 @@ public struct LocalRegistry: RegistryContent {
         do {
             return try await body()
         } catch {
-            throw MirrorError(.internal, error.description)
+            throw MirrorError(.internal, error.description, cause: error)
         }
     }
 }

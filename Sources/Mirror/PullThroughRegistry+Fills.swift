@@ -33,7 +33,7 @@ extension PullThroughRegistry {
             writer = try await store.makeWriter(expecting: digest, size: nil)
             spool = try writer.openForReading()
         } catch {
-            throw MirrorError(.storeFailed, "the local store cannot start a download of \(digest): \(error.message)")
+            throw MirrorError(.storeFailed, "the local store cannot start a download of \(digest): \(error.message)", cause: error)
         }
         guard let spool else {
             writer.abort()
@@ -102,20 +102,20 @@ extension PullThroughRegistry {
         } catch let error as StoreError where error.code == .verification {
             writer.abort()
             stats?.verificationFailed()
-            outcome = .failed(MirrorError(.invalidContent, "\(upstream.name) sent a bad blob for \(repository)@\(digest): \(error.message)"))
+            outcome = .failed(MirrorError(.invalidContent, "\(upstream.name) sent a bad blob for \(repository)@\(digest): \(error.message)", cause: error))
         } catch let error as StoreError {
             writer.abort()
             stats?.storeFailed()
-            outcome = .failed(MirrorError(.storeFailed, "the local store failed while caching \(digest): \(error.message)"))
+            outcome = .failed(MirrorError(.storeFailed, "the local store failed while caching \(digest): \(error.message)", cause: error))
         } catch let error as MirrorError {
             writer.abort()
             outcome = .failed(error)
         } catch {
             writer.abort()
-            outcome = .failed(MirrorError(.internal, "download of \(digest) failed: \(error)"))
+            outcome = .failed(MirrorError(.internal, "download of \(digest) failed: \(error)", cause: error))
         }
         if case .failed(let error) = outcome {
-            logger.log(level: level, "blob download failed; nothing was cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "error": "\(error.message)"])
+            logger.log(level: level, "blob download failed; nothing was cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "error": "\(error.debugDescription)"])
         }
         // Leave the in-flight map first: a request arriving now starts afresh (or finds the
         // published blob) instead of joining a download that already failed.
@@ -147,7 +147,7 @@ extension PullThroughRegistry {
         } catch {
             if !knownBefore { try? await store.delete(digest) }
             stats?.storeFailed()
-            throw MirrorError(.storeFailed, "the local index cannot record \(digest): \(error.description)")
+            throw MirrorError(.storeFailed, "the local index cannot record \(digest): \(error.description)", cause: error)
         }
     }
 }

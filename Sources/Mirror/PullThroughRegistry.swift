@@ -167,7 +167,7 @@ public final class PullThroughRegistry: RegistryContent {
             } catch let error as MirrorError {
                 throw error
             } catch {
-                throw MirrorError(.internal, "\(error)")
+                throw MirrorError(.internal, "\(error)", cause: error)
             }
         }
     }
@@ -244,7 +244,7 @@ public final class PullThroughRegistry: RegistryContent {
         do {
             document = try ManifestDocument(bytes: bytes, contentType: response.mediaType)
         } catch {
-            throw MirrorError(.invalidContent, "\(upstream.name) sent an unreadable manifest for \(repository):\(reference): \(error.message)")
+            throw MirrorError(.invalidContent, "\(upstream.name) sent an unreadable manifest for \(repository):\(reference): \(error.message)", cause: error)
         }
         if MediaType.isSchema1(document.mediaType) {
             throw MirrorError(.manifestUnknown, "\(repository):\(reference) is a Docker schema 1 manifest, which this mirror does not serve")
@@ -256,7 +256,7 @@ public final class PullThroughRegistry: RegistryContent {
             try await store.write(bytes, as: actual)
         } catch {
             stats?.storeFailed()
-            throw MirrorError(.storeFailed, "the local store cannot keep manifest \(actual): \(error.message)")
+            throw MirrorError(.storeFailed, "the local store cannot keep manifest \(actual): \(error.message)", cause: error)
         }
         var batch = ContentBatch()
         batch.addBlob(actual, size: Int64(bytes.count))
@@ -450,7 +450,7 @@ public final class PullThroughRegistry: RegistryContent {
     static func map(_ error: any Error, upstream: any UpstreamClient, what: String, unknown: MirrorError.Code) -> MirrorError {
         if let error = error as? UpstreamError { return map(error, upstream: upstream, what: what, unknown: unknown) }
         if let error = error as? MirrorError { return error }
-        return MirrorError(.internal, "\(error)")
+        return MirrorError(.internal, "\(error)", cause: error)
     }
 }
 

@@ -94,7 +94,7 @@ public struct Seeder: Sendable {
             do {
                 try await registry.index.setPinned(root.digest, true)
             } catch {
-                throw MirrorError(.internal, "pinning \(name): \(error.description)")
+                throw MirrorError(.internal, "pinning \(name): \(error.description)", cause: error)
             }
         }
         var copied: (count: Int, bytes: Int64) = (0, 0)
@@ -143,7 +143,7 @@ public struct Seeder: Sendable {
                     do {
                         try await registry.index.setPinned(artifact.digest, true)
                     } catch {
-                        throw MirrorError(.internal, "pinning a referrer of \(name): \(error.description)")
+                        throw MirrorError(.internal, "pinning a referrer of \(name): \(error.description)", cause: error)
                     }
                 }
                 count += 1
@@ -158,7 +158,7 @@ public struct Seeder: Sendable {
         do {
             return try await registry.manifest(repository, reference)
         } catch {
-            throw MirrorError(error.code, "\(what): \(error.message) (seed --no-referrers skips referrers)", retryAfter: error.retryAfter)
+            throw MirrorError(error.code, "\(what): \(error.message) (seed --no-referrers skips referrers)", retryAfter: error.retryAfter, cause: error)
         }
     }
 
@@ -194,7 +194,7 @@ public struct Seeder: Sendable {
         } catch let error as MirrorError {
             throw error
         } catch {
-            throw MirrorError(.internal, "\(error)")
+            throw MirrorError(.internal, "\(error)", cause: error)
         }
     }
 
@@ -239,7 +239,7 @@ public struct Seeder: Sendable {
         do {
             return try ManifestDocument(bytes: content.bytes, contentType: content.mediaType)
         } catch {
-            throw MirrorError(.invalidContent, "manifest \(content.digest): \(error.message)")
+            throw MirrorError(.invalidContent, "manifest \(content.digest): \(error.message)", cause: error)
         }
     }
 }

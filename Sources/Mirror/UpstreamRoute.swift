@@ -32,13 +32,13 @@ public struct UpstreamRouter: Sendable {
         do {
             repository = try RepositoryName(parsing: rest)
         } catch {
-            throw MirrorError(.nameInvalid, error.message)
+            throw MirrorError(.nameInvalid, error.message, cause: error)
         }
         if upstream == ImageReference.dockerHub, !rest.contains("/") {
             do {
                 repository = try RepositoryName(parsing: "library/" + rest)
             } catch {
-                throw MirrorError(.nameInvalid, error.message)
+                throw MirrorError(.nameInvalid, error.message, cause: error)
             }
         }
         return RepositoryKey(upstream: upstream, name: repository)

@@ -59,6 +59,10 @@ public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertibl
     /// What exactly went wrong, for a person reading the client's error.
     public let detail: String
     public var headers: HTTPFields
+    /// The mirror's error with where it was raised and its causes, for the request log of a
+    /// 5xx; never sent to the client.
+    public var cause: String? { source?.debugDescription }
+    private var source: MirrorError?
 
     public init(_ code: Code, _ detail: String, headers: HTTPFields = [:]) {
         self.code = code
@@ -87,6 +91,7 @@ public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertibl
         var headers: HTTPFields = [:]
         if let retryAfter = error.retryAfter { headers[.retryAfter] = String(retryAfter) }
         self.init(code, error.message, headers: headers)
+        source = error
     }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {

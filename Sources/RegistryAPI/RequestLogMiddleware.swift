@@ -54,7 +54,8 @@ public struct RequestLogMiddleware<Context: RequestContext>: RouterMiddleware {
                 return response
             } catch var error as RegistryError {
                 error.headers[.xRequestID] = id
-                finish(request, context, route: route, status: error.status.code, bytes: 0, cache: nil, start: start, cut: false)
+                finish(request, context, route: route, status: error.status.code, bytes: 0, cache: nil, start: start, cut: false,
+                       cause: error.status.code >= 500 ? error.cause : nil)
                 throw error
             } catch let error as HTTPResponseError {
                 finish(request, context, route: route, status: error.status.code, bytes: 0, cache: nil, start: start, cut: false)
@@ -66,7 +67,7 @@ public struct RequestLogMiddleware<Context: RequestContext>: RouterMiddleware {
         }
     }
 
-    private func finish(_ request: Request, _ context: Context, route: String, status: Int, bytes: Int, cache: String?, start: ContinuousClock.Instant, cut: Bool) {
+    private func finish(_ request: Request, _ context: Context, route: String, status: Int, bytes: Int, cache: String?, start: ContinuousClock.Instant, cut: Bool, cause: String? = nil) {
         let duration = start.duration(to: .now)
         stats?.request(route: route, method: request.method.rawValue, status: status, duration: duration)
         var metadata: Logger.Metadata = [
@@ -76,6 +77,7 @@ public struct RequestLogMiddleware<Context: RequestContext>: RouterMiddleware {
         ]
         if let cache { metadata["cache.result"] = "\(cache.lowercased())" }
         if cut { metadata["error"] = "the response body was cut short" }
+        if let cause { metadata["error"] = "\(cause)" }
         context.logger.info("request", metadata: metadata)
     }
 

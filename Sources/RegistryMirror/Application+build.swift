@@ -225,7 +225,7 @@ extension ServeSettings {
         do {
             parsed = try ImageReference(parsing: spelled)
         } catch {
-            throw MirrorError(.nameInvalid, error.message)
+            throw MirrorError(.nameInvalid, error.message, cause: error)
         }
         guard anyHost || upstreams.contains(where: { $0.name == parsed.host }) || parsed.host == defaultUpstream else {
             let known = upstreams.map(\.name).joined(separator: ", ")
