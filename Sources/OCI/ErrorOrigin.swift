@@ -20,8 +20,8 @@ public struct ErrorOrigin: Sendable, CustomStringConvertible {
     public var description: String {
         var text = "at \(file):\(line)"
         if let cause {
-            let inner = (cause as? any CustomDebugStringConvertible)?.debugDescription ?? "\(cause)"
-            text += ", caused by \(inner)"
+            // The cause's own chain when it has one (`debugDescription`).
+            text += ", caused by \(String(reflecting: cause))"
         }
         return text
     }
