@@ -12,6 +12,7 @@ extension PullThroughRegistry {
     /// imported still shows. When the upstream fails, the last answer (or the cache alone) is
     /// served; only a denial is an error.
     public func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor] {
+        try admit(repository)
         let cached = try await local.referrers(repository, digest)
         guard let upstream = upstream(for: repository) else { return cached }
         let key = "\(repository)@\(digest)"

@@ -38,10 +38,14 @@ public struct UpstreamPolicy: Sendable {
 ///   streams from the growing file (`BlobFill`).
 /// - Repository scoping: a cached blob is served under repository R only if R is known to
 ///   hold it; otherwise the upstream is asked (HEAD) first.
+/// - Allow and deny lists (`RepositoryAccess`): every public entry asks `admit` first, so a
+///   refused repository reads no cache and asks no upstream, online or offline.
 public final class PullThroughRegistry: RegistryContent {
     public let local: LocalRegistry
     let upstreams: [String: any UpstreamClient]
     let policies: [String: UpstreamPolicy]
+    /// Per upstream name; an upstream without an entry serves every repository.
+    let access: [String: RepositoryAccess]
     let offline: Bool
     let maintenance: CacheMaintenance?
     /// Fetch an index's child manifests in the background when the index arrives. Off for
@@ -61,13 +65,14 @@ public final class PullThroughRegistry: RegistryContent {
     let fillService: FillService
 
     public init(local: LocalRegistry, upstreams: [any UpstreamClient], policies: [String: UpstreamPolicy] = [:],
-                offline: Bool = false, maintenance: CacheMaintenance? = nil, prefetchChildManifests: Bool = true,
+                access: [String: RepositoryAccess] = [:], offline: Bool = false, maintenance: CacheMaintenance? = nil, prefetchChildManifests: Bool = true,
                 stats: MirrorStats? = nil, clock: any MirrorClock = .system, fillService: FillService? = nil, logger: Logger) {
         self.local = local
         self.fillService = fillService ?? FillService(logger: logger)
         self.clock = clock
         self.upstreams = Dictionary(upstreams.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         self.policies = policies
+        self.access = access
         self.offline = offline
         self.maintenance = maintenance
         maintenance?.onEviction { [local] digests in local.forget(digests) }
@@ -86,12 +91,20 @@ public final class PullThroughRegistry: RegistryContent {
 
     func policy(_ repository: RepositoryKey) -> UpstreamPolicy { policies[repository.upstream] ?? UpstreamPolicy() }
 
+    /// The allow and deny lists' gate, before any cache read or upstream request.
+    func admit(_ repository: RepositoryKey) throws(MirrorError) {
+        guard let rules = access[repository.upstream], rules.verdict(for: repository.name) != .allowed else { return }
+        logger.debug("refused by the repository rules", metadata: ["oci.repository": "\(repository)"])
+        throw rules.refusalError(repository)
+    }
+
     /// Unix seconds, as `checked_at` is stored.
     var now: Int64 { clock.unixSeconds }
 
     // MARK: Manifests
 
     public func manifest(_ repository: RepositoryKey, _ reference: ManifestReference) async throws(MirrorError) -> ManifestContent {
+        try admit(repository)
         let kind: MirrorStats.CacheKind = if case .tag = reference { .manifestByTag } else { .manifestByDigest }
         let content: ManifestContent
         do throws(MirrorError) {
@@ -122,6 +135,7 @@ public final class PullThroughRegistry: RegistryContent {
     /// watch list, whose interval is the freshness the operator asked for. A stale answer
     /// (the upstream failed, the cached digest served) is an error here, not a success.
     public func revalidate(_ repository: RepositoryKey, _ tag: Tag) async throws(MirrorError) -> ManifestContent {
+        try admit(repository)
         guard let upstream = upstream(for: repository) else {
             throw MirrorError(.upstreamUnavailable, "\(repository) cannot be revalidated: \(offline ? "the mirror is offline" : "no upstream is named \(repository.upstream)")")
         }
@@ -337,6 +351,7 @@ public final class PullThroughRegistry: RegistryContent {
     /// A blob, open (or its download joined) and leased before the HTTP front sends a head;
     /// marked used, and its served bytes counted when the body ends.
     public func blob(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> BlobContent {
+        try admit(repository)
         // Leased before the lookup, so an eviction pass here that decides after this point
         // leaves the blob be; one that decided before finds the open below failing, a miss.
         let lease = maintenance?.lease(digest)
@@ -371,6 +386,7 @@ public final class PullThroughRegistry: RegistryContent {
     static let sizelessHeadWait: Duration = .seconds(20)
 
     public func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64 {
+        try admit(repository)
         guard let upstream = upstream(for: repository) else { return try await local.blobSize(repository, digest) }
         if let reader = try await local.openIntact(digest), let size = try await LocalRegistry.size(of: reader, digest) {
             try await ensureLinked(repository, digest, upstream: upstream)
@@ -425,6 +441,7 @@ public final class PullThroughRegistry: RegistryContent {
     // MARK: Tags (referrers: PullThroughRegistry+Referrers.swift)
 
     public func tags(_ repository: RepositoryKey) async throws(MirrorError) -> [String] {
+        try admit(repository)
         guard let upstream = upstream(for: repository) else { return try await local.tags(repository) }
         do {
             return try await upstream.tags(repository.name, maxPages: 50).sorted()

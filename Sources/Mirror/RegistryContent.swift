@@ -115,6 +115,8 @@ public struct MirrorError: ErrorWithOrigin, Sendable {
         public static let nameInvalid = Code(raw: "invalid repository name")
         public static let upstreamUnavailable = Code(raw: "upstream unavailable")
         public static let upstreamDenied = Code(raw: "upstream denied access")
+        /// The mirror's own allow and deny lists refuse the repository (`RepositoryAccess`).
+        public static let accessDenied = Code(raw: "refused by the mirror's repository rules")
         public static let tooManyRequests = Code(raw: "too many requests")
         public static let unsupported = Code(raw: "unsupported")
         public static let invalidContent = Code(raw: "invalid content")

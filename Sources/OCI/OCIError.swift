@@ -9,6 +9,7 @@ public struct OCIError: Error, Sendable, CustomStringConvertible, Equatable {
         public static let invalidName = Code(raw: "invalid repository name")
         public static let invalidTag = Code(raw: "invalid tag")
         public static let invalidReference = Code(raw: "invalid reference")
+        public static let invalidPattern = Code(raw: "invalid repository pattern")
         public static let invalidPlatform = Code(raw: "invalid platform")
         public static let invalidManifest = Code(raw: "invalid manifest")
         public static let digestMismatch = Code(raw: "digest mismatch")

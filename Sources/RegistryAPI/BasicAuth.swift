@@ -174,9 +174,12 @@ public final class Htpasswd: Sendable {
 /// probes. `GET /v2/` answers 401 with the challenge: dockerd and containers/image learn
 /// how to authenticate only there.
 ///
-/// Wrong passwords are counted per client address (`LoginThrottle`); past the limit the
-/// address gets 429 with `Retry-After`, after a pause, and no password is hashed for it,
-/// right or wrong.
+/// Every 401 that answers credentials counts as a failed login per client address
+/// (`LoginThrottle`): a wrong password or unknown user, and an `Authorization` header that is
+/// not readable Basic credentials. Past the limit the address gets 429 with `Retry-After`,
+/// after a pause, and no password is hashed for it, right or wrong. The one 401 not counted is
+/// the challenge to a request with no `Authorization` at all, which guesses nothing and is how
+/// every client learns to authenticate.
 public struct BasicAuthMiddleware<Context: RemoteAddressRequestContext>: RouterMiddleware {
     let htpasswd: Htpasswd
     let realm: String
@@ -194,12 +197,14 @@ public struct BasicAuthMiddleware<Context: RemoteAddressRequestContext>: RouterM
         guard let header = request.headers[.authorization] else {
             throw challenge("authentication required")
         }
-        guard let (user, password) = Self.basic(header) else {
-            throw challenge("invalid username or password")
-        }
         let address = context.remoteAddress?.ipAddress ?? "unknown"
         // A throttled address is refused even a remembered pair: else guessing would go on, free.
         if let wait = throttle.retryAfter(address) { throw await tooManyFailures(wait) }
+        guard let (user, password) = Self.basic(header) else {
+            // Unreadable credentials are a failed login too: no 401 to a credential is free.
+            if let wait = throttle.admit(address) { throw await tooManyFailures(wait) }
+            throw challenge("invalid username or password")
+        }
         if htpasswd.remembers(user: user, password: password) { return try await next(request, context) }
         if let wait = throttle.admit(address) { throw await tooManyFailures(wait) }
         switch await htpasswd.verify(user: user, password: password) {

@@ -82,7 +82,7 @@ public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertibl
         case .nameUnknown: code = .nameUnknown
         case .nameInvalid: code = .nameInvalid
         case .upstreamUnavailable: code = .unavailable
-        case .upstreamDenied: code = .denied
+        case .upstreamDenied, .accessDenied: code = .denied
         case .tooManyRequests: code = .tooManyRequests
         case .unsupported: code = .unsupported
         case .invalidContent: code = .badGateway

@@ -20,6 +20,8 @@ public struct ServeSettings: Sendable {
     public var upstreams: [UpstreamConfiguration] = [.dockerHub]
     public var defaultUpstream = ImageReference.dockerHub
     public var policies: [String: UpstreamPolicy] = [:]
+    /// `upstreams[].allow`, `deny`, `deny_status`, by upstream name; absent: every repository.
+    public var access: [String: RepositoryAccess] = [:]
     /// Never contact an upstream; serve what is cached.
     public var offline = false
     /// Send blob files with sendfile(2). Off: read them through buffers (for filesystems
@@ -32,6 +34,8 @@ public struct ServeSettings: Sendable {
     public var evictionInterval: Duration = .seconds(30)
     /// `http.max_connections`. Nil: `DescriptorLimit.defaultMaxConnections`.
     public var maxConnections: Int?
+    /// `metrics.listen`: a second listener that serves only `/metrics`, without client auth.
+    public var metricsListen: (host: String, port: Int)?
     /// `storage.min_free_space`: below it, `/readyz` answers 503.
     public var minFreeSpace: Int64 = 1 << 30
     /// `auth.htpasswd.path`: require HTTP Basic credentials from this file. Nil: open.
@@ -65,7 +69,7 @@ public struct ServeSettings: Sendable {
         let local = LocalRegistry(store: data.store, index: data.index)
         let transport = CurlTransport()
         let registries = upstreams.map { UpstreamRegistry($0, transport: transport, observer: stats, logger: logger) }
-        let content = PullThroughRegistry(local: local, upstreams: registries, policies: policies, offline: offline,
+        let content = PullThroughRegistry(local: local, upstreams: registries, policies: policies, access: access, offline: offline,
                                           maintenance: maintenance, prefetchChildManifests: !seeding, stats: stats, fillService: fills, logger: logger)
         return (data, content, maintenance)
     }
@@ -156,12 +160,7 @@ func makeApplication(
         return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
                         body: .init(byteBuffer: ByteBuffer(string: html)))
     }
-    router.get("/metrics") { _, _ -> Response in
-        var text: [UInt8] = []
-        prometheus.emit(into: &text)
-        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                        body: .init(byteBuffer: ByteBuffer(bytes: text)))
-    }
+    router.get("/metrics") { _, _ in metricsResponse(prometheus) }
     router.get("/healthz") { _, _ in "ok\n" }
     let readiness = Readiness(data: data, minFreeSpace: settings.minFreeSpace)
     router.get("/readyz") { _, _ -> Response in
@@ -186,8 +185,35 @@ func makeApplication(
         logger: logger
     )
     app.addServices(MaintenanceService(maintenance: maintenance))
+    if let metrics = settings.metricsListen { app.addServices(metricsApplication(prometheus, host: metrics.host, port: metrics.port, logger: logger)) }
     if let watch { app.addServices(WatchService(watch: watch)) }
     return app
+}
+
+/// The Prometheus text of `registry`.
+func metricsResponse(_ registry: PrometheusCollectorRegistry) -> Response {
+    var text: [UInt8] = []
+    registry.emit(into: &text)
+    return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(bytes: text)))
+}
+
+/// `metrics.listen`: a listener of its own that serves `/metrics` and nothing else, without
+/// client auth, so a scraper needs no password and the status page, the API and the main
+/// listener's `/metrics` stay behind `auth.htpasswd`. No request log: a scrape every few
+/// seconds would drown it. A service of the main application, so it stops with it.
+func metricsApplication(_ registry: PrometheusCollectorRegistry, host: String, port: Int, logger: Logger) -> some Service {
+    let router = Router()
+    router.get("/metrics") { _, _ in metricsResponse(registry) }
+    return Application(
+        router: router,
+        configuration: .init(address: .hostname(host, port: port), serverName: nil),
+        onServerRunning: { channel in
+            logger.info("metrics listening on http://\(host):\(channel.localAddress?.port ?? port)/metrics",
+                        metadata: ["metrics.listen": "\(host):\(channel.localAddress?.port ?? port)"])
+        },
+        logger: logger
+    )
 }
 
 extension ServeSettings {
@@ -231,6 +257,12 @@ extension ServeSettings {
             let known = upstreams.map(\.name).joined(separator: ", ")
             throw MirrorError(.nameUnknown, "\(text): no upstream is named \(parsed.host) (configured: \(known)); add --upstream \(parsed.host)=URL")
         }
-        return (RepositoryKey(upstream: parsed.host, name: parsed.repository), parsed.manifestReference, parsed.description)
+        let repository = RepositoryKey(upstream: parsed.host, name: parsed.repository)
+        // Said here with the rule that refuses it, for the operator; `PullThroughRegistry` would
+        // refuse it anyway, telling only what a client is told.
+        if !anyHost, let reason = access[parsed.host]?.explain(repository) {
+            throw MirrorError(.accessDenied, "\(text): \(reason)")
+        }
+        return (repository, parsed.manifestReference, parsed.description)
     }
 }

@@ -37,6 +37,9 @@ public struct MirrorConfiguration: Sendable, Equatable {
     /// `http.max_connections`: client connections beyond this are closed at once. Nil: derived
     /// from the open-file limit (see `DescriptorLimit.defaultMaxConnections`).
     public var maxConnections: Int?
+    /// `metrics.listen`: also serve `/metrics`, without client auth, on this HOST:PORT. Nil: only
+    /// on the main listener (behind `auth.htpasswd` when that is set).
+    public var metricsListen: String?
     /// `upstreams`: every upstream, in order. The embedded default is Docker Hub alone.
     public var upstreams: [Upstream] = [Upstream(name: "docker.io", url: "https://registry-1.docker.io")]
     /// `default_upstream`: the upstream for requests that name none. Default: the first.
@@ -90,6 +93,9 @@ public struct MirrorConfiguration: Sendable, Equatable {
         /// `rate_limit_reserve`: at this many pulls left (`ratelimit-remaining`), a tag whose
         /// digest moved is served stale rather than spend one.
         public var rateLimitReserve = UpstreamPolicy().rateLimitReserve
+        /// `allow`, `deny` (repository patterns) and `deny_status` (404 or 403): which
+        /// repositories of this upstream the mirror serves.
+        public var access = RepositoryAccess.open
 
         public init(name: String, url: String) {
             self.name = name
@@ -99,7 +105,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         public static let keys: Set<String> = [
             "name", "url", "username", "password_file", "password_env", "tag_ttl", "ca_file", "insecure", "stale_if_error",
             "prefetch_platforms", "prefetch_max_children", "connect_timeout", "response_timeout", "low_speed_limit", "low_speed_time",
-            "down_after", "down_max", "rate_limit_reserve",
+            "down_after", "down_max", "rate_limit_reserve", "allow", "deny", "deny_status",
         ]
     }
 
@@ -120,6 +126,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("http.sendfile", "REGISTRY_MIRROR_HTTP_SENDFILE"),
         ("http.idle_timeout", "REGISTRY_MIRROR_HTTP_IDLE_TIMEOUT"),
         ("http.max_connections", "REGISTRY_MIRROR_HTTP_MAX_CONNECTIONS"),
+        ("metrics.listen", "REGISTRY_MIRROR_METRICS_LISTEN"),
         ("default_upstream", "REGISTRY_MIRROR_DEFAULT_UPSTREAM"),
         ("offline", "REGISTRY_MIRROR_OFFLINE"),
         ("storage.max_size", "REGISTRY_MIRROR_STORAGE_MAX_SIZE"),
@@ -238,6 +245,17 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 problems.append("http.max_connections: must be a positive number of connections; got \"\(v)\"")
             }
         }
+        if let v = values["metrics.listen"] {
+            if let metrics = Self.parseListen(v) {
+                if let main = Self.parseListen(listen), main == metrics, metrics.port != 0 {
+                    problems.append("metrics.listen: \(v) is the main listen address; give metrics an address of its own")
+                } else {
+                    metricsListen = v
+                }
+            } else {
+                problems.append("metrics.listen: must be HOST:PORT, got \"\(v)\"")
+            }
+        }
         if let v = values["offline"] { offline = Self.bool(v, "offline", &problems) ?? offline }
         if let v = values["default_upstream"] { defaultUpstream = v }
         if let v = values["storage.max_size"] {
@@ -328,6 +346,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
             if let ca = upstream.caFile, !FileManager.default.fileExists(atPath: ca) { problems.append("\(at).ca_file: \(ca) does not exist") }
             if let v = text("insecure") { upstream.insecure = bool(v, "\(at).insecure", &problems) ?? false }
             if let v = text("stale_if_error") { upstream.staleIfError = bool(v, "\(at).stale_if_error", &problems) ?? true }
+            upstream.access = parseAccess(map, at: at, problems: &problems)
             if let platforms = map["prefetch_platforms"] {
                 for (j, item) in ((platforms as? [Any]) ?? [platforms]).enumerated() {
                     if let p = try? Platform(parsing: "\(item)") { upstream.prefetchPlatforms.append(p) } else {
@@ -338,6 +357,38 @@ public struct MirrorConfiguration: Sendable, Equatable {
             out.append(upstream)
         }
         return out
+    }
+
+    /// An upstream's `allow`, `deny` and `deny_status`. A pattern that cannot be read is a
+    /// problem, never skipped: a deny list missing an entry would serve what it should not.
+    static func parseAccess(_ map: [String: Any], at: String, problems: inout [String]) -> RepositoryAccess {
+        var access = RepositoryAccess.open
+        func patterns(_ key: String) -> [RepositoryPattern]? {
+            guard let node = map[key] else { return nil }
+            guard let list = node as? [Any] else {
+                problems.append("\(at).\(key): must be a list of repository patterns, such as [library/*, myorg/**]")
+                return []
+            }
+            var out: [RepositoryPattern] = []
+            for (j, item) in list.enumerated() {
+                do {
+                    out.append(try RepositoryPattern(parsing: "\(item)"))
+                } catch {
+                    problems.append("\(at).\(key)[\(j)]: \(error.message)")
+                }
+            }
+            return out
+        }
+        access.allow = patterns("allow")
+        access.deny = patterns("deny") ?? []
+        if let status = map["deny_status"].map({ "\($0)" }) {
+            switch status {
+            case "404": access.refusal = .nameUnknown
+            case "403": access.refusal = .denied
+            default: problems.append("\(at).deny_status: must be 404 (NAME_UNKNOWN) or 403 (DENIED), got \"\(status)\"")
+            }
+        }
+        return access
     }
 
     /// `HOST:PORT` (IPv6 hosts in brackets) → host and port.
@@ -369,6 +420,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         settings.hashingMaxWaiting = hashingMaxWaiting
         settings.evictionInterval = evictionInterval
         settings.maxConnections = maxConnections
+        settings.metricsListen = metricsListen.flatMap(Self.parseListen)
         settings.minFreeSpace = minFreeSpace
         settings.watchInterval = watchInterval
         settings.watchImages = watchImages
@@ -397,6 +449,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 policy.prefetchMaxChildren = entry.prefetchMaxChildren
                 policy.rateLimitReserve = entry.rateLimitReserve
                 settings.policies[entry.name] = policy
+                if entry.access != .open { settings.access[entry.name] = entry.access }
             }
         } else if let defaultUpstream {
             settings.defaultUpstream = defaultUpstream

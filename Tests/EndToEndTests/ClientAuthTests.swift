@@ -126,6 +126,57 @@ struct ClientAuthTests {
         }
     }
 
+    /// Not only wrong passwords: a header that is not Basic credentials at all is a failed login
+    /// too, so no 401 to a credential is free. Only the bare challenge (no header) is not counted.
+    @Test("unreadable Authorization headers count as failed logins: past 10, 429; a request without one still gets the challenge")
+    func unreadableCredentialsAreThrottled() async throws {
+        try await Self.withMirror { mirror, _ in
+            let unreadable = ["Bearer some-token", "Basic !!!not-base64!!!", "Basic " + Data("no-colon".utf8).base64EncodedString(), "Digest x"]
+            for attempt in 0..<10 {
+                let header = unreadable[attempt % unreadable.count]
+                let response = try RawHTTP.get(port: mirror.port, path: "/v2/", headers: [("Authorization", header)])
+                #expect(response.status == 401 && response.errorCodes == ["UNAUTHORIZED"], "attempt \(attempt) (\(header)): \(response)")
+            }
+            let next = try RawHTTP.get(port: mirror.port, path: "/v2/", headers: [("Authorization", "Bearer another")])
+            #expect(next.status == 429 && next.errorCodes == ["TOOMANYREQUESTS"], "\(next)")
+            let right = try RawHTTP.get(port: mirror.port, path: "/v2/", headers: Self.basic(Self.user, Self.password))
+            #expect(right.status == 429, "a throttled address got \(right)")
+            for _ in 0..<20 {
+                let anonymous = try RawHTTP.get(port: mirror.port, path: "/v2/")
+                #expect(anonymous.status == 401 && anonymous.header("WWW-Authenticate") != nil, "the challenge still comes: \(anonymous)")
+            }
+        }
+    }
+
+    /// `metrics.listen`: Prometheus scrapes without a password on its own address, while the
+    /// main listener's /metrics, status page and API still want credentials.
+    @Test("metrics.listen serves /metrics without credentials; the main listener's /metrics and status page stay behind auth")
+    func metricsListenerIsOpenAndTheRestIsNot() async throws {
+        let metricsPort = try Ports.free()
+        try await Self.withMirror(environment: ["REGISTRY_MIRROR_METRICS_LISTEN": "127.0.0.1:\(metricsPort)"]) { mirror, _ in
+            try await waitUntil("the metrics listener to answer") {
+                (try? RawHTTP.get(port: metricsPort, path: "/metrics"))?.status == 200
+            }
+            // A request on the main listener first, so the scrape has something to show.
+            _ = try RawHTTP.get(port: mirror.port, path: "/v2/", headers: Self.basic(Self.user, Self.password))
+            let scrape = try RawHTTP.get(port: metricsPort, path: "/metrics")
+            #expect(scrape.status == 200 && scrape.header("Content-Type")?.hasPrefix("text/plain; version=0.0.4") == true, "\(scrape)")
+            #expect(scrape.bodyText.contains("# TYPE "), "not Prometheus text: \(scrape.bodyText.prefix(300))")
+            for path in ["/", "/v2/", "/v2/test/app/manifests/v1", "/healthz"] {
+                let other = try RawHTTP.get(port: metricsPort, path: path)
+                #expect(other.status == 404, "the metrics listener serves only /metrics, not \(path): \(other)")
+            }
+            for path in ["/metrics", "/"] {
+                let anonymous = try RawHTTP.get(port: mirror.port, path: path)
+                #expect(anonymous.status == 401 && anonymous.header("WWW-Authenticate") != nil, "main listener \(path) without credentials: \(anonymous)")
+                let wrong = try RawHTTP.get(port: mirror.port, path: path, headers: Self.basic(Self.user, "wrong"))
+                #expect(wrong.status == 401, "main listener \(path) with a wrong password: \(wrong)")
+                let right = try RawHTTP.get(port: mirror.port, path: path, headers: Self.basic(Self.user, Self.password))
+                #expect(right.status == 200, "main listener \(path) with credentials: \(right)")
+            }
+        }
+    }
+
     /// Without the limit (a flood from many addresses looks like this to the server), every
     /// wrong password costs a bcrypt; they run on their own thread, so /healthz is not stalled.
     @Test("a wrong-password flood with the limit off: bcrypt off the request path, /healthz p99 under 100 ms")

@@ -1,5 +1,7 @@
 import Foundation
 import Logging
+import Mirror
+import OCI
 import RegistryMirror
 import Testing
 
@@ -54,6 +56,14 @@ import Testing
 
         let auth = try load("client-auth.yaml")
         #expect(auth.htpasswdPath?.hasSuffix("/htpasswd") == true && auth.htpasswdRealm == "registry-mirror")
+
+        let allowList = try load("allow-list.yaml")
+        let rules = try #require(allowList.serveSettings.access["docker.io"])
+        #expect(allowList.metricsListen == "127.0.0.1:9090" && allowList.htpasswdPath != nil)
+        #expect(rules.verdict(for: try RepositoryName(parsing: "library/nginx")) == .allowed)
+        #expect(rules.verdict(for: try RepositoryName(parsing: "myorg/team/app")) == .allowed)
+        #expect(rules.verdict(for: try RepositoryName(parsing: "myorg/secret/keys")) != .allowed)
+        #expect(rules.verdict(for: try RepositoryName(parsing: "someone/miner")) == .notAllowed)
     }
 
     /// `registry-mirror config check` (the CLI operators run) accepts every shipped config.

@@ -43,19 +43,20 @@ struct ServedFixture {
 
     func bytes(_ d: Descriptor) throws -> [UInt8] { Array(try Data(contentsOf: URL(fileURLWithPath: layoutRoot + "/blobs/sha256/" + d.digest.hex))) }
 
-    func app() throws -> some ApplicationProtocol {
+    func app(_ configure: (inout ServeSettings) -> Void = { _ in }) throws -> some ApplicationProtocol {
         var settings = ServeSettings()
         settings.host = "127.0.0.1"
         settings.port = 0
         settings.dataDirectory = harness.dir.path + "/data"
         settings.offline = true  // the serving side alone; pull-through has its own tests
+        configure(&settings)
         return try buildApplication(settings, logger: Logger(label: "test"))
     }
 
     /// Runs `body` against the router harness (buffered file bodies) and a live server (sendfile).
-    func test(_ body: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+    func test(_ configure: (inout ServeSettings) -> Void = { _ in }, _ body: @escaping @Sendable (any TestClientProtocol) async throws -> Void) async throws {
         for setup in [TestingSetup.router, .live] {
-            try await app().test(setup, body)
+            try await app(configure).test(setup, body)
         }
     }
 }
