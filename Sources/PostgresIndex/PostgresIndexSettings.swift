@@ -11,7 +11,7 @@ import PostgresNIO
 ///
 /// A password belongs in a file or the environment, not in the URL (it would show in
 /// process lists and config dumps); `password` given here wins over one in the URL.
-public struct PostgresIndexSettings: Sendable, Equatable {
+public struct PostgresIndexSettings: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
     public enum TLSMode: String, Sendable, Equatable {
         case disable, prefer, require
     }
@@ -66,6 +66,13 @@ public struct PostgresIndexSettings: Sendable, Equatable {
         self.maxConnections = maxConnections
         self.connectTimeout = connectTimeout
     }
+
+    /// Never shows the password.
+    public var description: String {
+        "\(user)@\(endpoint) sslmode=\(tls.rawValue) password=\(password == nil ? "-" : "<redacted>")"
+    }
+
+    public var debugDescription: String { description }
 
     /// Where it connects, without credentials, for logs and errors.
     public var endpoint: String {
