@@ -120,6 +120,7 @@ let package = Package(
             .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),
         .testTarget(name: "EndToEndTests", dependencies: [
+            "PostgresTestServer",
             "OCI", "Upstream",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
