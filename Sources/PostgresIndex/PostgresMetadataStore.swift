@@ -39,7 +39,9 @@ public final class PostgresMetadataStore: MetadataStore {
         if background.logLevel > .debug { background.logLevel = max(background.logLevel, .warning) }
         let client = PostgresClient(configuration: settings.clientConfiguration, backgroundLogger: background)
         self.client = client
-        self.runner = Task { await client.run() }
+        // Detached: the pool must not inherit a graceful-shutdown signal from whoever opened the
+        // store, or it would close before the server's last access-time flush.
+        self.runner = Task.detached { await client.run() }
     }
 
     deinit { runner.cancel() }

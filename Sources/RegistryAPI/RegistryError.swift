@@ -82,6 +82,7 @@ public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertibl
         case .nameUnknown: code = .nameUnknown
         case .nameInvalid: code = .nameInvalid
         case .upstreamUnavailable: code = .unavailable
+        case .indexUnavailable: code = .unavailable
         case .upstreamDenied: code = .denied
         case .tooManyRequests: code = .tooManyRequests
         case .unsupported: code = .unsupported
