@@ -31,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
@@ -42,6 +43,12 @@ let package = Package(
         .target(name: "OCI", dependencies: ["COpenSSL"]),
         .target(name: "ContentStore", dependencies: ["OCI"]),
         .target(name: "MetadataIndex", dependencies: ["OCI", "CSQLite"]),
+        // The PostgreSQL index, apart so that SQLite-only code never links PostgresNIO.
+        .target(name: "PostgresIndex", dependencies: [
+            "OCI", "MetadataIndex",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "Upstream", dependencies: [
             "OCI", "CCurl",
             .product(name: "Logging", package: "swift-log"),
@@ -75,6 +82,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .target(name: "RegistryMirror", dependencies: [
+            "PostgresIndex",
             "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "RegistryAPI", "RegistryServer",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
@@ -98,7 +106,10 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], path: "Benchmarks/ManifestBenchmark"),
+        // A throwaway PostgreSQL cluster (initdb + pg_ctl) for the tests that need one.
+        .target(name: "PostgresTestServer", path: "Tests/PostgresTestServer"),
         .testTarget(name: "RegistryMirrorTests", dependencies: [
+            "PostgresIndex", "PostgresTestServer",
             "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "Bundles", "RegistryAPI", "RegistryMirror",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTesting", package: "hummingbird"),
@@ -109,6 +120,7 @@ let package = Package(
             .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),
         .testTarget(name: "EndToEndTests", dependencies: [
+            "PostgresTestServer",
             "OCI", "Upstream",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),

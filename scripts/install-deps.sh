@@ -2,13 +2,14 @@
 # Installs the Debian packages the project needs. Usage: install-deps.sh [--test] [--bench]
 # Build/run: libcurl, SQLite, OpenSSL, zlib (gzip layers of docker-save archives) and
 # libcrypt (htpasswd bcrypt) headers. Tests add the real parts they run: distribution's
-# registry, skopeo and podman, and wrk for the load test. The benchmark (bench/run.sh) adds
+# registry, skopeo and podman, wrk for the load test, and PostgreSQL 15 (the tests make
+# throwaway clusters with initdb for the PostgreSQL index). The benchmark (bench/run.sh) adds
 # its load and timing tools, wrk and hyperfine, and nginx-light (the static-file reference).
 set -euo pipefail
 packages=(libcurl4-openssl-dev libsqlite3-dev libssl-dev zlib1g-dev libcrypt-dev)
 for flag in "$@"; do
   case $flag in
-    --test) packages+=(docker-registry skopeo podman curl tar openssl wrk python3 util-linux) ;;
+    --test) packages+=(docker-registry skopeo podman curl tar openssl wrk python3 util-linux postgresql) ;;
     --bench) packages+=(docker-registry skopeo curl python3 wrk hyperfine nginx-light) ;;
     *) echo "unknown flag: $flag (known: --test, --bench)" >&2; exit 2 ;;
   esac

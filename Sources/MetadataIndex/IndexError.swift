@@ -8,7 +8,7 @@ import OCI
 public struct IndexError: ErrorWithOrigin, Sendable {
     /// A struct over a private enum, so codes can be added without breaking a `switch`.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
-        private enum Base: Hashable, Sendable { case io, schema, notFound, closed }
+        private enum Base: Hashable, Sendable { case io, schema, notFound, closed, unavailable }
         private let base: Base
         private init(_ base: Base) { self.base = base }
         /// The database failed (I/O, corruption, locked past the busy timeout).
@@ -19,6 +19,9 @@ public struct IndexError: ErrorWithOrigin, Sendable {
         public static let notFound = Code(.notFound)
         /// The store was shut down.
         public static let closed = Code(.closed)
+        /// The database cannot be reached now (a server index that is down or out of
+        /// connections); a later call may succeed.
+        public static let unavailable = Code(.unavailable)
 
         public var description: String {
             switch base {
@@ -26,6 +29,7 @@ public struct IndexError: ErrorWithOrigin, Sendable {
             case .schema: "schema error"
             case .notFound: "not found"
             case .closed: "index closed"
+            case .unavailable: "index unavailable"
             }
         }
     }

@@ -5,12 +5,24 @@ public struct TagRecord: Sendable, Equatable {
     public let mediaType: String
     /// Unix seconds of the last time the upstream confirmed (or import set) this tag.
     public let checkedAt: Int64
+
+    public init(digest: Digest, mediaType: String, checkedAt: Int64) {
+        self.digest = digest
+        self.mediaType = mediaType
+        self.checkedAt = checkedAt
+    }
 }
 
 public struct ManifestRecord: Sendable, Equatable {
     public let digest: Digest
     public let mediaType: String
     public let size: Int64
+
+    public init(digest: Digest, mediaType: String, size: Int64) {
+        self.digest = digest
+        self.mediaType = mediaType
+        self.size = size
+    }
 }
 
 public struct ChildRecord: Sendable, Equatable {
@@ -18,6 +30,13 @@ public struct ChildRecord: Sendable, Equatable {
     public let mediaType: String
     public let size: Int64
     public let platform: Platform?
+
+    public init(digest: Digest, mediaType: String, size: Int64, platform: Platform?) {
+        self.digest = digest
+        self.mediaType = mediaType
+        self.size = size
+        self.platform = platform
+    }
 }
 
 public struct ReferrerRecord: Sendable, Equatable {
@@ -26,6 +45,14 @@ public struct ReferrerRecord: Sendable, Equatable {
     public let size: Int64
     public let artifactType: String?
     public let annotations: [String: String]?
+
+    public init(digest: Digest, mediaType: String, size: Int64, artifactType: String?, annotations: [String: String]?) {
+        self.digest = digest
+        self.mediaType = mediaType
+        self.size = size
+        self.artifactType = artifactType
+        self.annotations = annotations
+    }
 }
 
 public struct ListingRow: Sendable {
@@ -35,6 +62,15 @@ public struct ListingRow: Sendable {
     public let mediaType: String
     public let checkedAt: Int64
     public var size: Int64
+
+    public init(repository: RepositoryKey, tag: String, digest: Digest, mediaType: String, checkedAt: Int64, size: Int64) {
+        self.repository = repository
+        self.tag = tag
+        self.digest = digest
+        self.mediaType = mediaType
+        self.checkedAt = checkedAt
+        self.size = size
+    }
 }
 
 /// Everything one verified fill or import adds, written in one transaction.
@@ -104,7 +140,14 @@ public struct ContentBatch: Sendable {
 
 /// What an eviction pass removed (or, in a dry run, would remove).
 public struct EvictionPlan: Sendable {
-    public struct Image: Sendable { public let digest: Digest; public let tags: [String] }
+    public struct Image: Sendable {
+        public let digest: Digest
+        public let tags: [String]
+        public init(digest: Digest, tags: [String]) {
+            self.digest = digest
+            self.tags = tags
+        }
+    }
     public struct Blob: Sendable {
         public let digest: Digest
         public let size: Int64

@@ -161,6 +161,8 @@ public struct LocalRegistry: RegistryContent {
         do {
             return try await body()
         } catch {
+            // The database's address stays in the log (the cause), out of the client's envelope.
+            if error.code == .unavailable { throw MirrorError(.indexUnavailable, "the cache's index is unavailable; try again", cause: error) }
             throw MirrorError(.internal, error.description, cause: error)
         }
     }

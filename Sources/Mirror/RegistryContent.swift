@@ -122,6 +122,9 @@ public struct MirrorError: ErrorWithOrigin, Sendable {
         public static let invalidContent = Code(raw: "invalid content")
         /// The mirror's own store failed (a full disk, an I/O error): not the upstream's fault.
         public static let storeFailed = Code(raw: "local store failure")
+        /// The metadata index cannot be reached now (a PostgreSQL index that is down): a
+        /// retry may succeed, so the client gets 503, not 500.
+        public static let indexUnavailable = Code(raw: "index unavailable")
         public static let `internal` = Code(raw: "internal error")
     }
 

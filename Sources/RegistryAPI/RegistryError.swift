@@ -81,7 +81,7 @@ public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertibl
         case .blobUnknown: code = .blobUnknown
         case .nameUnknown: code = .nameUnknown
         case .nameInvalid: code = .nameInvalid
-        case .upstreamUnavailable: code = .unavailable
+        case .upstreamUnavailable, .indexUnavailable: code = .unavailable
         case .upstreamDenied, .accessDenied: code = .denied
         case .tooManyRequests: code = .tooManyRequests
         case .unsupported: code = .unsupported

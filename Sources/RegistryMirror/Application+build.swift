@@ -16,6 +16,8 @@ public struct ServeSettings: Sendable {
     public var host = "0.0.0.0"
     public var port = 5000
     public var dataDirectory = "data"
+    /// `index.*`: SQLite in the data directory, or a PostgreSQL database.
+    public var index = IndexConfiguration()
     /// Upstreams by name; requests route to them by `?ns=`, path prefix, or `defaultUpstream`.
     public var upstreams: [UpstreamConfiguration] = [.dockerHub]
     public var defaultUpstream = ImageReference.dockerHub
@@ -63,7 +65,7 @@ public struct ServeSettings: Sendable {
     /// exactly the instances chosen.
     public func makeCache(logger: Logger, seeding: Bool = false, stats: MirrorStats? = nil,
                           fills: FillService? = nil) throws -> (data: DataDirectory, content: PullThroughRegistry, maintenance: CacheMaintenance) {
-        let data = try DataDirectory(path: dataDirectory)
+        let data = try DataDirectory(path: dataDirectory, index: index, logger: logger)
         let maintenance = CacheMaintenance(store: data.store, index: data.index, maxBytes: maxBytes,
                                            checkInterval: evictionInterval, stats: stats, logger: logger)
         let local = LocalRegistry(store: data.store, index: data.index)

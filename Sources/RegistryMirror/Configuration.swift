@@ -56,6 +56,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var watchInterval = MirrorConfiguration.defaultWatchInterval
     /// `watch.images`: images the server keeps fresh on that schedule.
     public var watchImages: [WatchEntry] = []
+    /// `index.*`: the metadata index, SQLite (default) or PostgreSQL (`Configuration+Index.swift`).
+    public var index = IndexConfiguration()
 
     /// One entry of `upstreams`. Printing it never shows the password.
     public struct Upstream: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
@@ -133,7 +135,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("storage.eviction_interval", "REGISTRY_MIRROR_STORAGE_EVICTION_INTERVAL"),
         ("storage.min_free_space", "REGISTRY_MIRROR_STORAGE_MIN_FREE_SPACE"),
         ("watch.interval", "REGISTRY_MIRROR_WATCH_INTERVAL"),
-    ]
+    ] + indexKeys
 
     /// Loads `file` (if given) over the defaults, then the environment over that.
     public static func load(file: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> MirrorConfiguration {
@@ -168,6 +170,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         }
         var config = MirrorConfiguration()
         config.apply(values, problems: &problems)
+        config.applyIndex(values, environment: environment, problems: &problems)
         if let upstreamNodes { config.upstreams = parseUpstreams(upstreamNodes, environment: environment, problems: &problems) }
         if let watchNodes { config.watchImages = parseWatchImages(watchNodes, problems: &problems) }
         config.applyWatch(values, problems: &problems)
@@ -408,6 +411,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
             settings.port = port
         }
         settings.dataDirectory = dataDirectory
+        settings.index = index
         settings.zeroCopy = sendfile
         settings.idleTimeout = idleTimeout
         settings.offline = offline

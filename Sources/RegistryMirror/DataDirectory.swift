@@ -1,8 +1,10 @@
 import ContentStore
 import Foundation
+import Logging
 import MetadataIndex
 
-/// A data directory: the blob store and the SQLite index beside it.
+/// A data directory: the blob store and the SQLite index beside it, or the PostgreSQL index
+/// that `index.backend: postgres` names instead.
 ///
 /// ```
 /// <data-dir>/blobs/…          content-addressed blobs (see FileSystemStore)
@@ -14,8 +16,9 @@ public struct DataDirectory: Sendable {
     public let store: FileSystemStore
     public let index: any MetadataStore
 
-    /// Opens the directory, creating it if missing.
-    public init(path: String) throws {
+    /// Opens the directory, creating it if missing, and the index `index` names.
+    public init(path: String, index: IndexConfiguration = IndexConfiguration(),
+                logger: Logger = Logger(label: "registry-mirror.index")) throws {
         do {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         } catch {
@@ -23,7 +26,7 @@ public struct DataDirectory: Sendable {
         }
         self.path = path
         self.store = try FileSystemStore(root: path)
-        self.index = try SQLiteMetadataStore(path: path + "/index.sqlite")
+        self.index = try index.open(sqlitePath: path + "/index.sqlite", logger: logger)
     }
 }
 

@@ -134,7 +134,7 @@ struct GC: AsyncParsableCommand {
         let configuration = try common.resolve()
         let logger = common.makeLogger("registry-mirror.gc", configuration)
         let cap = try maxSize.map(parseMaxSize) ?? configuration.maxSize
-        let data = try DataDirectory(path: configuration.dataDirectory)
+        let data = try DataDirectory(path: configuration.dataDirectory, index: configuration.index)
         let maintenance = CacheMaintenance(store: data.store, index: data.index, maxBytes: cap, logger: logger)
         let unindexed = try await maintenance.sweepUnindexed(dryRun: dryRun)
         print("\(dryRun ? "would remove" : "removed") \(unindexed.count) store files the index does not know, \(ByteCount(unindexed.reduce(0) { $0 + $1.size }))")
@@ -157,7 +157,7 @@ struct GC: AsyncParsableCommand {
 func cachedRoots(_ texts: [String], _ common: CommonOptions, _ upstream: UpstreamNameOptions) async throws -> (DataDirectory, [(digest: Digest, name: String)]) {
     let configuration = try common.resolve()
     let settings = try upstream.settings(configuration)
-    let data = try DataDirectory(path: configuration.dataDirectory)
+    let data = try DataDirectory(path: configuration.dataDirectory, index: configuration.index)
     do throws(MirrorError) {
         var roots: [(digest: Digest, name: String)] = []
         for text in texts {
@@ -182,7 +182,8 @@ struct Pin: AsyncParsableCommand {
 
     func run() async throws {
         guard !references.isEmpty else {
-            let data = try DataDirectory(path: try common.resolve().dataDirectory)
+            let configuration = try common.resolve()
+            let data = try DataDirectory(path: configuration.dataDirectory, index: configuration.index)
             for pin in try await data.index.pinned() {
                 print("\(pin.digest)  \(pin.references.isEmpty ? "(untagged)" : pin.references.joined(separator: ", "))")
             }

@@ -156,7 +156,7 @@ struct Import: AsyncParsableCommand {
     func run() async throws {
         let configuration = try common.resolve()
         let logger = common.makeLogger("registry-mirror.import", configuration)
-        let dir = try DataDirectory(path: configuration.dataDirectory)
+        let dir = try DataDirectory(path: configuration.dataDirectory, index: configuration.index)
         let importer = BundleImporter(store: dir.store, index: dir.index, logger: logger)
         do {
             let progress = ProgressReporter(verb: "import").handler
@@ -179,7 +179,8 @@ struct List: AsyncParsableCommand {
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
-        let dir = try DataDirectory(path: try common.resolve().dataDirectory)
+        let configuration = try common.resolve()
+        let dir = try DataDirectory(path: configuration.dataDirectory, index: configuration.index)
         let rows = try await dir.index.listing()
         guard !rows.isEmpty else {
             print("(the cache is empty)")
@@ -239,7 +240,8 @@ struct Verify: AsyncParsableCommand {
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
-        let dir = try DataDirectory(path: try common.resolve().dataDirectory)
+        let configuration = try common.resolve()
+        let dir = try DataDirectory(path: configuration.dataDirectory, index: configuration.index)
         let report = try await StoreVerifier(store: dir.store, index: dir.index).run(repair: repair)
         for (digest, reason) in report.corrupt {
             print("corrupt \(digest): \(reason)\(report.removed.contains(digest) ? " (removed)" : "")")

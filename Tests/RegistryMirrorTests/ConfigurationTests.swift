@@ -34,6 +34,13 @@ import Testing
         #expect(hub.upstreams.map(\.name) == ["docker.io"] && hub.upstreams[0].url == "https://registry-1.docker.io")
         #expect(hub.logFormat == .json)
 
+        let postgres = try load("postgres-index.yaml")
+        #expect(postgres.index.backend == .postgres)
+        #expect(postgres.index.postgres?.host == "db.example" && postgres.index.postgres?.database == "mirror")
+        #expect(postgres.index.postgres?.password == ShippedFiles.standInPassword, "the password comes from password_file")
+        #expect(postgres.serveSettings.index == postgres.index)
+        #expect(!"\(postgres.index)".contains(ShippedFiles.standInPassword), "printing the index settings never shows the password")
+
         let multi = try load("multi-upstream.yaml")
         #expect(multi.upstreams.map(\.name) == ["docker.io", "ghcr.io", "quay.io"])
         let router = multi.serveSettings.upstreamRouter
@@ -162,6 +169,45 @@ import Testing
         #expect(config.dataDirectory == "/from/env")
         #expect(config.serveSettings.port == 6000)
         #expect(config.serveSettings.host == "127.0.0.1")
+    }
+
+    @Test func postgresIndexKeysParseAndTheirProblemsAreListed() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = dir.path + "/i.yaml"
+        try "index:\n  backend: postgres\n  postgres:\n    dsn: postgres://mirror@db:6432/cache\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let config = try MirrorConfiguration.load(file: file, environment: ["REGISTRY_MIRROR_POSTGRES_PASSWORD": "from-env"])
+        #expect(config.index.backend == .postgres && config.index.postgres?.port == 6432)
+        #expect(config.index.postgres?.password == "from-env", "without password_file, the password comes from the environment")
+        #expect(try MirrorConfiguration.load(file: nil, environment: [:]).index == IndexConfiguration(), "sqlite by default")
+
+        try """
+        index:
+          backend: postgres
+          postgres:
+            dsn: mysql://db/cache
+            password_file: /nonexistent/pg
+            max_connections: 0
+            connect_timeout: soon
+        """.write(toFile: file, atomically: true, encoding: .utf8)
+        do {
+            _ = try MirrorConfiguration.load(file: file, environment: [:])
+            Issue.record("a bad index configuration was accepted")
+        } catch {
+            for key in ["index.postgres.dsn:", "index.postgres.password_file:", "index.postgres.max_connections:", "index.postgres.connect_timeout:"] {
+                #expect(error.problems.contains { $0.hasPrefix(key) }, "\(key) reported: \(error.problems)")
+            }
+        }
+        for (text, key) in [("index:\n  backend: oracle\n", "index.backend:"), ("index:\n  backend: postgres\n", "index.postgres.dsn:"),
+                            ("index:\n  postgres:\n    dsn: postgres://u@h/d\n", "index.postgres.dsn: set, but")] {
+            try text.write(toFile: file, atomically: true, encoding: .utf8)
+            do {
+                _ = try MirrorConfiguration.load(file: file, environment: [:])
+                Issue.record("\(text) was accepted")
+            } catch {
+                #expect(error.problems.contains { $0.hasPrefix(key) }, "\(key) reported: \(error.problems)")
+            }
+        }
     }
 
     @Test func storageCapAndIntervalParse() throws {

@@ -42,4 +42,32 @@ import Testing
             #expect(leftovers.isEmpty, "\(leftovers)")
         }
     }
+
+    @Test("with the PostgreSQL index, /readyz follows the database: down while it is halted, ready again once it is back")
+    func postgresIndexReadiness() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        try await withPostgres { server in
+            try await server.createDatabase("ready")
+            let yaml = "storage:\n  min_free_space: 1MiB\nindex:\n  backend: postgres\n  postgres:\n"
+                + "    dsn: \(server.dsn(database: "ready"))\n    connect_timeout: 1s\n"
+            try await app(yaml, in: dir).test(.router) { client in
+                var response = try await client.execute(uri: "/readyz", method: .get)
+                #expect(response.status == .ok, "\(String(buffer: response.body))")
+                try await server.halt()
+                try await Task.sleep(for: .milliseconds(1100))  // past the cached answer
+                response = try await client.execute(uri: "/readyz", method: .get)
+                let body = String(buffer: response.body)
+                #expect(response.status == .serviceUnavailable && body.contains("index"), "\(body)")
+                #expect(try await client.execute(uri: "/healthz", method: .get).status == .ok, "alive all the same")
+                try await server.restart()
+                var ready = false
+                for _ in 0..<40 where !ready {
+                    try await Task.sleep(for: .milliseconds(250))
+                    ready = try await client.execute(uri: "/readyz", method: .get).status == .ok
+                }
+                #expect(ready, "ready again without a restart of the mirror")
+            }
+        }
+    }
 }
