@@ -42,6 +42,8 @@ let package = Package(
         .target(name: "OCI", dependencies: ["COpenSSL"]),
         .target(name: "ContentStore", dependencies: ["OCI"]),
         .target(name: "MetadataIndex", dependencies: ["OCI", "CSQLite"]),
+        // Blobs in an S3-compatible bucket, signed by libcurl (CURLOPT_AWS_SIGV4).
+        .target(name: "S3Store", dependencies: ["OCI", "ContentStore", "CCurl"]),
         .target(name: "Upstream", dependencies: [
             "OCI", "CCurl",
             .product(name: "Logging", package: "swift-log"),
@@ -99,7 +101,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], path: "Benchmarks/ManifestBenchmark"),
         .testTarget(name: "RegistryMirrorTests", dependencies: [
-            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "Bundles", "RegistryAPI", "RegistryMirror",
+            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "Bundles", "RegistryAPI", "RegistryMirror", "S3Store",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTesting", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
