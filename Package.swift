@@ -77,7 +77,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .target(name: "RegistryMirror", dependencies: [
-            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "RegistryAPI", "RegistryServer",
+            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "RegistryAPI", "RegistryServer", "S3Store",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -111,7 +111,7 @@ let package = Package(
             .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),
         .testTarget(name: "EndToEndTests", dependencies: [
-            "OCI", "Upstream",
+            "OCI", "Upstream", "S3Store",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -16,6 +16,8 @@ public struct ServeSettings: Sendable {
     public var host = "0.0.0.0"
     public var port = 5000
     public var dataDirectory = "data"
+    /// Blobs in an S3-compatible bucket instead of the data directory (the index stays there).
+    public var s3Storage: S3StorageSettings?
     /// Upstreams by name; requests route to them by `?ns=`, path prefix, or `defaultUpstream`.
     public var upstreams: [UpstreamConfiguration] = [.dockerHub]
     public var defaultUpstream = ImageReference.dockerHub
@@ -59,10 +61,10 @@ public struct ServeSettings: Sendable {
     /// exactly the instances chosen.
     public func makeCache(logger: Logger, seeding: Bool = false, stats: MirrorStats? = nil,
                           fills: FillService? = nil) throws -> (data: DataDirectory, content: PullThroughRegistry, maintenance: CacheMaintenance) {
-        let data = try DataDirectory(path: dataDirectory)
-        let maintenance = CacheMaintenance(store: data.store, index: data.index, maxBytes: maxBytes,
+        let data = try DataDirectory(path: dataDirectory, s3: s3Storage)
+        let maintenance = CacheMaintenance(store: data.blobs, index: data.index, maxBytes: maxBytes,
                                            checkInterval: evictionInterval, stats: stats, logger: logger)
-        let local = LocalRegistry(store: data.store, index: data.index)
+        let local = LocalRegistry(store: data.blobs, index: data.index)
         let transport = CurlTransport()
         let registries = upstreams.map { UpstreamRegistry($0, transport: transport, observer: stats, logger: logger) }
         let content = PullThroughRegistry(local: local, upstreams: registries, policies: policies, offline: offline,
