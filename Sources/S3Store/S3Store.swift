@@ -17,8 +17,9 @@ import OCI
 /// Reads are ranged, streaming GETs (`S3BlobReader`), with no local file, so `fileRegions`
 /// is nil and a writer's `openForReading()` too: a fill spools locally by itself.
 ///
-/// Unlike a file, an object is gone for its readers once deleted: `readersOutliveDelete` is
-/// false, and the eviction that deletes must first know nobody reads (the mirror's leases).
+/// Unlike a file, an object is gone for its readers once deleted (the conformance suite runs
+/// with `readersOutliveDelete: false`): the eviction that deletes must first know that nobody
+/// reads it, as the mirror's `BlobLease`s tell it in one process.
 public final class S3Store: BlobStore {
     public let location: S3Location
     /// Size of the parts of a multipart upload (S3 wants at least 5 MiB for all but the last).

@@ -53,6 +53,12 @@ struct S3BackendTests {
             try PullThroughTests.expectLayout(coldLayout, holds: image, "cold pull from S3")
 
             // The bucket holds exactly the image (manifest, config, layers), nothing half-done.
+            // A client has the last byte once the blob is verified; the upload is completed
+            // just after, so give the fills a moment to publish.
+            let deadline = ContinuousClock.now + .seconds(20)
+            while Set(try await bucket.allDigests()) != image.allDigests, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+            }
             #expect(Set(try await bucket.allDigests()) == image.allDigests, "the bucket holds other than the image's blobs")
             #expect(try await bucket.pendingUploads().isEmpty, "an upload was left open")
             let localBlobs = FileManager.default.enumerator(atPath: data.appendingPathComponent("blobs").path)?.allObjects ?? []
