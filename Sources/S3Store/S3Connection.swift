@@ -89,9 +89,9 @@ final class S3Connection: Sendable {
         let payloadHash = request.body.isEmpty ? Self.emptyPayloadHash : DigestHasher.digest(of: request.body).hex
         var headers = request.headers + [("x-amz-content-sha256", payloadHash)]
         if let token = credentials.sessionToken { headers.append(("x-amz-security-token", token)) }
+        // Every header we set is signed: libcurl puts each one in the canonical request, even
+        // one that only removes a header ("Expect:"), which then breaks the signature.
         for (name, value) in headers { list = curl_slist_append(list, "\(name): \(value)") }
-        // No "Expect: 100-continue" round trip before a part, and no form type on a body.
-        list = curl_slist_append(list, "Expect:")
 
         rm_curl_setopt_str(handle, CURLOPT_URL, location.url(key: request.key, query: request.query))
         guard rm_curl_setopt_str(handle, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK,
@@ -127,6 +127,7 @@ final class S3Connection: Sendable {
                 // for the signature when it is older than the x-amz-content-sha256 support.
                 rm_curl_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.count))
                 rm_curl_setopt_ptr(handle, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: body.baseAddress!))
+                // Not the form type libcurl would otherwise send with a body.
                 list = curl_slist_append(list, "Content-Type: application/octet-stream")
             }
             rm_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, list)

@@ -108,6 +108,54 @@ import Testing
         #expect(try await eventually { try await store.pendingUploads().isEmpty }, "a dropped writer left its upload open")
     }
 
+    @Test("libcurl's SigV4 signatures pass a server that checks them, for every call the store makes")
+    func signaturesAreChecked() async throws {
+        // moto checks signatures after its first N requests: the probe, then three IAM calls
+        // that make a user with an access key allowed s3:*.
+        let moto = try await MotoServer(environment: ["INITIAL_NO_AUTH_ACTION_COUNT": "4"])
+        defer { moto.stop() }
+        func iam(_ form: [String]) throws -> String {
+            let output = Pipe()
+            let curl = Process()
+            curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+            curl.arguments = ["-s", "--aws-sigv4", "aws:amz:us-east-1:iam", "-u", "setup:setup", "-X", "POST", moto.endpoint.absoluteString + "/"]
+                + (form + ["Version=2010-05-08"]).flatMap { ["--data-urlencode", $0] }
+            curl.standardOutput = output
+            try curl.run()
+            let data = output.fileHandleForReading.readDataToEndOfFile()
+            curl.waitUntilExit()
+            return String(decoding: data, as: UTF8.self)
+        }
+        _ = try iam(["Action=CreateUser", "UserName=mirror"])
+        _ = try iam(["Action=PutUserPolicy", "UserName=mirror", "PolicyName=s3",
+                     #"PolicyDocument={"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#])
+        let key = try iam(["Action=CreateAccessKey", "UserName=mirror"])
+        let id = try #require(S3XML.value("AccessKeyId", in: key), "\(key)")
+        let secret = try #require(S3XML.value("SecretAccessKey", in: key), "\(key)")
+        let location = S3Location(endpoint: moto.endpoint, region: "us-east-1", bucket: "signed", prefix: "p/q", pathStyle: true)
+
+        let wrong = S3Store(location: location, credentials: S3Credentials(accessKeyID: id, secretAccessKey: secret + "x"))
+        await #expect(throws: StoreError.self, "a wrong secret was accepted: the server checks nothing") { try await wrong.createBucket() }
+
+        let store = S3Store(location: location, credentials: S3Credentials(accessKeyID: id, secretAccessKey: secret), partSize: S3Store.minimumPartSize)
+        try await store.createBucket()
+        let big = BlobStoreConformance.bytes(S3Store.minimumPartSize + 4321, seed: 11)
+        let small = BlobStoreConformance.bytes(1000, seed: 12)
+        let digests = [DigestHasher.digest(of: big), DigestHasher.digest(of: small)]
+        let writer = try await store.makeWriter(expecting: digests[0], size: Int64(big.count))
+        try big.withUnsafeBytes { try writer.write($0) }
+        #expect(try await store.pendingUploads().count == 1)
+        try await writer.commit()
+        try await store.write(small, as: digests[1])
+        #expect(Set(try await store.allDigests()) == Set(digests))
+        let reader = try #require(try await store.openBlob(digests[0]))
+        #expect(try await BlobStoreConformance.collect(reader, from: 100, length: 200_000) == Array(big[100..<200_100]))
+        #expect(try await store.read(digests[1], limit: 1000) == small)
+        try await store.delete(digests[1])
+        #expect(await store.size(of: digests[1]) == nil)
+        #expect(try await store.sweepUploads(olderThan: Duration.seconds(1), now: Date.distantFuture) == 0, "an upload was left open")
+    }
+
     @Test("credentials come from the environment or an AWS shared-credentials file")
     func credentials() throws {
         #expect(S3Credentials.fromEnvironment(["AWS_ACCESS_KEY_ID": "id"]) == nil)

@@ -22,11 +22,14 @@ final class MotoServer: @unchecked Sendable {
         throw MotoError("moto_server not found in \(venv) or on PATH; run scripts/test.sh, which installs moto[server]")
     }
 
-    init() async throws {
+    /// - Parameter environment: added to moto's (`INITIAL_NO_AUTH_ACTION_COUNT` turns on its
+    ///   signature checks after that many requests; the readiness probe here is one).
+    init(environment: [String: String] = [:]) async throws {
         let port = try Self.freePort()
         process = Process()
         process.executableURL = URL(fileURLWithPath: try Self.binary())
         process.arguments = ["-H", "127.0.0.1", "-p", String(port)]
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
