@@ -49,6 +49,8 @@ let package = Package(
             .product(name: "PostgresNIO", package: "postgres-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Blobs in an S3-compatible bucket, signed by libcurl (CURLOPT_AWS_SIGV4).
+        .target(name: "S3Store", dependencies: ["OCI", "ContentStore", "CCurl"]),
         .target(name: "Upstream", dependencies: [
             "OCI", "CCurl",
             .product(name: "Logging", package: "swift-log"),
@@ -83,7 +85,7 @@ let package = Package(
         ]),
         .target(name: "RegistryMirror", dependencies: [
             "PostgresIndex",
-            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "RegistryAPI", "RegistryServer",
+            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "RegistryAPI", "RegistryServer", "S3Store",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -110,7 +112,7 @@ let package = Package(
         .target(name: "PostgresTestServer", path: "Tests/PostgresTestServer"),
         .testTarget(name: "RegistryMirrorTests", dependencies: [
             "PostgresIndex", "PostgresTestServer",
-            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "Bundles", "RegistryAPI", "RegistryMirror",
+            "OCI", "ContentStore", "MetadataIndex", "Upstream", "Mirror", "Bundles", "RegistryAPI", "RegistryMirror", "S3Store",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTesting", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -121,7 +123,7 @@ let package = Package(
         ]),
         .testTarget(name: "EndToEndTests", dependencies: [
             "PostgresTestServer",
-            "OCI", "Upstream",
+            "OCI", "Upstream", "S3Store",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

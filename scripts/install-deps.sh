@@ -9,7 +9,7 @@ set -euo pipefail
 packages=(libcurl4-openssl-dev libsqlite3-dev libssl-dev zlib1g-dev libcrypt-dev)
 for flag in "$@"; do
   case $flag in
-    --test) packages+=(docker-registry skopeo podman curl tar openssl wrk python3 util-linux postgresql) ;;
+    --test) packages+=(docker-registry skopeo podman curl tar openssl wrk python3 python3-venv util-linux postgresql) ;;
     --bench) packages+=(docker-registry skopeo curl python3 wrk hyperfine nginx-light) ;;
     *) echo "unknown flag: $flag (known: --test, --bench)" >&2; exit 2 ;;
   esac

@@ -18,6 +18,8 @@ public struct ServeSettings: Sendable {
     public var dataDirectory = "data"
     /// `index.*`: SQLite in the data directory, or a PostgreSQL database.
     public var index = IndexConfiguration()
+    /// Blobs in an S3-compatible bucket instead of the data directory (the index stays there).
+    public var s3Storage: S3StorageSettings?
     /// Upstreams by name; requests route to them by `?ns=`, path prefix, or `defaultUpstream`.
     public var upstreams: [UpstreamConfiguration] = [.dockerHub]
     public var defaultUpstream = ImageReference.dockerHub
@@ -65,10 +67,10 @@ public struct ServeSettings: Sendable {
     /// exactly the instances chosen.
     public func makeCache(logger: Logger, seeding: Bool = false, stats: MirrorStats? = nil,
                           fills: FillService? = nil) throws -> (data: DataDirectory, content: PullThroughRegistry, maintenance: CacheMaintenance) {
-        let data = try DataDirectory(path: dataDirectory, index: index, logger: logger)
-        let maintenance = CacheMaintenance(store: data.store, index: data.index, maxBytes: maxBytes,
+        let data = try DataDirectory(path: dataDirectory, index: index, s3: s3Storage, logger: logger)
+        let maintenance = CacheMaintenance(store: data.blobs, index: data.index, maxBytes: maxBytes,
                                            checkInterval: evictionInterval, stats: stats, logger: logger)
-        let local = LocalRegistry(store: data.store, index: data.index)
+        let local = LocalRegistry(store: data.blobs, index: data.index)
         let transport = CurlTransport()
         let registries = upstreams.map { UpstreamRegistry($0, transport: transport, observer: stats, logger: logger) }
         let content = PullThroughRegistry(local: local, upstreams: registries, policies: policies, access: access, offline: offline,

@@ -52,6 +52,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var evictionInterval: Duration = .seconds(30)
     /// `storage.min_free_space`: `/readyz` says not ready while the store's filesystem has less free. 0: no floor.
     public var minFreeSpace: Int64 = 1 << 30
+    /// `storage.backend: s3` and `storage.s3.*` (see `S3StorageSettings`). Nil: the data directory.
+    public var s3Storage: S3StorageSettings?
     /// `watch.interval`: how often the watch list is refreshed.
     public var watchInterval = MirrorConfiguration.defaultWatchInterval
     /// `watch.images`: images the server keeps fresh on that schedule.
@@ -134,6 +136,13 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("storage.max_size", "REGISTRY_MIRROR_STORAGE_MAX_SIZE"),
         ("storage.eviction_interval", "REGISTRY_MIRROR_STORAGE_EVICTION_INTERVAL"),
         ("storage.min_free_space", "REGISTRY_MIRROR_STORAGE_MIN_FREE_SPACE"),
+        ("storage.backend", "REGISTRY_MIRROR_STORAGE_BACKEND"),
+        ("storage.s3.endpoint", "REGISTRY_MIRROR_STORAGE_S3_ENDPOINT"),
+        ("storage.s3.region", "REGISTRY_MIRROR_STORAGE_S3_REGION"),
+        ("storage.s3.bucket", "REGISTRY_MIRROR_STORAGE_S3_BUCKET"),
+        ("storage.s3.prefix", "REGISTRY_MIRROR_STORAGE_S3_PREFIX"),
+        ("storage.s3.path_style", "REGISTRY_MIRROR_STORAGE_S3_PATH_STYLE"),
+        ("storage.s3.credentials_file", "REGISTRY_MIRROR_STORAGE_S3_CREDENTIALS_FILE"),
         ("watch.interval", "REGISTRY_MIRROR_WATCH_INTERVAL"),
     ] + indexKeys
 
@@ -171,6 +180,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         var config = MirrorConfiguration()
         config.apply(values, problems: &problems)
         config.applyIndex(values, environment: environment, problems: &problems)
+        config.applyStorage(values, problems: &problems)
         if let upstreamNodes { config.upstreams = parseUpstreams(upstreamNodes, environment: environment, problems: &problems) }
         if let watchNodes { config.watchImages = parseWatchImages(watchNodes, problems: &problems) }
         config.applyWatch(values, problems: &problems)
@@ -426,6 +436,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         settings.maxConnections = maxConnections
         settings.metricsListen = metricsListen.flatMap(Self.parseListen)
         settings.minFreeSpace = minFreeSpace
+        settings.s3Storage = s3Storage
         settings.watchInterval = watchInterval
         settings.watchImages = watchImages
         if !upstreams.isEmpty {

@@ -10,14 +10,19 @@ import MetadataIndex
 /// <data-dir>/blobs/…          content-addressed blobs (see FileSystemStore)
 /// <data-dir>/tmp/…            writes in progress, swept at start-up
 /// <data-dir>/index.sqlite     the metadata index (WAL: -wal and -shm beside it)
+/// <data-dir>/spool/           with blobs in S3: downloads in progress (unlinked at once)
 /// ```
 public struct DataDirectory: Sendable {
     public let path: String
+    /// The local blob store (the file tools: import, export, verify, gc).
     public let store: FileSystemStore
+    /// The store that serves and fills: `store`, or the S3 bucket of `storage.backend: s3`.
+    public let blobs: any BlobStore
     public let index: any MetadataStore
 
-    /// Opens the directory, creating it if missing, and the index `index` names.
-    public init(path: String, index: IndexConfiguration = IndexConfiguration(),
+    /// Opens the directory, creating it if missing, and the index `index` names; with `s3`,
+    /// blobs are served from that bucket.
+    public init(path: String, index: IndexConfiguration = IndexConfiguration(), s3: S3StorageSettings? = nil,
                 logger: Logger = Logger(label: "registry-mirror.index")) throws {
         do {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
@@ -26,6 +31,7 @@ public struct DataDirectory: Sendable {
         }
         self.path = path
         self.store = try FileSystemStore(root: path)
+        self.blobs = try s3?.makeStore(dataDirectory: path) ?? store
         self.index = try index.open(sqlitePath: path + "/index.sqlite", logger: logger)
     }
 }

@@ -262,3 +262,53 @@ import Testing
         }
     }
 }
+
+/// `storage.backend` and `storage.s3.*`: what they set, and what they refuse.
+@Suite struct StorageBackendConfigurationTests {
+    func load(_ yaml: String, environment: [String: String] = [:]) throws -> MirrorConfiguration {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        try yaml.write(toFile: dir.path + "/c.yaml", atomically: true, encoding: .utf8)
+        return try MirrorConfiguration.load(file: dir.path + "/c.yaml", environment: environment)
+    }
+
+    @Test func theShippedS3ExampleNamesABucket() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let config = try MirrorConfiguration.load(file: try ShippedFiles.stageConfig("s3-storage.yaml", in: dir), environment: [:])
+        let s3 = try #require(config.serveSettings.s3Storage)
+        #expect(s3.endpoint.absoluteString == "http://minio.internal:9000")
+        #expect(s3.bucket == "registry-mirror" && s3.prefix == "mirror" && s3.pathStyle && s3.region == "us-east-1")
+        #expect(s3.credentialsFile == dir.path + "/etc/s3-credentials")
+        #expect(MirrorConfiguration().s3Storage == nil, "the default is the data directory")
+    }
+
+    @Test func theEnvironmentSelectsS3() throws {
+        let config = try load("data_dir: /x\n", environment: [
+            "REGISTRY_MIRROR_STORAGE_BACKEND": "s3", "REGISTRY_MIRROR_STORAGE_S3_ENDPOINT": "https://s3.eu-west-1.amazonaws.com",
+            "REGISTRY_MIRROR_STORAGE_S3_BUCKET": "b", "REGISTRY_MIRROR_STORAGE_S3_REGION": "eu-west-1",
+        ])
+        #expect(config.s3Storage?.region == "eu-west-1")
+        #expect(config.s3Storage?.pathStyle == false)
+    }
+
+    @Test func badStorageSettingsAreProblems() throws {
+        let cases: [(String, String)] = [
+            ("storage:\n  backend: tape\n", "storage.backend:"),
+            ("storage:\n  backend: s3\n  s3: {endpoint: \"ftp://x\", bucket: b}\n", "storage.s3.endpoint:"),
+            ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000/path\", bucket: b}\n", "storage.s3.endpoint:"),
+            ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\"}\n", "storage.s3.bucket:"),
+            ("storage:\n  s3: {endpoint: \"http://x:9000\", bucket: b}\n", "storage.s3.bucket, storage.s3.endpoint: set only with storage.backend: s3"),
+            ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\", bucket: b, credentials_file: /nonexistent/creds}\n", "storage.s3.credentials_file:"),
+            ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\", bucket: b, path_style: sometimes}\n", "storage.s3.path_style:"),
+        ]
+        for (yaml, problem) in cases {
+            do {
+                _ = try load(yaml)
+                Issue.record("accepted: \(yaml)")
+            } catch let error as ConfigurationError {
+                #expect(error.problems.contains { $0.hasPrefix(problem) }, "\(yaml): \(error.problems)")
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+import OCI
+import Synchronization
+
+/// A store whose writers have no local file (S3), given one: each writer tees its bytes into a
+/// spool file in a local directory, which `openForReading()` hands out. A download in progress
+/// is then streamed to every client from the spool as it grows, exactly as from the file
+/// store's `.part` file, while the same bytes go on to the remote store.
+///
+/// A spool file is unlinked as soon as it is created: readers hold descriptors, nothing is left
+/// on disk when the last one goes, and a crash leaves nothing to sweep. Reads of stored blobs
+/// and everything else go straight to the inner store.
+public final class SpoolingStore: BlobStore {
+    public let inner: any BlobStore
+    public let spoolDirectory: String
+    private let counter = Atomic<Int>(0)
+
+    /// - Parameter spoolDirectory: created if missing; on a local filesystem with room for the
+    ///   downloads that run at once.
+    public init(inner: any BlobStore, spoolDirectory: String) throws(StoreError) {
+        self.inner = inner
+        self.spoolDirectory = spoolDirectory
+        do {
+            try FileManager.default.createDirectory(atPath: spoolDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw StoreError(.io, "cannot create the spool directory \(spoolDirectory)", cause: error)
+        }
+    }
+
+    public func size(of digest: Digest) async -> Int64? { await inner.size(of: digest) }
+    public func modificationDate(of digest: Digest) async -> Date? { await inner.modificationDate(of: digest) }
+    public func openBlob(_ digest: Digest) async throws(StoreError) -> (any BlobReader)? { try await inner.openBlob(digest) }
+    public func read(_ digest: Digest, limit: Int) async throws(StoreError) -> [UInt8] { try await inner.read(digest, limit: limit) }
+    public func delete(_ digest: Digest) async throws(StoreError) { try await inner.delete(digest) }
+    public func allDigests() async throws(StoreError) -> [Digest] { try await inner.allDigests() }
+    public func delete(_ digests: [Digest]) async -> [(Digest, StoreError)] { await inner.delete(digests) }
+
+    public func makeWriter(expecting digest: Digest, size: Int64?) async throws(StoreError) -> any BlobWriter {
+        let writer = try await inner.makeWriter(expecting: digest, size: size)
+        if try writer.openForReading() != nil { return writer }
+        let path = "\(spoolDirectory)/\(getpid())-\(counter.add(1, ordering: .relaxed).newValue).spool"
+        let fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            writer.abort()
+            throw StoreError(.io, "create \(path): \(String(cString: strerror(errno)))")
+        }
+        unlink(path)
+        return SpooledWriter(inner: writer, spool: ReadableFile(descriptor: fd, size: 0))
+    }
+}
+
+/// A writer that appends to a local spool, then passes the bytes on to the store's own writer.
+final class SpooledWriter: BlobWriter, @unchecked Sendable {
+    // One writer at a time, as the protocol says; the spool is an open, unlinked file.
+    private let inner: any BlobWriter
+    private let spool: ReadableFile
+    private var offset: Int64 = 0
+
+    init(inner: any BlobWriter, spool: ReadableFile) {
+        self.inner = inner
+        self.spool = spool
+    }
+
+    var digest: Digest { inner.digest }
+    var bytesWritten: Int64 { inner.bytesWritten }
+
+    func openForReading() throws(StoreError) -> ReadableFile? {
+        let fd = dup(spool.descriptor)
+        guard fd >= 0 else { throw StoreError(.io, "dup of a spool: \(String(cString: strerror(errno)))") }
+        return ReadableFile(descriptor: fd, size: 0)
+    }
+
+    /// The spool first: a reader woken by the fill's mark finds the bytes there.
+    func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError) {
+        var done = 0
+        while done < buffer.count {
+            let n = pwrite(spool.descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw StoreError(.io, "write to a spool: \(String(cString: strerror(errno)))")
+            }
+            done += n
+        }
+        offset += Int64(buffer.count)
+        try inner.write(buffer)
+    }
+
+    func verify() async throws(StoreError) { try await inner.verify() }
+    func commit() async throws(StoreError) { try await inner.commit() }
+    func abort() { inner.abort() }
+}

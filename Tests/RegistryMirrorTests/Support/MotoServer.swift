@@ -1,0 +1,89 @@
+import Foundation
+import S3Store
+
+/// A real S3 protocol peer for the tests: `moto_server` (PyPI `moto[server]`) on 127.0.0.1 at a
+/// free port, stopped when the test ends. `scripts/test.sh` installs it into
+/// `.build/venv-moto`; one on PATH serves too. A missing server is a failure, never a skip.
+final class MotoServer: @unchecked Sendable {
+    let process: Process
+    let endpoint: URL
+    static let credentials = S3Credentials(accessKeyID: "test-access-key", secretAccessKey: "test-secret-key")
+
+    static let packageRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    static func binary() throws -> String {
+        let venv = packageRoot.appendingPathComponent(".build/venv-moto/bin/moto_server").path
+        if FileManager.default.isExecutableFile(atPath: venv) { return venv }
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+            let path = "\(dir)/moto_server"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        throw MotoError("moto_server not found in \(venv) or on PATH; run scripts/test.sh, which installs moto[server]")
+    }
+
+    /// - Parameter environment: added to moto's (`INITIAL_NO_AUTH_ACTION_COUNT` turns on its
+    ///   signature checks after that many requests; the readiness probe here is one).
+    init(environment: [String: String] = [:]) async throws {
+        let port = try Self.freePort()
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: try Self.binary())
+        process.arguments = ["-H", "127.0.0.1", "-p", String(port)]
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        endpoint = URL(string: "http://127.0.0.1:\(port)")!
+        // Up when it answers: creating a bucket is the first thing every test does anyway.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while true {
+            do {
+                try await store(bucket: "probe").createBucket()
+                return
+            } catch {
+                guard ContinuousClock.now < deadline, process.isRunning else {
+                    stop()
+                    throw MotoError("moto_server did not answer on port \(port) within 30 s: \(error)")
+                }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    deinit { stop() }
+
+    /// SIGKILL: a child of the test process inherits its blocked signals, SIGTERM among them.
+    func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// A store on `bucket` (path-style, as MinIO and moto want), keys under `prefix`.
+    func store(bucket: String, prefix: String = "", partSize: Int = 8 << 20) -> S3Store {
+        S3Store(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: bucket, prefix: prefix, pathStyle: true),
+                credentials: Self.credentials, partSize: partSize)
+    }
+
+    /// A port nobody listens on now: bind port 0, read what the kernel chose, let it go.
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw MotoError("socket: \(errno)") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw MotoError("bind: \(errno)") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+struct MotoError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
