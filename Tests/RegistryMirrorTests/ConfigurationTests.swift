@@ -34,6 +34,10 @@ import Testing
         #expect(hub.upstreams.map(\.name) == ["docker.io"] && hub.upstreams[0].url == "https://registry-1.docker.io")
         #expect(hub.logFormat == .json)
 
+        let tls = try load("tls.yaml")
+        #expect(tls.tls?.certificate.hasSuffix("/etc/tls.crt") == true && tls.tls?.key.hasSuffix("/etc/tls.key") == true)
+        #expect(tls.tls?.clientCA == nil, "mutual TLS is shown commented out")
+
         let multi = try load("multi-upstream.yaml")
         #expect(multi.upstreams.map(\.name) == ["docker.io", "ghcr.io", "quay.io"])
         let router = multi.serveSettings.upstreamRouter
