@@ -108,6 +108,8 @@ public final class TLSIdentity: Sendable {
                                                                      privateKey: .privateKey(privateKey))
         configuration.minimumTLSVersion = .tlsv12
         configuration.maximumTLSVersion = .tlsv13
+        // ALPN: HTTP/2 when the client offers it, else HTTP/1.1 (also for clients that offer nothing).
+        configuration.applicationProtocols = ["h2", "http/1.1"]
         if let roots {
             // A server does not check the client's name, only that a trusted CA signed it.
             configuration.certificateVerification = .noHostnameVerification

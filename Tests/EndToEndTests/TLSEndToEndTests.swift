@@ -110,7 +110,7 @@ struct TLSEndToEndTests {
         return try #require(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1])) * 1024
     }
 
-    @Test("skopeo and podman pull over TLS with verification on; a wrong CA and TLS 1.1 are refused; a 24 MiB blob arrives whole, and 8 readers of it keep memory flat")
+    @Test("skopeo and podman pull over TLS with verification on; a wrong CA and TLS 1.1 are refused; ALPN picks HTTP/2 or HTTP/1.1; a 24 MiB blob arrives whole, and 8 readers of it keep memory flat")
     func pullOverTLS() async throws {
         try await PullThroughScope.run("tls-pull") { scope in
             let upstream = try await scope.registry()
@@ -146,24 +146,34 @@ struct TLSEndToEndTests {
                 #expect(old.status == 35, "TLS 1.1: \(old.summary)")
                 let tls12 = try await Self.curl(["--cacert", pki.path("ca.crt"), "--tlsv1.2", "--tls-max", "1.2", "-o", "/dev/null", "-w", "%{http_code}", "\(base)/v2/"])
                 #expect(tls12.stdout == "200", "TLS 1.2: \(tls12.summary)")
+                // ALPN: HTTP/2 for a client that offers it, HTTP/1.1 for one that does not.
+                for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+                    let negotiated = try await Self.curl(["--cacert", pki.path("ca.crt"), flag, "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "\(base)/v2/"])
+                    #expect(negotiated.stdout == "200 \(version)", "\(flag): \(negotiated.summary)")
+                }
 
-                // The big layer (as skopeo pushed it, compressed), whole, through the buffered path.
+                // The big layer (as skopeo pushed it, compressed), whole, through the buffered path,
+                // over HTTP/2 and over HTTP/1.1.
                 let layer = try #require(try expected.layers.max { try Self.size(upstream, "tls/app", $0) < Self.size(upstream, "tls/app", $1) })
-                let file = scope.unique("layer")
-                let get = try await Self.curl(["--cacert", pki.path("ca.crt"), "-o", file.path, "-w", "%{http_code}", "\(base)/v2/tls/app/blobs/\(layer)"])
-                #expect(get.stdout == "200", "\(get.summary)")
-                let bytes = try Files.read(file)
-                #expect(bytes.sha256 == layer, "the blob over TLS does not match its digest")
+                var bytes: [UInt8] = []
+                for flag in ["--http2", "--http1.1"] {
+                    let file = scope.unique("layer")
+                    let get = try await Self.curl(["--cacert", pki.path("ca.crt"), flag, "-o", file.path, "-w", "%{http_code}", "\(base)/v2/tls/app/blobs/\(layer)"])
+                    #expect(get.stdout == "200", "\(flag): \(get.summary)")
+                    bytes = try Files.read(file)
+                    #expect(bytes.sha256 == layer, "\(flag): the blob over TLS does not match its digest")
+                }
                 #expect(bytes.count > 20 << 20, "random bytes do not compress: \(bytes.count)")
 
-                // Eight readers at once: without write-completion backpressure each held most of
-                // the blob in memory (a 256 MiB blob: 2 GB peak for eight).
+                // Eight readers at once, half on HTTP/2: without write-completion backpressure each
+                // held most of the blob in memory (a 256 MiB blob: 2 GB peak for eight).
                 let pid = try #require(mirror.serverPID)
                 let before = try Self.peakRSS(pid)
                 let results = try await withThrowingTaskGroup(of: CommandResult.self) { group in
-                    for _ in 0..<8 {
+                    for reader in 0..<8 {
                         group.addTask {
-                            try await Self.curl(["--cacert", pki.path("ca.crt"), "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                            try await Self.curl(["--cacert", pki.path("ca.crt"), reader % 2 == 0 ? "--http2" : "--http1.1",
+                                                 "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
                                                  "\(base)/v2/tls/app/blobs/\(layer)"])
                         }
                     }
