@@ -6,8 +6,8 @@ import PackageDescription
 //   ContentStore ← RegistryServer ← RegistryAPI, RegistryMirror
 //   OCI ← ContentStore, MetadataIndex ← Bundles ← executable
 // RegistryServer holds the NIO channel handlers (zero-copy file regions, the parse-error
-// envelope, the connection guard) and builds the plain HTTP/1 pipeline; it knows neither
-// the routes nor the cache.
+// envelope, the connection guard) and builds the pipelines: plain HTTP/1, and TLS (NIOSSL)
+// with HTTP/2 or HTTP/1.1 by ALPN; it knows neither the routes nor the cache.
 // Mirror (the pull-through policy) and Bundles (OCI layout and docker-archive import/export,
 // tar and gzip) are siblings: neither imports the other. What both need sits below them:
 // `TransferEvent` (progress of a long copy) is in OCI, `AsyncSemaphore` in Upstream.
@@ -26,6 +26,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-nio-http2", from: "1.46.0"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
@@ -74,6 +76,10 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
             .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOTLS", package: "swift-nio"),
+            .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+            .product(name: "HummingbirdHTTP2", package: "hummingbird"),
         ]),
         .target(name: "RegistryAPI", dependencies: [
             "OCI", "ContentStore", "Mirror", "RegistryServer", "CCrypt",

@@ -40,6 +40,8 @@ public struct ServeSettings: Sendable {
     public var maxConnections: Int?
     /// `metrics.listen`: a second listener that serves only `/metrics`, without client auth.
     public var metricsListen: (host: String, port: Int)?
+    /// `http.tls.*`: serve HTTPS with these files (re-read when they change). Nil: plain HTTP.
+    public var tls: TLSFiles?
     /// `storage.min_free_space`: below it, `/readyz` answers 503.
     public var minFreeSpace: Int64 = 1 << 30
     /// `auth.htpasswd.path`: require HTTP Basic credentials from this file. Nil: open.
@@ -174,9 +176,14 @@ func makeApplication(
         return Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: "not ready: \(reason)\n")))
     }
     let maxConnections = settings.connectionLimit(logger: logger)
+    var server = RegistryPipeline.http1(zeroCopy: settings.zeroCopy, idleTimeout: settings.idleTimeout, parseErrorAnswer: RegistryError.parseErrorAnswer)
+    if let tls = settings.tls {
+        let identity = try TLSIdentity(files: tls, logger: logger)
+        server = RegistryPipeline.https(identity: identity, idleTimeout: settings.idleTimeout, parseErrorAnswer: RegistryError.parseErrorAnswer)
+    }
     var app = Application(
         router: router,
-        server: RegistryPipeline.http1(zeroCopy: settings.zeroCopy, idleTimeout: settings.idleTimeout, parseErrorAnswer: RegistryError.parseErrorAnswer),
+        server: server,
         configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: nil),
         onServerRunning: { channel in
             do {

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Mirror
 import OCI
+import RegistryServer
 import Upstream
 import Yams
 
@@ -40,6 +41,9 @@ public struct MirrorConfiguration: Sendable, Equatable {
     /// `metrics.listen`: also serve `/metrics`, without client auth, on this HOST:PORT. Nil: only
     /// on the main listener (behind `auth.htpasswd` when that is set).
     public var metricsListen: String?
+    /// `http.tls.certificate`, `http.tls.key`, `http.tls.client_ca`: serve HTTPS (TLS 1.2 and 1.3)
+    /// with these PEM files, re-read when they change. Nil: plain HTTP.
+    public var tls: TLSFiles?
     /// `upstreams`: every upstream, in order. The embedded default is Docker Hub alone.
     public var upstreams: [Upstream] = [Upstream(name: "docker.io", url: "https://registry-1.docker.io")]
     /// `default_upstream`: the upstream for requests that name none. Default: the first.
@@ -130,6 +134,9 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("http.sendfile", "REGISTRY_MIRROR_HTTP_SENDFILE"),
         ("http.idle_timeout", "REGISTRY_MIRROR_HTTP_IDLE_TIMEOUT"),
         ("http.max_connections", "REGISTRY_MIRROR_HTTP_MAX_CONNECTIONS"),
+        ("http.tls.certificate", "REGISTRY_MIRROR_HTTP_TLS_CERTIFICATE"),
+        ("http.tls.key", "REGISTRY_MIRROR_HTTP_TLS_KEY"),
+        ("http.tls.client_ca", "REGISTRY_MIRROR_HTTP_TLS_CLIENT_CA"),
         ("metrics.listen", "REGISTRY_MIRROR_METRICS_LISTEN"),
         ("default_upstream", "REGISTRY_MIRROR_DEFAULT_UPSTREAM"),
         ("offline", "REGISTRY_MIRROR_OFFLINE"),
@@ -258,6 +265,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 problems.append("http.max_connections: must be a positive number of connections; got \"\(v)\"")
             }
         }
+        applyTLS(values, problems: &problems)
         if let v = values["metrics.listen"] {
             if let metrics = Self.parseListen(v) {
                 if let main = Self.parseListen(listen), main == metrics, metrics.port != 0 {
@@ -404,6 +412,27 @@ public struct MirrorConfiguration: Sendable, Equatable {
         return access
     }
 
+    /// `http.tls.*`: both certificate and key, or neither; the files must load (each problem is
+    /// reported: a missing file, a file that is not PEM, a key that does not match), so a bad
+    /// pair stops the start, not the first handshake.
+    mutating func applyTLS(_ values: [String: String], problems: inout [String]) {
+        let certificate = values["http.tls.certificate"], key = values["http.tls.key"], clientCA = values["http.tls.client_ca"]
+        guard certificate != nil || key != nil || clientCA != nil else { return }
+        guard let certificate, let key else {
+            if certificate != nil {
+                problems.append("http.tls.key: missing; http.tls.certificate needs its private key")
+            } else if key != nil {
+                problems.append("http.tls.certificate: missing; http.tls.key is set without a certificate")
+            } else {
+                problems.append("http.tls.client_ca: needs http.tls.certificate and http.tls.key (mutual TLS is TLS)")
+            }
+            return
+        }
+        let files = TLSFiles(certificate: certificate, key: key, clientCA: clientCA)
+        let found = TLSIdentity.problems(files)
+        if found.isEmpty { tls = files } else { problems += found }
+    }
+
     /// `HOST:PORT` (IPv6 hosts in brackets) → host and port.
     public static func parseListen(_ text: String) -> (host: String, port: Int)? {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
@@ -435,6 +464,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         settings.evictionInterval = evictionInterval
         settings.maxConnections = maxConnections
         settings.metricsListen = metricsListen.flatMap(Self.parseListen)
+        settings.tls = tls
         settings.minFreeSpace = minFreeSpace
         settings.s3Storage = s3Storage
         settings.watchInterval = watchInterval

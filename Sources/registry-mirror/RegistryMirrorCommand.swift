@@ -83,10 +83,11 @@ struct Serve: AsyncParsableCommand {
         if offline { settings.offline = true }
         if let maxSize { settings.maxBytes = try parseMaxSize(maxSize) }
         let host = settings.host
+        let scheme = settings.tls == nil ? "http" : "https"
         try await runServer(settings, logger: logger) { channel in
             let port = channel.localAddress?.port ?? 0
             // Tests and scripts read this line to learn the port when listening on :0.
-            FileHandle.standardOutput.write(Data("registry-mirror listening on http://\(host):\(port)\n".utf8))
+            FileHandle.standardOutput.write(Data("registry-mirror listening on \(scheme)://\(host):\(port)\n".utf8))
         }
     }
 }

@@ -151,13 +151,17 @@ final class MirrorProcess: @unchecked Sendable {
     }
 
     static let listeningPrefix = "registry-mirror listening on http://127.0.0.1:"
+    /// With `http.tls.*` set.
+    static let tlsListeningPrefix = "registry-mirror listening on https://127.0.0.1:"
 
     /// `--offline` by default: the mirror serves only what was imported and never reaches for an
     /// upstream (without it, it would try Docker Hub, which a sandbox cannot reach).
     /// `launcher`: a command that ends by exec'ing its arguments (`prlimit --nofile=…`), to run
     /// the mirror under other limits or namespaces; its pid stays the mirror's.
+    /// `tls`: the mirror serves HTTPS (its environment sets `http.tls.*`); then it is up once it
+    /// prints its line, and the caller probes it with a client that trusts its CA.
     static func start(dataDirectory: URL, logDirectory: URL, extraArguments: [String] = ["--offline"],
-                      environment: [String: String]? = nil, launcher: [String] = []) async throws -> MirrorProcess {
+                      environment: [String: String]? = nil, launcher: [String] = [], tls: Bool = false) async throws -> MirrorProcess {
         let binary = try TestPaths.requireMirrorBinary()
         let command = launcher + [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDirectory.path] + extraArguments
         let process = try ChildProcess(
@@ -166,13 +170,15 @@ final class MirrorProcess: @unchecked Sendable {
         var port: Int?
         do {
             try await waitUntil("registry-mirror to print its listening line", process: process) {
-                for line in process.stdout.split(separator: "\n") where line.hasPrefix(listeningPrefix) {
-                    port = Int(line.dropFirst(listeningPrefix.count).trimmingCharacters(in: .whitespaces))
+                let prefix = tls ? tlsListeningPrefix : listeningPrefix
+                for line in process.stdout.split(separator: "\n") where line.hasPrefix(prefix) {
+                    port = Int(line.dropFirst(prefix.count).trimmingCharacters(in: .whitespaces))
                     if port != nil { return true }
                 }
                 return false
             }
             guard let port, port > 0 else { throw E2EError("registry-mirror printed no usable port: \(process.stdout)") }
+            if tls { return MirrorProcess(port: port, process: process) }
             // /healthz, not /v2/: it answers 200 with client auth on, too.
             try await waitUntil("registry-mirror to answer GET /healthz", process: process) {
                 try RawHTTP.get(port: port, path: "/healthz").status == 200

@@ -40,6 +40,9 @@ import Testing
         #expect(postgres.index.postgres?.password == ShippedFiles.standInPassword, "the password comes from password_file")
         #expect(postgres.serveSettings.index == postgres.index)
         #expect(!"\(postgres.index)".contains(ShippedFiles.standInPassword), "printing the index settings never shows the password")
+        let tls = try load("tls.yaml")
+        #expect(tls.tls?.certificate.hasSuffix("/etc/tls.crt") == true && tls.tls?.key.hasSuffix("/etc/tls.key") == true)
+        #expect(tls.tls?.clientCA == nil, "mutual TLS is shown commented out")
 
         let multi = try load("multi-upstream.yaml")
         #expect(multi.upstreams.map(\.name) == ["docker.io", "ghcr.io", "quay.io"])

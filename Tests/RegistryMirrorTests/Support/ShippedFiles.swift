@@ -43,6 +43,9 @@ enum ShippedFiles {
     private static func standIn(for path: String) -> String {
         if path.hasSuffix("htpasswd") { return "ci-runner:$2b$12$VLZpZqKiy6D2msDoNJmsKu6UTc39b1JrIdr160G5leH.Ocd4Skgxa\n" }
         if path.hasSuffix(".pem") { return "# stand-in for a PEM CA bundle\n" }
+        // TLS files are parsed at load: real PEM.
+        if path.hasSuffix(".crt") { return StandInTLS.certificate }
+        if path.hasSuffix(".key") { return StandInTLS.key }
         return standInPassword + "\n"
     }
 }
