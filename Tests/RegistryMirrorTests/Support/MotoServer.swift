@@ -1,4 +1,5 @@
 import Foundation
+import PostgresTestServer
 import S3Store
 
 /// A real S3 protocol peer for the tests: `moto_server` (PyPI `moto[server]`) on 127.0.0.1 at a
@@ -65,22 +66,7 @@ final class MotoServer: @unchecked Sendable {
                 credentials: Self.credentials, partSize: partSize)
     }
 
-    /// A port nobody listens on now: bind port 0, read what the kernel chose, let it go.
-    static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw MotoError("socket: \(errno)") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard bound else { throw MotoError("bind: \(errno)") }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
+    static func freePort() throws -> Int { try LoopbackPort.free() }
 }
 
 struct MotoError: Error, CustomStringConvertible {
