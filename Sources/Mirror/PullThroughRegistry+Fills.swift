@@ -34,8 +34,10 @@ extension PullThroughRegistry {
             return try startPeerFill(repository, digest, key: key, holder: holder, expectedSize: expectedSize, fleet: fleet)
         }
         let leased = claim != nil
-        let releaseLease: @Sendable () async -> Void = { [fleet] in
-            if leased, let fleet { try? await fleet.leases.releaseFillLease(digest, owner: fleet.owner) }
+        // Every fill of this process shares one owner id, so the lease belongs to whichever
+        // fill of the key runs here: let it go only when none does.
+        let releaseLease: @Sendable () async -> Void = { [self] in
+            if leased, let fleet { await releaseIfUnused(digest, key: key, fleet: fleet) }
         }
         let writer: any BlobWriter
         let spool: ReadableFile?
@@ -57,13 +59,13 @@ extension PullThroughRegistry {
             fills[key] = fill
             return nil
         }) {
+            // The running fill holds the lease (the claim above only renewed it).
             writer.abort()
-            await releaseLease()
             return joined(running)
         }
         let started = fillService.start(.fill, unwanted: { await fill.unread() }) { [self] in
             if leased, let fleet {
-                await holdingLease(digest, fleet: fleet) {
+                await holdingLease(digest, key: key, fleet: fleet) {
                     await self.runFill(fill, writer: writer, repository: repository, upstream: upstream, key: key)
                 }
             } else {
@@ -72,11 +74,11 @@ extension PullThroughRegistry {
         }
         guard started else {
             writer.abort()
-            await releaseLease()
             let refused = MirrorError(.upstreamUnavailable, "the mirror is shutting down; \(digest) is not downloaded", retryAfter: 5)
             fills.withLock { fills in
                 if fills[key] === fill { fills[key] = nil }
             }
+            await releaseLease()
             fill.finished(.failed(refused))
             throw refused
         }

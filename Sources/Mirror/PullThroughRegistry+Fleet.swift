@@ -45,7 +45,7 @@ extension PullThroughRegistry {
 
     /// Runs `body` (a download) while renewing its lease every third of the lease's time,
     /// then lets the lease go: its blob is published, or it failed and another may try.
-    func holdingLease(_ digest: Digest, fleet: FleetMember, _ body: @escaping @Sendable () async -> Void) async {
+    func holdingLease(_ digest: Digest, key: String, fleet: FleetMember, _ body: @escaping @Sendable () async -> Void) async {
         fleet.counters.leasesHeld.add(1, ordering: .relaxed)
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -64,8 +64,15 @@ extension PullThroughRegistry {
             await body()
             group.cancelAll()
         }
-        try? await fleet.leases.releaseFillLease(digest, owner: fleet.owner)
+        await releaseIfUnused(digest, key: key, fleet: fleet)
         fleet.counters.leasesHeld.subtract(1, ordering: .relaxed)
+    }
+
+    /// Lets `digest`'s lease go unless another fill of it runs here now, which holds it (a
+    /// claim by this process renews its own lease rather than failing).
+    func releaseIfUnused(_ digest: Digest, key: String, fleet: FleetMember) async {
+        guard fills.withLock({ $0[key] == nil }) else { return }
+        try? await fleet.leases.releaseFillLease(digest, owner: fleet.owner)
     }
 
     /// A download of this replica's own, fed from the holder's peer endpoint (or the store),

@@ -30,13 +30,15 @@ final class FleetHarness: Sendable {
     /// The shared bucket, read directly (what is in it, uploads left open).
     let bucket: S3Store
     let replicas: [FleetReplica]
+    /// `throttle`'s pacing proxy in front of the upstream, when one was asked for.
+    let throttle: ThrottledUpstream?
     /// What every start of every replica gets: the shared store and index, then the test's extras.
     private let environment: [String: String]
     private let replicaEnvironment: @Sendable (_ index: Int, _ hosts: [String]) -> [String: String]
     private let arguments: [String]
 
     private init(scope: PullThroughScope, upstream: DistributionRegistry, moto: MotoProcess, postgres: PostgresServer,
-                 location: S3Location, replicas: [FleetReplica], environment: [String: String],
+                 location: S3Location, replicas: [FleetReplica], throttle: ThrottledUpstream?, environment: [String: String],
                  replicaEnvironment: @escaping @Sendable (Int, [String]) -> [String: String], arguments: [String]) {
         self.scope = scope
         self.upstream = upstream
@@ -45,6 +47,7 @@ final class FleetHarness: Sendable {
         self.location = location
         bucket = S3Store(location: location, credentials: Self.credentials)
         self.replicas = replicas
+        self.throttle = throttle
         self.environment = environment
         self.replicaEnvironment = replicaEnvironment
         self.arguments = arguments
@@ -55,11 +58,13 @@ final class FleetHarness: Sendable {
     /// - `extraEnvironment`: extra environment for every replica (fleet keys, say).
     /// - `replicaEnvironment`: environment for replica `index`, given every replica's
     ///   `127.0.0.1:PORT` (known before any starts), for per-replica keys such as a peer list.
+    /// - `throttle`: the replicas reach the upstream through `ThrottledUpstream` at this many
+    ///   bytes per second (all connections together), so a download lasts long enough to act in.
     /// - `startReplicas`: false leaves them stopped, for the body to `start` one by one.
     static func run<T: Sendable>(
         replicas count: Int = 3, arguments: [String] = [], extraEnvironment: [String: String] = [:],
         replicaEnvironment: @escaping @Sendable (_ index: Int, _ hosts: [String]) -> [String: String] = { _, _ in [:] },
-        startReplicas: Bool = true,
+        startReplicas: Bool = true, throttle bytesPerSecond: Int? = nil,
         _ body: (FleetHarness) async throws -> T
     ) async throws -> T {
         precondition(count >= 1)
@@ -78,6 +83,10 @@ final class FleetHarness: Sendable {
                 try await postgres.createDatabase(database)
                 let location = S3Location(endpoint: moto.endpoint, region: "us-east-1", bucket: "fleet-e2e", prefix: "fleet", pathStyle: true)
                 let upstream = try await scope.registry()
+                var throttle: ThrottledUpstream?
+                if let bytesPerSecond {
+                    throttle = try await ThrottledUpstream.start(to: upstream.port, bytesPerSecond: bytesPerSecond, in: scope.unique("throttle"))
+                }
                 var ports: [Int] = []
                 while ports.count < count {
                     let port = try LoopbackPort.free()
@@ -102,8 +111,8 @@ final class FleetHarness: Sendable {
                 ].merging(extraEnvironment) { $1 }
                 let started = FleetHarness(
                     scope: scope, upstream: upstream, moto: moto, postgres: postgres, location: location, replicas: replicas,
-                    environment: environment, replicaEnvironment: replicaEnvironment,
-                    arguments: ["--upstream", "http://\(upstream.host)", "--log-level", "debug"] + arguments)
+                    throttle: throttle, environment: environment, replicaEnvironment: replicaEnvironment,
+                    arguments: ["--upstream", "http://\(throttle?.host ?? upstream.host)", "--log-level", "debug"] + arguments)
                 fleet = started
                 try await started.bucket.createBucket()
                 if startReplicas { try await started.startAll() }
@@ -126,6 +135,7 @@ final class FleetHarness: Sendable {
 
     private func tearDown() async {
         for replica in replicas { await replica.stop() }
+        await throttle?.stop()
         await postgres.stop()
         await moto.process.stop()
     }
