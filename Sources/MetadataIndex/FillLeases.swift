@@ -39,6 +39,12 @@ public protocol FillLeaseStore: Sendable {
     func fillLeaseHolder(_ digest: Digest) async throws(IndexError) -> FillLeaseHolder?
     /// Leases whose time has not run out, with their holders.
     func liveFillLeases() async throws(IndexError) -> [(digest: Digest, holder: FillLeaseHolder)]
+    /// Replaces `owner`'s published reads with `digests` (the blobs its responses stream now),
+    /// each good for `ttl` unless published again.
+    func publishReads(_ digests: [Digest], owner: String, ttl: Duration) async throws(IndexError)
+    /// Those of `digests` that must not be deleted from the shared store now: a replica reads
+    /// or downloads them, or the index records them (again).
+    func stillWanted(_ digests: [Digest]) async throws(IndexError) -> Set<Digest>
     /// Says this replica is alive (for the status page's list of peers).
     func heartbeat(replica: String, owner: String, peerURL: String) async throws(IndexError)
     /// Replicas that heartbeated within `within`: id, owner and peer URL.

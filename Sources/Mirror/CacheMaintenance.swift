@@ -32,6 +32,7 @@ public final class CacheMaintenance: Sendable {
     }
     private let wakeup = Mutex(Wakeup())
     private let evictionObservers = Mutex<[@Sendable ([Digest]) -> Void]>([])
+    private let shared = Mutex<SharedReads?>(nil)
 
     public init(store: any BlobStore, index: any MetadataStore, maxBytes: Int64?, checkInterval: Duration = .seconds(30),
                 stats: MirrorStats? = nil, clock: any MirrorClock = .system, logger: Logger) {
@@ -65,6 +66,24 @@ public final class CacheMaintenance: Sendable {
     }
 
     public func isLeased(_ digest: Digest) -> Bool { leases.withLock(for: digest) { $0[digest] != nil } }
+
+    /// Every blob an open response streams now.
+    public func leasedDigests() -> [Digest] {
+        var all: [Digest] = []
+        for shard in 0..<leases.count { leases.withLock(shard: shard) { all.append(contentsOf: $0.keys) } }
+        return all
+    }
+
+    // MARK: A fleet's shared store
+
+    /// On a fleet replica: where the replicas publish what they stream. Set once, at start.
+    public func share(_ reads: SharedReads) { shared.withLock { $0 = reads } }
+
+    /// Publishes this replica's open reads, for the other replicas' eviction passes.
+    public func publishReads() async throws(IndexError) {
+        guard let reads = shared.withLock({ $0 }) else { return }
+        try await reads.store.publishReads(leasedDigests(), owner: reads.owner, ttl: reads.interval * 5)
+    }
 
     /// Writes the batched access times.
     public func flush() async {
@@ -124,7 +143,23 @@ public final class CacheMaintenance: Sendable {
             let digests = plan.blobs.map(\.digest)
             for observer in evictionObservers.withLock({ $0 }) { observer(digests) }
         }
-        for (digest, error) in await store.delete(plan.blobs.map(\.digest)) {
+        var doomed = plan.blobs.map(\.digest)
+        if let reads = shared.withLock({ $0 }), !doomed.isEmpty {
+            // Another replica may have opened one of these objects since it last published its
+            // reads, or downloaded one again: wait until any such read is published, then
+            // delete only what nobody reads and the index does not hold again.
+            try? await Task.sleep(for: reads.interval * 3)
+            if let wanted = try? await reads.store.stillWanted(doomed) {
+                if !wanted.isEmpty {
+                    logger.info("evicted blobs another replica reads keep their objects", metadata: ["blobs": "\(wanted.count)"])
+                }
+                doomed.removeAll { wanted.contains($0) }
+            } else {
+                logger.warning("the index cannot say which evicted blobs other replicas read; their objects stay for now")
+                doomed = []
+            }
+        }
+        for (digest, error) in await store.delete(doomed) {
             logger.warning("deleting an evicted blob failed", metadata: ["oci.digest": "\(digest)", "error": "\(error.debugDescription)"])
         }
         if !plan.blobs.isEmpty {
@@ -209,6 +244,21 @@ public final class CacheMaintenance: Sendable {
             await group.next()
             group.cancelAll()
         }
+    }
+}
+
+/// A fleet replica's link to the others' reads: the index where every replica publishes the
+/// blobs it streams (`FillLeaseStore.publishReads`), this replica's owner id, and how often
+/// it publishes.
+public struct SharedReads: Sendable {
+    let store: any FillLeaseStore
+    let owner: String
+    let interval: Duration
+
+    public init(store: any FillLeaseStore, owner: String, interval: Duration) {
+        self.store = store
+        self.owner = owner
+        self.interval = interval
     }
 }
 

@@ -18,7 +18,7 @@ public struct FleetMember: Sendable {
     /// `fleet.advertise`: the base URL other replicas reach this one's peer endpoint at.
     public let peerURL: String
     let secret: [UInt8]
-    let leases: any FillLeaseStore
+    public let leases: any FillLeaseStore
     /// `fleet.lease_ttl`: a lease not renewed for this long is taken over by another replica.
     public let leaseTTL: Duration
     /// `fleet.peer_wait`: how long a replica whose peer cannot stream a blob waits for the

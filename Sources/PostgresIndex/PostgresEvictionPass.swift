@@ -23,6 +23,8 @@ struct PostgresEvictionPass {
     private var deferred: [(used: Int64, digest: String)] = []
     /// Rows this pass deleted or kept for an open response: not candidates again.
     private var done: Set<String> = []
+    /// Blobs other replicas of a fleet read or download (`blob_readers`, `fill_leases`).
+    private var fleetInUse: Set<String> = []
     static let chunk: Int64 = 512
 
     init(tx: PostgresConnection, logger: Logger, maxBytes: Int64, inUse: @escaping (Digest) -> Bool) {
@@ -60,6 +62,10 @@ struct PostgresEvictionPass {
     }
 
     mutating func run() async throws {
+        // What any replica streams or downloads now (published every few seconds): in use too.
+        fleetInUse = Set(try await tx.rows("""
+            SELECT digest FROM blob_readers WHERE expires_at >= now() UNION SELECT digest FROM fill_leases WHERE expires_at >= now()
+            """, logger: logger) { try $0.decode(String.self) })
         plan.bytesBefore = try await tx.rows("SELECT COALESCE(SUM(size), 0)::bigint FROM blobs", logger: logger) {
             try $0.decode(Int64.self)
         }.first ?? 0
@@ -144,7 +150,7 @@ struct PostgresEvictionPass {
     private mutating func dropUnreferenced(_ digests: [String]) async throws {
         for digest in Set(digests).sorted() where !done.contains(digest) {
             let parsed = try Digest(parsing: digest)
-            if inUse(parsed) {
+            if inUse(parsed) || fleetInUse.contains(digest) {
                 let size = try await tx.rows("""
                     SELECT size FROM blobs WHERE digest = \(digest) AND NOT pinned
                       AND NOT EXISTS (SELECT 1 FROM manifests WHERE digest = \(digest))

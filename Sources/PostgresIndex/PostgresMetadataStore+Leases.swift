@@ -58,6 +58,31 @@ extension PostgresMetadataStore: FillLeaseStore {
         }
     }
 
+    public func publishReads(_ digests: [Digest], owner: String, ttl: Duration) async throws(IndexError) {
+        let keys = digests.map(\.description).sorted()
+        let milliseconds = Self.milliseconds(ttl)
+        try await transaction("publish reads") { [logger] tx in
+            try await tx.run("DELETE FROM blob_readers WHERE owner = \(owner) AND NOT (digest = ANY(\(keys)))", logger: logger)
+            guard !keys.isEmpty else { return }
+            try await tx.run("""
+                INSERT INTO blob_readers(owner, digest, expires_at)
+                SELECT \(owner), d, now() + (\(milliseconds) * interval '1 millisecond') FROM unnest(\(keys)::text[]) AS d
+                ON CONFLICT (owner, digest) DO UPDATE SET expires_at = EXCLUDED.expires_at
+                """, logger: logger)
+        }
+    }
+
+    public func stillWanted(_ digests: [Digest]) async throws(IndexError) -> Set<Digest> {
+        guard !digests.isEmpty else { return [] }
+        let keys = digests.map(\.description)
+        let wanted = try await rows("still wanted", """
+            SELECT digest FROM blob_readers WHERE digest = ANY(\(keys)) AND expires_at >= now()
+            UNION SELECT digest FROM fill_leases WHERE digest = ANY(\(keys)) AND expires_at >= now()
+            UNION SELECT digest FROM blobs WHERE digest = ANY(\(keys))
+            """) { try $0.decode(String.self) }
+        return Set(wanted.compactMap { try? Digest(parsing: $0) })
+    }
+
     public func heartbeat(replica: String, owner: String, peerURL: String) async throws(IndexError) {
         _ = try await rows("replica heartbeat", """
             INSERT INTO fleet_replicas(owner, replica, peer_url, seen_at) VALUES (\(owner), \(replica), \(peerURL), now())

@@ -83,7 +83,7 @@ enum PostgresMigrations {
             """#,
             "CREATE INDEX repository_blobs_digest ON repository_blobs(digest)",
         ],
-        // 2: the fleet's fill leases and the replicas' heartbeats (FillLeaseStore)
+        // 2: the fleet's fill leases, the replicas' heartbeats and their streaming reads (FillLeaseStore)
         [
             #"""
             CREATE TABLE fill_leases(
@@ -99,6 +99,15 @@ enum PostgresMigrations {
               replica TEXT NOT NULL,
               peer_url TEXT NOT NULL,
               seen_at TIMESTAMPTZ NOT NULL)
+            """#,
+            // Blobs each replica's responses are streaming, published every few seconds: an
+            // eviction pass on any replica leaves them (and their objects) alone.
+            #"""
+            CREATE TABLE blob_readers(
+              owner TEXT COLLATE "C" NOT NULL,
+              digest TEXT COLLATE "C" NOT NULL,
+              expires_at TIMESTAMPTZ NOT NULL,
+              PRIMARY KEY(owner, digest))
             """#,
         ],
     ]

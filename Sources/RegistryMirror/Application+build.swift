@@ -80,6 +80,7 @@ public struct ServeSettings: Sendable {
         let transport = CurlTransport()
         let registries = upstreams.map { UpstreamRegistry($0, transport: transport, observer: stats, logger: logger) }
         let member = try fleet.map { try fleetMember($0, data: data, transport: transport) }
+        if let member { maintenance.share(SharedReads(store: member.leases, owner: member.owner, interval: FleetHeartbeatService.interval)) }
         let content = PullThroughRegistry(local: local, upstreams: registries, policies: policies, access: access, offline: offline,
                                           maintenance: maintenance, prefetchChildManifests: !seeding, stats: stats, fillService: fills,
                                           fleet: member, logger: logger)
@@ -103,8 +104,8 @@ func fleetMember(_ settings: FleetSettings, data: DataDirectory, transport: Curl
 
 /// The fleet's peer endpoint on `fleet.listen` (`FleetPeerRoutes`), and this replica's
 /// heartbeat in the index, which lists it among the peers. A service of the main application.
-func peerApplication(_ member: FleetMember, content: PullThroughRegistry, settings: FleetSettings, zeroCopy: Bool,
-                     idleTimeout: Duration, logger: Logger) -> some Service {
+func peerApplication(_ member: FleetMember, content: PullThroughRegistry, maintenance: CacheMaintenance, settings: FleetSettings,
+                     zeroCopy: Bool, idleTimeout: Duration, logger: Logger) -> some Service {
     let router = Router(context: RegistryRequestContext.self)
     FleetPeerRoutes(secret: settings.secret) { digest in content.peerBlob(digest) }.add(to: router)
     var app = Application(
@@ -118,15 +119,17 @@ func peerApplication(_ member: FleetMember, content: PullThroughRegistry, settin
         },
         logger: logger
     )
-    app.addServices(FleetHeartbeatService(member: member, logger: logger))
+    app.addServices(FleetHeartbeatService(member: member, maintenance: maintenance, logger: logger))
     return app
 }
 
-/// Says every few seconds, in the index, that this replica is alive (the status page's peers).
+/// Says every few seconds, in the index, that this replica is alive (the status page's
+/// peers), and which blobs its responses stream (other replicas' eviction leaves them).
 struct FleetHeartbeatService: Service {
     let member: FleetMember
+    let maintenance: CacheMaintenance
     let logger: Logger
-    static let interval: Duration = .seconds(5)
+    static let interval: Duration = .seconds(2)
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
@@ -135,6 +138,11 @@ struct FleetHeartbeatService: Service {
                     try await member.heartbeat()
                 } catch {
                     logger.debug("fleet heartbeat failed", metadata: ["error": "\(error)"])
+                }
+                do {
+                    try await maintenance.publishReads()
+                } catch {
+                    logger.warning("publishing this replica's reads failed; other replicas' eviction may not see them", metadata: ["error": "\(error)"])
                 }
                 try? await Task.sleep(for: Self.interval)
             }
@@ -272,7 +280,8 @@ func makeApplication(
         app.addServices(metricsApplication(prometheus, host: metrics.host, port: metrics.port, refresh: refreshFleetMetrics, logger: logger))
     }
     if let fleet = settings.fleet, let member = content.fleet {
-        app.addServices(peerApplication(member, content: content, settings: fleet, zeroCopy: settings.zeroCopy, idleTimeout: settings.idleTimeout, logger: logger))
+        app.addServices(peerApplication(member, content: content, maintenance: maintenance, settings: fleet, zeroCopy: settings.zeroCopy,
+                                        idleTimeout: settings.idleTimeout, logger: logger))
     }
     if let watch { app.addServices(WatchService(watch: watch)) }
     return app
