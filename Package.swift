@@ -52,7 +52,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Blobs in an S3-compatible bucket, signed by libcurl (CURLOPT_AWS_SIGV4).
-        .target(name: "S3Store", dependencies: ["OCI", "ContentStore", "CCurl", "COpenSSL"]),
+        .target(name: "S3Store", dependencies: ["OCI", "ContentStore", "CCurl"]),
         .target(name: "Upstream", dependencies: [
             "OCI", "CCurl",
             .product(name: "Logging", package: "swift-log"),

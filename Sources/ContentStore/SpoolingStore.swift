@@ -43,15 +43,49 @@ public final class SpoolingStore: BlobStore {
     public func makeWriter(expecting digest: Digest, size: Int64?) async throws(StoreError) -> any BlobWriter {
         let writer = try await inner.makeWriter(expecting: digest, size: size)
         if try writer.openForReading() != nil { return writer }
+        do {
+            return SpooledWriter(inner: writer, spool: try openSpool())
+        } catch {
+            writer.abort()
+            throw error
+        }
+    }
+
+    /// A writer that keeps the bytes in a spool and nowhere else, verified against `digest`:
+    /// for a fleet replica streaming a blob from the peer that downloads it, whose own upload
+    /// publishes it. `commit` publishes nothing.
+    public func makeSpool(expecting digest: Digest) throws(StoreError) -> any BlobWriter {
+        SpoolOnlyWriter(digest: digest, spool: try openSpool())
+    }
+
+    /// A new spool file, unlinked at once.
+    private func openSpool() throws(StoreError) -> ReadableFile {
         let path = "\(spoolDirectory)/\(getpid())-\(counter.add(1, ordering: .relaxed).newValue).spool"
         let fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            writer.abort()
-            throw StoreError(.io, "create \(path): \(String(cString: strerror(errno)))")
-        }
+        guard fd >= 0 else { throw StoreError(.io, "create \(path): \(String(cString: strerror(errno)))") }
         unlink(path)
-        return SpooledWriter(inner: writer, spool: ReadableFile(descriptor: fd, size: 0))
+        return ReadableFile(descriptor: fd, size: 0)
     }
+}
+
+/// Appends to a spool file at `offset`; a second descriptor reads it meanwhile.
+private func append(_ buffer: UnsafeRawBufferPointer, to spool: ReadableFile, at offset: Int64) throws(StoreError) {
+    var done = 0
+    while done < buffer.count {
+        let n = pwrite(spool.descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw StoreError(.io, "write to a spool: \(String(cString: strerror(errno)))")
+        }
+        done += n
+    }
+}
+
+/// A second descriptor of a spool, for a fill's readers.
+private func reopen(_ spool: ReadableFile) throws(StoreError) -> ReadableFile {
+    let fd = dup(spool.descriptor)
+    guard fd >= 0 else { throw StoreError(.io, "dup of a spool: \(String(cString: strerror(errno)))") }
+    return ReadableFile(descriptor: fd, size: 0)
 }
 
 /// A writer that appends to a local spool, then passes the bytes on to the store's own writer.
@@ -69,23 +103,11 @@ final class SpooledWriter: BlobWriter, @unchecked Sendable {
     var digest: Digest { inner.digest }
     var bytesWritten: Int64 { inner.bytesWritten }
 
-    func openForReading() throws(StoreError) -> ReadableFile? {
-        let fd = dup(spool.descriptor)
-        guard fd >= 0 else { throw StoreError(.io, "dup of a spool: \(String(cString: strerror(errno)))") }
-        return ReadableFile(descriptor: fd, size: 0)
-    }
+    func openForReading() throws(StoreError) -> ReadableFile? { try reopen(spool) }
 
     /// The spool first: a reader woken by the fill's mark finds the bytes there.
     func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError) {
-        var done = 0
-        while done < buffer.count {
-            let n = pwrite(spool.descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw StoreError(.io, "write to a spool: \(String(cString: strerror(errno)))")
-            }
-            done += n
-        }
+        try append(buffer, to: spool, at: offset)
         offset += Int64(buffer.count)
         try inner.write(buffer)
     }
@@ -93,4 +115,49 @@ final class SpooledWriter: BlobWriter, @unchecked Sendable {
     func verify() async throws(StoreError) { try await inner.verify() }
     func commit() async throws(StoreError) { try await inner.commit() }
     func abort() { inner.abort() }
+}
+
+/// A spool and a digest check, publishing nothing (`SpoolingStore.makeSpool`).
+final class SpoolOnlyWriter: BlobWriter, @unchecked Sendable {
+    // One writer at a time, as the protocol says.
+    let digest: Digest
+    private let spool: ReadableFile
+    private var verifier: DigestVerifier?
+    private(set) var bytesWritten: Int64 = 0
+    private var verified = false
+
+    init(digest: Digest, spool: ReadableFile) {
+        self.digest = digest
+        self.spool = spool
+        verifier = DigestVerifier(expected: digest)
+    }
+
+    func openForReading() throws(StoreError) -> ReadableFile? { try reopen(spool) }
+
+    func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError) {
+        guard verifier != nil else { throw StoreError(.io, "write to the spool of \(digest) after it finished") }
+        try append(buffer, to: spool, at: bytesWritten)
+        do {
+            try verifier!.update(buffer)
+        } catch {
+            throw StoreError(.verification, error.message)
+        }
+        bytesWritten += Int64(buffer.count)
+    }
+
+    func verify() async throws(StoreError) {
+        guard let verifier = verifier.take() else {
+            if verified { return }
+            throw StoreError(.io, "verify of the spool of \(digest) after it was aborted")
+        }
+        do {
+            try verifier.verify()
+        } catch {
+            throw StoreError(.verification, error.message)
+        }
+        verified = true
+    }
+
+    func commit() async throws(StoreError) { try await verify() }
+    func abort() { verifier = nil }
 }

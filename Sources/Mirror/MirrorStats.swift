@@ -173,6 +173,15 @@ public final class MirrorStats: UpstreamObserver, Sendable {
         if let maxBytes { gauge("registry_mirror_store_max_bytes").record(maxBytes) }
     }
 
+    /// A fleet replica's activity, as gauges of running totals (`FleetActivity`), and its id.
+    public func fleet(_ activity: FleetActivity, replica: String) {
+        gauge("registry_mirror_fleet_replica_info", [("replica", replica)]).record(1)
+        gauge("registry_mirror_fleet_leases_held").record(activity.leasesHeld)
+        gauge("registry_mirror_fleet_bytes_from_peers").record(activity.bytesFromPeers)
+        gauge("registry_mirror_fleet_bytes_from_store").record(activity.bytesFromStore)
+        gauge("registry_mirror_fleet_bytes_to_peers").record(activity.bytesToPeers)
+    }
+
     public func evicted(images: Int, bytes: Int64) {
         state.withLock { $0.evictedImages += images }
         counter("registry_mirror_evicted_images_total", []).increment(by: images)

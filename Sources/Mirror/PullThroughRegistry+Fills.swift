@@ -27,16 +27,28 @@ extension PullThroughRegistry {
         if let fill = fills.withLock({ $0[key] }) { return joined(fill) }
         // A chunked upstream sends no length, and this is the one a client can be told in its place.
         let expectedSize = try await descriptorSize(of: digest, in: repository)
+        // On a fleet replica: download it (holding the lease), or stream another replica's download.
+        var claim: FleetFillClaim?
+        if let fleet { claim = try await claimFill(digest, repository: repository, fleet: fleet) }
+        if let fleet, case .peer(let holder) = claim {
+            return try startPeerFill(repository, digest, key: key, holder: holder, expectedSize: expectedSize, fleet: fleet)
+        }
+        let leased = claim != nil
+        let releaseLease: @Sendable () async -> Void = { [fleet] in
+            if leased, let fleet { try? await fleet.leases.releaseFillLease(digest, owner: fleet.owner) }
+        }
         let writer: any BlobWriter
         let spool: ReadableFile?
         do throws(StoreError) {
             writer = try await store.makeWriter(expecting: digest, size: nil)
             spool = try writer.openForReading()
         } catch {
+            await releaseLease()
             throw MirrorError(.storeFailed, "the local store cannot start a download of \(digest): \(error.message)", cause: error)
         }
         guard let spool else {
             writer.abort()
+            await releaseLease()
             throw MirrorError(.storeFailed, "the local store offers no readable spool for a download of \(digest)")
         }
         let fill = BlobFill(digest: digest, file: spool, expectedSize: expectedSize)
@@ -46,13 +58,21 @@ extension PullThroughRegistry {
             return nil
         }) {
             writer.abort()
+            await releaseLease()
             return joined(running)
         }
         let started = fillService.start(.fill, unwanted: { await fill.unread() }) { [self] in
-            await runFill(fill, writer: writer, repository: repository, upstream: upstream, key: key)
+            if leased, let fleet {
+                await holdingLease(digest, fleet: fleet) {
+                    await self.runFill(fill, writer: writer, repository: repository, upstream: upstream, key: key)
+                }
+            } else {
+                await runFill(fill, writer: writer, repository: repository, upstream: upstream, key: key)
+            }
         }
         guard started else {
             writer.abort()
+            await releaseLease()
             let refused = MirrorError(.upstreamUnavailable, "the mirror is shutting down; \(digest) is not downloaded", retryAfter: 5)
             fills.withLock { fills in
                 if fills[key] === fill { fills[key] = nil }
@@ -64,7 +84,7 @@ extension PullThroughRegistry {
         return fill
     }
 
-    private func joined(_ fill: BlobFill) -> BlobFill {
+    func joined(_ fill: BlobFill) -> BlobFill {
         logger.debug("joined a running download", metadata: ["oci.digest": "\(fill.digest)", "cache.result": "join"])
         stats?.cache(.blob, .join)
         return fill

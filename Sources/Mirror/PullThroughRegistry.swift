@@ -63,10 +63,15 @@ public final class PullThroughRegistry: RegistryContent {
     private let prefetchSlots = AsyncSemaphore(4)
     /// Owns fills and prefetches, which outlive the request that started them.
     let fillService: FillService
+    /// Set on a fleet replica: fills take a lease, and a blob another replica is downloading
+    /// is streamed from it (PullThroughRegistry+Fleet.swift).
+    public let fleet: FleetMember?
 
     public init(local: LocalRegistry, upstreams: [any UpstreamClient], policies: [String: UpstreamPolicy] = [:],
                 access: [String: RepositoryAccess] = [:], offline: Bool = false, maintenance: CacheMaintenance? = nil, prefetchChildManifests: Bool = true,
-                stats: MirrorStats? = nil, clock: any MirrorClock = .system, fillService: FillService? = nil, logger: Logger) {
+                stats: MirrorStats? = nil, clock: any MirrorClock = .system, fillService: FillService? = nil, fleet: FleetMember? = nil,
+                logger: Logger) {
+        self.fleet = fleet
         self.local = local
         self.fillService = fillService ?? FillService(logger: logger)
         self.clock = clock

@@ -83,6 +83,24 @@ enum PostgresMigrations {
             """#,
             "CREATE INDEX repository_blobs_digest ON repository_blobs(digest)",
         ],
+        // 2: the fleet's fill leases and the replicas' heartbeats (FillLeaseStore)
+        [
+            #"""
+            CREATE TABLE fill_leases(
+              digest TEXT COLLATE "C" PRIMARY KEY,
+              owner TEXT NOT NULL,
+              peer_url TEXT NOT NULL,
+              repository TEXT NOT NULL,
+              expires_at TIMESTAMPTZ NOT NULL)
+            """#,
+            #"""
+            CREATE TABLE fleet_replicas(
+              owner TEXT COLLATE "C" PRIMARY KEY,
+              replica TEXT NOT NULL,
+              peer_url TEXT NOT NULL,
+              seen_at TIMESTAMPTZ NOT NULL)
+            """#,
+        ],
     ]
 
     /// Applies pending steps on `connection`; returns the schema version after.

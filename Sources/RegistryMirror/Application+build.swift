@@ -1,6 +1,8 @@
 import Foundation
 import Hummingbird
 import Logging
+import ContentStore
+import MetadataIndex
 import Prometheus
 import Mirror
 import NIOCore
@@ -20,6 +22,8 @@ public struct ServeSettings: Sendable {
     public var index = IndexConfiguration()
     /// Blobs in an S3-compatible bucket instead of the data directory (the index stays there).
     public var s3Storage: S3StorageSettings?
+    /// `fleet.*`: a replica of a fleet on a shared S3 store and PostgreSQL index. Nil: one node.
+    public var fleet: FleetSettings?
     /// Upstreams by name; requests route to them by `?ns=`, path prefix, or `defaultUpstream`.
     public var upstreams: [UpstreamConfiguration] = [.dockerHub]
     public var defaultUpstream = ImageReference.dockerHub
@@ -75,9 +79,66 @@ public struct ServeSettings: Sendable {
         let local = LocalRegistry(store: data.blobs, index: data.index)
         let transport = CurlTransport()
         let registries = upstreams.map { UpstreamRegistry($0, transport: transport, observer: stats, logger: logger) }
+        let member = try fleet.map { try fleetMember($0, data: data, transport: transport) }
         let content = PullThroughRegistry(local: local, upstreams: registries, policies: policies, access: access, offline: offline,
-                                          maintenance: maintenance, prefetchChildManifests: !seeding, stats: stats, fillService: fills, logger: logger)
+                                          maintenance: maintenance, prefetchChildManifests: !seeding, stats: stats, fillService: fills,
+                                          fleet: member, logger: logger)
         return (data, content, maintenance)
+    }
+}
+
+/// This replica's `FleetMember`: the shared index's lease table, and spools beside the S3 store.
+func fleetMember(_ settings: FleetSettings, data: DataDirectory, transport: CurlTransport) throws -> FleetMember {
+    guard let leases = data.index as? any FillLeaseStore else {
+        throw MirrorSetupError("fleet: the index must be PostgreSQL (index.backend: postgres) for replicas to share downloads")
+    }
+    guard let spooling = data.blobs as? SpoolingStore else {
+        throw MirrorSetupError("fleet: the blob store must be S3 (storage.backend: s3) for replicas to share blobs")
+    }
+    return FleetMember(replica: settings.replicaID, peerURL: settings.advertise, secret: settings.secret, leases: leases,
+                       leaseTTL: settings.leaseTTL, peerWait: settings.peerWait, transport: transport) { digest throws(StoreError) in
+        try spooling.makeSpool(expecting: digest)
+    }
+}
+
+/// The fleet's peer endpoint on `fleet.listen` (`FleetPeerRoutes`), and this replica's
+/// heartbeat in the index, which lists it among the peers. A service of the main application.
+func peerApplication(_ member: FleetMember, content: PullThroughRegistry, settings: FleetSettings, zeroCopy: Bool,
+                     idleTimeout: Duration, logger: Logger) -> some Service {
+    let router = Router(context: RegistryRequestContext.self)
+    FleetPeerRoutes(secret: settings.secret) { digest in content.peerBlob(digest) }.add(to: router)
+    var app = Application(
+        router: router,
+        server: RegistryPipeline.http1(zeroCopy: zeroCopy, idleTimeout: idleTimeout, parseErrorAnswer: RegistryError.parseErrorAnswer),
+        configuration: .init(address: .hostname(settings.host, port: settings.port), serverName: nil),
+        onServerRunning: { channel in
+            logger.info("fleet peer endpoint listening", metadata: [
+                "fleet.listen": "\(settings.host):\(channel.localAddress?.port ?? settings.port)", "fleet.advertise": "\(member.peerURL)",
+                "fleet.replica": "\(member.replica)", "fleet.owner": "\(member.owner)"])
+        },
+        logger: logger
+    )
+    app.addServices(FleetHeartbeatService(member: member, logger: logger))
+    return app
+}
+
+/// Says every few seconds, in the index, that this replica is alive (the status page's peers).
+struct FleetHeartbeatService: Service {
+    let member: FleetMember
+    let logger: Logger
+    static let interval: Duration = .seconds(5)
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do {
+                    try await member.heartbeat()
+                } catch {
+                    logger.debug("fleet heartbeat failed", metadata: ["error": "\(error)"])
+                }
+                try? await Task.sleep(for: Self.interval)
+            }
+        }
     }
 }
 
@@ -161,12 +222,23 @@ func makeApplication(
     let upstreamList = settings.upstreams.map { (name: $0.name, url: $0.url.absoluteString) }
     router.get("/") { _, _ -> Response in
         let fills = content.activeFills.map { StatusPage.Fill(upstream: $0.upstream, digest: $0.digest, written: $0.written, size: $0.size) }
+        var fleet: StatusPage.Fleet?
+        if let member = content.fleet {
+            fleet = StatusPage.Fleet(replica: member.replica, owner: member.owner, activity: member.activity, peers: try? await member.peers())
+        }
         let html = StatusPage.render(stats.snapshot, upstreams: upstreamList, fills: fills, offline: settings.offline, version: RegistryMirrorVersion.userAgent,
-                                     watch: watch?.snapshot)
+                                     watch: watch?.snapshot, fleet: fleet)
         return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
                         body: .init(byteBuffer: ByteBuffer(string: html)))
     }
-    router.get("/metrics") { _, _ in metricsResponse(prometheus) }
+    // A fleet replica's counts are atomics on its fill path; they reach the gauges at each scrape.
+    let refreshFleetMetrics: @Sendable () -> Void = { [member = content.fleet] in
+        if let member { stats.fleet(member.activity, replica: member.replica) }
+    }
+    router.get("/metrics") { _, _ in
+        refreshFleetMetrics()
+        return metricsResponse(prometheus)
+    }
     router.get("/healthz") { _, _ in "ok\n" }
     let readiness = Readiness(data: data, minFreeSpace: settings.minFreeSpace)
     router.get("/readyz") { _, _ -> Response in
@@ -196,7 +268,12 @@ func makeApplication(
         logger: logger
     )
     app.addServices(MaintenanceService(maintenance: maintenance))
-    if let metrics = settings.metricsListen { app.addServices(metricsApplication(prometheus, host: metrics.host, port: metrics.port, logger: logger)) }
+    if let metrics = settings.metricsListen {
+        app.addServices(metricsApplication(prometheus, host: metrics.host, port: metrics.port, refresh: refreshFleetMetrics, logger: logger))
+    }
+    if let fleet = settings.fleet, let member = content.fleet {
+        app.addServices(peerApplication(member, content: content, settings: fleet, zeroCopy: settings.zeroCopy, idleTimeout: settings.idleTimeout, logger: logger))
+    }
     if let watch { app.addServices(WatchService(watch: watch)) }
     if let s3 = data.s3, let settings = settings.s3Storage, settings.uploadSweepInterval > .zero {
         app.addServices(UploadSweepService(store: s3, age: settings.uploadSweepAge, interval: settings.uploadSweepInterval, logger: logger))
@@ -216,9 +293,13 @@ func metricsResponse(_ registry: PrometheusCollectorRegistry) -> Response {
 /// client auth, so a scraper needs no password and the status page, the API and the main
 /// listener's `/metrics` stay behind `auth.htpasswd`. No request log: a scrape every few
 /// seconds would drown it. A service of the main application, so it stops with it.
-func metricsApplication(_ registry: PrometheusCollectorRegistry, host: String, port: Int, logger: Logger) -> some Service {
+func metricsApplication(_ registry: PrometheusCollectorRegistry, host: String, port: Int, refresh: @escaping @Sendable () -> Void = {},
+                        logger: Logger) -> some Service {
     let router = Router()
-    router.get("/metrics") { _, _ in metricsResponse(registry) }
+    router.get("/metrics") { _, _ in
+        refresh()
+        return metricsResponse(registry)
+    }
     return Application(
         router: router,
         configuration: .init(address: .hostname(host, port: port), serverName: nil),

@@ -58,6 +58,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
     public var minFreeSpace: Int64 = 1 << 30
     /// `storage.backend: s3` and `storage.s3.*` (see `S3StorageSettings`). Nil: the data directory.
     public var s3Storage: S3StorageSettings?
+    /// `fleet.*`: this mirror is one replica of a fleet (see `FleetSettings`). Nil: a single node.
+    public var fleet: FleetSettings?
     /// `watch.interval`: how often the watch list is refreshed.
     public var watchInterval = MirrorConfiguration.defaultWatchInterval
     /// `watch.images`: images the server keeps fresh on that schedule.
@@ -155,7 +157,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("storage.s3.upload_sweep.older_than", "REGISTRY_MIRROR_STORAGE_S3_UPLOAD_SWEEP_OLDER_THAN"),
         ("storage.s3.upload_sweep.interval", "REGISTRY_MIRROR_STORAGE_S3_UPLOAD_SWEEP_INTERVAL"),
         ("watch.interval", "REGISTRY_MIRROR_WATCH_INTERVAL"),
-    ] + indexKeys
+    ] + indexKeys + fleetKeys
 
     /// Loads `file` (if given) over the defaults, then the environment over that.
     public static func load(file: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigurationError) -> MirrorConfiguration {
@@ -192,6 +194,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         config.apply(values, problems: &problems)
         config.applyIndex(values, environment: environment, problems: &problems)
         config.applyStorage(values, problems: &problems)
+        config.applyFleet(values, environment: environment, problems: &problems)
         if let upstreamNodes { config.upstreams = parseUpstreams(upstreamNodes, environment: environment, problems: &problems) }
         if let watchNodes { config.watchImages = parseWatchImages(watchNodes, problems: &problems) }
         config.applyWatch(values, problems: &problems)
@@ -471,6 +474,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         settings.tls = tls
         settings.minFreeSpace = minFreeSpace
         settings.s3Storage = s3Storage
+        settings.fleet = fleet
         settings.watchInterval = watchInterval
         settings.watchImages = watchImages
         if !upstreams.isEmpty {

@@ -14,7 +14,7 @@ enum StatusPage {
     }
 
     static func render(_ s: MirrorStats.Snapshot, upstreams: [(name: String, url: String)], fills: [Fill],
-                       offline: Bool, version: String, watch: WatchList.Snapshot? = nil, now: Date = Date()) -> String {
+                       offline: Bool, version: String, watch: WatchList.Snapshot? = nil, fleet: Fleet? = nil, now: Date = Date()) -> String {
         let saved = max(0, s.servedBytes - s.upstreamBytes)
         var html = """
         <!doctype html>
@@ -101,6 +101,7 @@ enum StatusPage {
         }
         html += "</section>"
         if let watch { html += watchSection(watch, now: now) }
+        if let fleet { html += fleetSection(fleet) }
         html += "</main></body></html>\n"
         return html
     }

@@ -1,4 +1,3 @@
-import COpenSSL
 import Foundation
 import OCI
 
@@ -30,8 +29,8 @@ enum S3Presign {
         let canonicalRequest = [method, path, canonicalQuery, "host:\(authority)", "", "host", "UNSIGNED-PAYLOAD"].joined(separator: "\n")
         let stringToSign = ["AWS4-HMAC-SHA256", stamp, scope, DigestHasher.digest(of: Array(canonicalRequest.utf8)).hex].joined(separator: "\n")
         var key = Array("AWS4\(credentials.secretAccessKey)".utf8)
-        for part in [day, location.region, "s3", "aws4_request"] { key = hmacSHA256(key: key, Array(part.utf8)) }
-        let signature = hex(hmacSHA256(key: key, Array(stringToSign.utf8)))
+        for part in [day, location.region, "s3", "aws4_request"] { key = HMACSHA256.mac(key: key, message: Array(part.utf8)) }
+        let signature = HMACSHA256.hex(HMACSHA256.mac(key: key, message: Array(stringToSign.utf8)))
         return "\(scheme)://\(authority)\(path)?\(canonicalQuery)&X-Amz-Signature=\(signature)"
     }
 
@@ -42,24 +41,5 @@ enum S3Presign {
         gmtime_r(&time, &parts)
         return String(format: "%04d%02d%02dT%02d%02d%02dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
                       Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec))
-    }
-
-    /// HMAC-SHA256 through libcrypto's one-shot `HMAC` (not deprecated in OpenSSL 3).
-    static func hmacSHA256(key: [UInt8], _ data: [UInt8]) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
-        var length: UInt32 = 0
-        key.withUnsafeBytes { key in
-            data.withUnsafeBytes { data in
-                out.withUnsafeMutableBufferPointer { out in
-                    _ = HMAC(EVP_sha256(), key.baseAddress, Int32(key.count), data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count,
-                             out.baseAddress, &length)
-                }
-            }
-        }
-        return Array(out.prefix(Int(length)))
-    }
-
-    static func hex(_ bytes: [UInt8]) -> String {
-        bytes.map { String(format: "%02x", $0) }.joined()
     }
 }

@@ -160,10 +160,12 @@ final class MirrorProcess: @unchecked Sendable {
     /// the mirror under other limits or namespaces; its pid stays the mirror's.
     /// `tls`: the mirror serves HTTPS (its environment sets `http.tls.*`); then it is up once it
     /// prints its line, and the caller probes it with a client that trusts its CA.
+    /// `listen`: a fixed port, for a process that must come back where it was (a fleet replica).
     static func start(dataDirectory: URL, logDirectory: URL, extraArguments: [String] = ["--offline"],
-                      environment: [String: String]? = nil, launcher: [String] = [], tls: Bool = false) async throws -> MirrorProcess {
+                      environment: [String: String]? = nil, launcher: [String] = [], tls: Bool = false,
+                      listen: String = "127.0.0.1:0") async throws -> MirrorProcess {
         let binary = try TestPaths.requireMirrorBinary()
-        let command = launcher + [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDirectory.path] + extraArguments
+        let command = launcher + [binary, "serve", "--listen", listen, "--data-dir", dataDirectory.path] + extraArguments
         let process = try ChildProcess(
             name: "registry-mirror-serve", program: command[0], arguments: Array(command.dropFirst()),
             logDirectory: logDirectory, environment: environment)

@@ -173,3 +173,16 @@ import Testing
         #expect(throws: OCIError.self) { try ManifestDocument(bytes: Array(#"{"mediaType":"\#(MediaType.ociManifest)"}"#.utf8)) }
     }
 }
+
+@Suite struct MessageAuthentication {
+    /// RFC 4231, test cases 1 and 2.
+    @Test func hmacSHA256MatchesTheRFCVectors() {
+        let one = HMACSHA256.mac(key: [UInt8](repeating: 0x0b, count: 20), message: Array("Hi There".utf8))
+        #expect(HMACSHA256.hex(one) == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")
+        let two = HMACSHA256.mac(key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8))
+        #expect(HMACSHA256.hex(two) == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        #expect(HMACSHA256.equal(one, one))
+        #expect(!HMACSHA256.equal(one, two))
+        #expect(!HMACSHA256.equal(one, Array(one.dropLast())))
+    }
+}
