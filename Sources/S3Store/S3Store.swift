@@ -141,6 +141,8 @@ public final class S3Store: BlobStore {
         public let key: String
         public let uploadID: String
         public let initiated: Date?
+        /// When its newest part arrived, where `idleUploads` looked (nil: no part, or not asked).
+        public var lastPart: Date?
     }
 
     /// Every open multipart upload under the blob prefix (what crashes and abandoned writers left).
@@ -197,11 +199,17 @@ public final class S3Store: BlobStore {
     public func idleUploads(olderThan age: Duration, now: Date = Date()) async throws(StoreError) -> [PendingUpload] {
         let cutoff = now.addingTimeInterval(-Double(age.components.seconds))
         var idle: [PendingUpload] = []
-        for upload in try await pendingUploads() where (upload.initiated ?? .distantPast) < cutoff {
-            if let active = try await lastPartUploaded(upload), active >= cutoff { continue }
+        for var upload in try await pendingUploads() where (upload.initiated ?? .distantPast) < cutoff {
+            upload.lastPart = try await lastPartUploaded(upload)
+            if let active = upload.lastPart, active >= cutoff { continue }
             idle.append(upload)
         }
         return idle
+    }
+
+    /// Aborts one upload (a sweep's); one already gone is no error.
+    public func abort(_ upload: PendingUpload) async throws(StoreError) {
+        try await abortUpload(key: upload.key, uploadID: upload.uploadID)
     }
 
     /// When the newest part of an upload arrived (ListParts); nil when it has none.
