@@ -136,3 +136,11 @@ public struct LocalFileReader: BlobReader {
         return FileRegionSource(file: file) { _ in size }
     }
 }
+
+/// A reader of a blob that a client could also fetch itself from elsewhere: an object store
+/// that hands out short-lived signed URLs. The HTTP front may then answer a GET with a
+/// redirect to `redirectLocation()` instead of sending the bytes.
+public protocol RedirectingBlobReader: BlobReader {
+    /// A URL that serves the whole blob (and ranges of it) for a while; nil: send it from here.
+    func redirectLocation() -> String?
+}

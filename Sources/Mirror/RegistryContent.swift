@@ -84,6 +84,14 @@ public struct BlobContent: Sendable {
         self.onFinish = onFinish
     }
 
+    /// Where a client may fetch this blob itself instead (a presigned URL of the object store
+    /// that holds it), for the HTTP front to redirect a GET to; nil: send the bytes. Only a
+    /// stored blob has one: a download in progress and a relayed range are sent from here.
+    public func redirectLocation() -> String? {
+        guard cacheResult == .hit, fill == nil, relayedRange == nil else { return nil }
+        return (reader as? any RedirectingBlobReader)?.redirectLocation()
+    }
+
     /// The same content, accounted and held by the mirror core until its body ends.
     func attaching(_ holding: (any Sendable)?, onFinish: (@Sendable (Int64) -> Void)?) -> BlobContent {
         BlobContent(reader: reader, cacheResult: cacheResult, relayedRange: relayedRange, fill: fill, holding: holding, onFinish: onFinish)

@@ -177,6 +177,17 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
             throw RegistryError(error)
         }
         headers[.xCache] = blob.cacheResult == .hit ? "HIT" : "MISS"
+        if let location = blob.redirectLocation() {
+            // The store lets the client fetch the bytes itself (`storage.s3.redirect`), as
+            // distribution does: a 307 keeps the method and the client's Range. Not cacheable,
+            // since the URL expires.
+            blob.finished(sent: 0)
+            headers[.cacheControl] = "no-store"
+            headers[.location] = location
+            headers[.contentLength] = "0"
+            headers[.contentType] = nil
+            return Response(status: .temporaryRedirect, headers: headers)
+        }
         // Headers go out once the size is known (a download: once the upstream's head came);
         // the body follows the reader.
         let size: Int64?

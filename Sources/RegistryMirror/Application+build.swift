@@ -284,6 +284,9 @@ func makeApplication(
                                         idleTimeout: settings.idleTimeout, logger: logger))
     }
     if let watch { app.addServices(WatchService(watch: watch)) }
+    if let s3 = data.s3, let settings = settings.s3Storage, settings.uploadSweepInterval > .zero {
+        app.addServices(UploadSweepService(store: s3, age: settings.uploadSweepAge, interval: settings.uploadSweepInterval, logger: logger))
+    }
     return app
 }
 

@@ -2,6 +2,7 @@ import ContentStore
 import Foundation
 import Logging
 import MetadataIndex
+import S3Store
 
 /// A data directory: the blob store and the SQLite index beside it, or the PostgreSQL index
 /// that `index.backend: postgres` names instead.
@@ -18,6 +19,8 @@ public struct DataDirectory: Sendable {
     public let store: FileSystemStore
     /// The store that serves and fills: `store`, or the S3 bucket of `storage.backend: s3`.
     public let blobs: any BlobStore
+    /// The bucket of `storage.backend: s3` (inside `blobs`), for readiness and the upload sweep.
+    public let s3: S3Store?
     public let index: any MetadataStore
 
     /// Opens the directory, creating it if missing, and the index `index` names; with `s3`,
@@ -31,7 +34,9 @@ public struct DataDirectory: Sendable {
         }
         self.path = path
         self.store = try FileSystemStore(root: path)
-        self.blobs = try s3?.makeStore(dataDirectory: path) ?? store
+        let remote = try s3?.makeStore(dataDirectory: path)
+        self.blobs = remote?.spooled ?? store
+        self.s3 = remote?.s3
         self.index = try index.open(sqlitePath: path + "/index.sqlite", logger: logger)
     }
 }

@@ -1,9 +1,9 @@
 import ContentStore
 import NIOPosix
 
-/// What `/readyz` answers: ready when the index answers a query, a small file can be written
-/// and fsynced where blob writes go, and the store's filesystem has at least `minFreeSpace`
-/// bytes free.
+/// What `/readyz` answers: ready when the index answers a query, the S3 bucket of
+/// `storage.backend: s3` answers a HEAD, a small file can be written and fsynced where blob
+/// writes (or their spool) go, and that filesystem has at least `minFreeSpace` bytes free.
 ///
 /// Probes are cheap but not free (kubelet asks every few seconds, per pod, and an fsync can
 /// stall on a sick disk): at most one runs at a time, off the cooperative threads, and its
@@ -40,6 +40,13 @@ actor Readiness {
         } catch {
             verdict = "the index does not answer: \(error)"
         }
+        if verdict == nil, let s3 = data.s3 {
+            do throws(StoreError) {
+                try await s3.check(timeout: Self.s3Timeout)
+            } catch {
+                verdict = "the S3 bucket does not answer: \(error.message)"
+            }
+        }
         if verdict == nil {
             do {
                 verdict = try await NIOThreadPool.singleton.runIfActive { Self.probe(data, minFreeSpace: floor) }
@@ -52,6 +59,10 @@ actor Readiness {
         waiting = nil
         return verdict
     }
+
+    /// Below a kubelet probe's usual timeout, so a blackholed endpoint is "not ready", not a
+    /// probe that times out.
+    static let s3Timeout: Duration = .seconds(3)
 
     /// Blocking: a write with fsync, a statvfs.
     static func probe(_ data: DataDirectory, minFreeSpace: Int64) -> Verdict {

@@ -18,6 +18,15 @@ public struct S3StorageSettings: Sendable, Equatable {
     /// `storage.s3.credentials_file`: an AWS shared-credentials file (profile `default`).
     /// Without it, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
     public var credentialsFile: String?
+    /// `storage.s3.redirect`: answer a GET of a stored blob with a 307 to a presigned URL of
+    /// its object, so the bytes leave from S3 (or a CDN in front of it), not the mirror.
+    public var redirect = false
+    /// `storage.s3.redirect_expiry`: how long a presigned URL is valid (distribution's 20 m).
+    public var redirectExpiry: Duration = .seconds(20 * 60)
+    /// `storage.s3.upload_sweep.older_than`: multipart uploads idle this long are aborted.
+    public var uploadSweepAge: Duration = .seconds(24 * 3600)
+    /// `storage.s3.upload_sweep.interval`: how often `serve` sweeps (and once at start); zero: never.
+    public var uploadSweepInterval: Duration = .seconds(3600)
 
     public init(endpoint: URL, bucket: String) {
         self.endpoint = endpoint
@@ -25,7 +34,13 @@ public struct S3StorageSettings: Sendable, Equatable {
     }
 
     /// The S3 store these settings name, behind a spool in `dataDirectory`.
-    func makeStore(dataDirectory: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> any BlobStore {
+    func makeStore(dataDirectory: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> (spooled: any BlobStore, s3: S3Store) {
+        let store = try makeS3Store(environment: environment)
+        return (try SpoolingStore(inner: store, spoolDirectory: dataDirectory + "/spool"), store)
+    }
+
+    /// The bucket itself, for the upload sweep and readiness.
+    func makeS3Store(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> S3Store {
         let credentials: S3Credentials
         if let file = credentialsFile {
             credentials = try S3Credentials.load(file: file)
@@ -35,7 +50,15 @@ public struct S3StorageSettings: Sendable, Equatable {
             throw MirrorSetupError("storage.s3: no credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or storage.s3.credentials_file")
         }
         let location = S3Location(endpoint: endpoint, region: region, bucket: bucket, prefix: prefix, pathStyle: pathStyle)
-        return try SpoolingStore(inner: S3Store(location: location, credentials: credentials), spoolDirectory: dataDirectory + "/spool")
+        return S3Store(location: location, credentials: credentials, redirectExpiry: redirect ? redirectExpiry : nil)
+    }
+
+    /// `gc`'s sweep: aborts (with `dryRun`, counts) the multipart uploads idle longer than
+    /// `uploadSweepAge`, as `UploadSweepService` does on its schedule.
+    public func sweepIdleUploads(dryRun: Bool) async throws -> Int {
+        let store = try makeS3Store()
+        if dryRun { return try await store.idleUploads(olderThan: uploadSweepAge).count }
+        return try await store.sweepIdleUploads(olderThan: uploadSweepAge)
     }
 }
 
@@ -68,6 +91,23 @@ extension MirrorConfiguration {
             if let file = values["storage.s3.credentials_file"] {
                 if FileManager.default.isReadableFile(atPath: file) { settings.credentialsFile = file } else {
                     problems.append("storage.s3.credentials_file: \(file) cannot be read")
+                }
+            }
+            if let v = values["storage.s3.redirect"] { settings.redirect = Self.bool(v, "storage.s3.redirect", &problems) ?? false }
+            if let v = values["storage.s3.redirect_expiry"] {
+                // SigV4 presigned URLs live at least a second and at most 7 days.
+                if let d = UpstreamSpec.duration(v), d >= .seconds(1), d <= .seconds(7 * 24 * 3600) { settings.redirectExpiry = d } else {
+                    problems.append("storage.s3.redirect_expiry: must be a duration from 1s to 168h (7 days) like 20m; got \"\(v)\"")
+                }
+            }
+            if let v = values["storage.s3.upload_sweep.older_than"] {
+                if let d = UpstreamSpec.duration(v), d >= .seconds(1) { settings.uploadSweepAge = d } else {
+                    problems.append("storage.s3.upload_sweep.older_than: must be a duration like 24h (at least 1s); got \"\(v)\"")
+                }
+            }
+            if let v = values["storage.s3.upload_sweep.interval"] {
+                if let d = UpstreamSpec.duration(v) { settings.uploadSweepInterval = d } else {
+                    problems.append("storage.s3.upload_sweep.interval: must be a duration like 1h, or 0 for no scheduled sweep; got \"\(v)\"")
                 }
             }
             s3Storage = settings

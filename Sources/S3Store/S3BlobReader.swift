@@ -4,16 +4,23 @@ import Foundation
 import Synchronization
 
 /// A stored blob read from S3: its size from the HEAD that opened it, its bytes from ranged,
-/// streaming GETs. There is no local file, so no `fileRegions`.
-struct S3BlobReader: BlobReader {
+/// streaming GETs. There is no local file, so no `fileRegions`. With a `redirectExpiry` (the
+/// store's), it offers a presigned URL of the object for a client to fetch it from S3.
+struct S3BlobReader: RedirectingBlobReader {
     let connection: S3Connection
     let key: String
     let blobSize: Int64
+    let redirectExpiry: Duration?
 
-    init(connection: S3Connection, key: String, size: Int64) {
+    init(connection: S3Connection, key: String, size: Int64, redirectExpiry: Duration? = nil) {
         self.connection = connection
         self.key = key
         self.blobSize = size
+        self.redirectExpiry = redirectExpiry
+    }
+
+    func redirectLocation() -> String? {
+        redirectExpiry.map { connection.presignedURL(key: key, expiry: $0, now: Date()) }
     }
 
     func size() async throws -> Int64? { blobSize }

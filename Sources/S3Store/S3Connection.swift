@@ -11,6 +11,8 @@ struct S3Request: Sendable {
     var query: [(String, String)] = []
     var headers: [(String, String)] = []
     var body: [UInt8] = []
+    /// The whole exchange's limit (a readiness check); nil: only the stall limits apply.
+    var timeout: Duration?
 }
 
 /// An S3 answer: status, headers (names lowercased), and the body unless a sink took it.
@@ -42,7 +44,7 @@ typealias S3BodySink = @Sendable (_ status: Int, _ bytes: UnsafeRawBufferPointer
 /// own, never on the cooperative pool. Easy handles are pooled, keeping their connections.
 final class S3Connection: Sendable {
     let location: S3Location
-    private let credentials: S3Credentials
+    let credentials: S3Credentials
     private let handles = Mutex<[S3EasyHandle]>([])
     private let signing: String
 
@@ -107,6 +109,11 @@ final class S3Connection: Sendable {
         rm_curl_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1)
         rm_curl_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, 60)
         rm_curl_setopt_ptr(handle, CURLOPT_ACCEPT_ENCODING, nil)
+        if let timeout = request.timeout {
+            let ms = max(1, Int(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+            rm_curl_setopt_long(handle, CURLOPT_TIMEOUT_MS, ms)
+            rm_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, ms)
+        }
         switch request.method {
         case "GET": break
         case "HEAD": rm_curl_setopt_long(handle, CURLOPT_NOBODY, 1)
@@ -140,6 +147,11 @@ final class S3Connection: Sendable {
             throw StoreError(.io, "S3 \(what): \(String(cString: curl_easy_strerror(code))) (curl error \(code.rawValue))")
         }
         return S3Response(status: context.status, headers: context.headers, body: context.body)
+    }
+
+    /// A presigned GET URL of `key` (see `S3Presign`), signed with this connection's credentials.
+    func presignedURL(key: String, expiry: Duration, now: Date) -> String {
+        S3Presign.url(location: location, key: key, credentials: credentials, expiry: expiry, now: now)
     }
 
     private func takeHandle() -> UnsafeMutableRawPointer {

@@ -29,6 +29,13 @@ public struct S3Location: Sendable, Equatable {
     /// sorted and encoded as SigV4's canonical query string wants them, because libcurl signs
     /// the query exactly as it appears in the URL.
     func url(key: String?, query: [(String, String)]) -> String {
+        let (scheme, authority, path) = address(key: key)
+        return "\(scheme)://\(authority)\(path)" + Self.canonicalQuery(query)
+    }
+
+    /// Scheme, authority (`host[:port]`, as the `Host` header says it) and encoded path of an
+    /// object (`key` nil: the bucket), the parts a signature covers.
+    func address(key: String?) -> (scheme: String, authority: String, path: String) {
         let scheme = endpoint.scheme ?? "https"
         let host = endpoint.host ?? ""
         let port = endpoint.port.map { ":\($0)" } ?? ""
@@ -41,9 +48,14 @@ public struct S3Location: Sendable, Equatable {
             authority = bucket + "." + host + port
         }
         path += "/" + (key.map { Self.encode($0, keepSlash: true) } ?? "")
+        return (scheme, authority, path)
+    }
+
+    /// `?a=1&b=2`, sorted and encoded as SigV4's canonical query string wants them; empty for none.
+    static func canonicalQuery(_ query: [(String, String)]) -> String {
         let sorted = query.sorted { $0.0 < $1.0 }
-        let queryText = sorted.map { Self.encode($0.0, keepSlash: false) + "=" + Self.encode($0.1, keepSlash: false) }.joined(separator: "&")
-        return "\(scheme)://\(authority)\(path)" + (queryText.isEmpty ? "" : "?" + queryText)
+        let text = sorted.map { encode($0.0, keepSlash: false) + "=" + encode($0.1, keepSlash: false) }.joined(separator: "&")
+        return text.isEmpty ? "" : "?" + text
     }
 
     /// The key of a blob: `<prefix>/blobs/<algorithm>/<hex>`.

@@ -24,17 +24,22 @@ public final class S3Store: BlobStore {
     public let location: S3Location
     /// Size of the parts of a multipart upload (S3 wants at least 5 MiB for all but the last).
     public let partSize: Int
+    /// How long the presigned URLs its readers offer (`RedirectingBlobReader`) stay valid; nil:
+    /// they offer none, and every byte is sent by the mirror.
+    public let redirectExpiry: Duration?
     let connection: S3Connection
 
     public static let minimumPartSize = 5 << 20
     /// S3's limit on the number of parts of one upload.
     static let maximumParts = 10_000
 
-    /// - Parameter partSize: bytes per uploaded part, at least 5 MiB; each writer holds one
-    ///   part in memory.
-    public init(location: S3Location, credentials: S3Credentials, partSize: Int = 8 << 20) {
+    /// - Parameters:
+    ///   - partSize: bytes per uploaded part, at least 5 MiB; each writer holds one part in memory.
+    ///   - redirectExpiry: set to let readers offer presigned URLs valid this long (1 s to 7 days).
+    public init(location: S3Location, credentials: S3Credentials, partSize: Int = 8 << 20, redirectExpiry: Duration? = nil) {
         self.location = location
         self.partSize = max(partSize, Self.minimumPartSize)
+        self.redirectExpiry = redirectExpiry
         self.connection = S3Connection(location: location, credentials: credentials)
     }
 
@@ -60,7 +65,7 @@ public final class S3Store: BlobStore {
 
     public func openBlob(_ digest: Digest) async throws(StoreError) -> (any BlobReader)? {
         guard let head = try await head(digest) else { return nil }
-        return S3BlobReader(connection: connection, key: key(of: digest), size: head.size)
+        return S3BlobReader(connection: connection, key: key(of: digest), size: head.size, redirectExpiry: redirectExpiry)
     }
 
     public func makeWriter(expecting digest: Digest, size: Int64?) async throws(StoreError) -> any BlobWriter {
@@ -118,9 +123,16 @@ public final class S3Store: BlobStore {
         throw response.error("CreateBucket \(location.bucket)")
     }
 
-    /// Answers whether the bucket is reachable with these credentials (for readiness).
-    public func check() async throws(StoreError) {
-        let response = try await connection.send(S3Request(method: "HEAD", key: nil))
+    /// A presigned GET URL of a blob's object, valid for `expiry` from `now`, whether or not
+    /// the object exists (S3 answers 404 then).
+    public func presignedURL(of digest: Digest, expiry: Duration, now: Date = Date()) -> String {
+        connection.presignedURL(key: key(of: digest), expiry: expiry, now: now)
+    }
+
+    /// Answers whether the bucket is reachable with these credentials (for readiness), within
+    /// `timeout`: a HEAD of the bucket, the cheapest call that needs both.
+    public func check(timeout: Duration = .seconds(5)) async throws(StoreError) {
+        let response = try await connection.send(S3Request(method: "HEAD", key: nil, timeout: timeout))
         guard response.status == 200 else { throw response.error("HEAD bucket \(location.bucket)") }
     }
 
@@ -129,6 +141,8 @@ public final class S3Store: BlobStore {
         public let key: String
         public let uploadID: String
         public let initiated: Date?
+        /// When its newest part arrived, where `idleUploads` looked (nil: no part, or not asked).
+        public var lastPart: Date?
     }
 
     /// Every open multipart upload under the blob prefix (what crashes and abandoned writers left).
@@ -167,6 +181,55 @@ public final class S3Store: BlobStore {
             aborted += 1
         }
         return aborted
+    }
+
+    /// Like `sweepUploads(olderThan:now:)`, but an upload whose newest part arrived within
+    /// `age` is left alone too: it is a fill still going, however long ago it began. This is
+    /// the sweep `serve` and `gc` run; it also holds where a server's `Initiated` is not the
+    /// upload's start (moto reports a fixed date), so replicas that start while others fill
+    /// do not abort their uploads. Answers how many were aborted.
+    @discardableResult
+    public func sweepIdleUploads(olderThan age: Duration, now: Date = Date()) async throws(StoreError) -> Int {
+        let idle = try await idleUploads(olderThan: age, now: now)
+        for upload in idle { try await abortUpload(key: upload.key, uploadID: upload.uploadID) }
+        return idle.count
+    }
+
+    /// The uploads `sweepIdleUploads` would abort (for `gc --dry-run`).
+    public func idleUploads(olderThan age: Duration, now: Date = Date()) async throws(StoreError) -> [PendingUpload] {
+        let cutoff = now.addingTimeInterval(-Double(age.components.seconds))
+        var idle: [PendingUpload] = []
+        for var upload in try await pendingUploads() where (upload.initiated ?? .distantPast) < cutoff {
+            upload.lastPart = try await lastPartUploaded(upload)
+            if let active = upload.lastPart, active >= cutoff { continue }
+            idle.append(upload)
+        }
+        return idle
+    }
+
+    /// Aborts one upload (a sweep's); one already gone is no error.
+    public func abort(_ upload: PendingUpload) async throws(StoreError) {
+        try await abortUpload(key: upload.key, uploadID: upload.uploadID)
+    }
+
+    /// When the newest part of an upload arrived (ListParts); nil when it has none.
+    func lastPartUploaded(_ upload: PendingUpload) async throws(StoreError) -> Date? {
+        var newest: Date?
+        var marker: String?
+        repeat {
+            var query = [("uploadId", upload.uploadID)]
+            if let marker { query.append(("part-number-marker", marker)) }
+            let response = try await connection.send(S3Request(method: "GET", key: upload.key, query: query), bodyLimit: 16 << 20)
+            // Completed or aborted since it was listed: nothing left to sweep.
+            if response.status == 404 { return .distantFuture }
+            guard response.status == 200 else { throw response.error("ListParts \(upload.key)") }
+            let text = response.text
+            for part in S3XML.elements("Part", in: text[...]) {
+                if let date = S3XML.value("LastModified", in: part).flatMap(Self.isoDate), date > (newest ?? .distantPast) { newest = date }
+            }
+            marker = S3XML.value("IsTruncated", in: text) == "true" ? S3XML.value("NextPartNumberMarker", in: text) : nil
+        } while marker != nil
+        return newest
     }
 
     func abortUpload(key: String, uploadID: String) async throws(StoreError) {

@@ -118,7 +118,9 @@ struct GC: AsyncParsableCommand {
             The same pass `serve` runs in the background when storage.max_size is set: images go \
             least recently used first, with their tags; a blob goes only when no remaining image \
             references it. Pinned images stay. Without a cap, nothing is evicted. Either way, store \
-            files the index has no record of (left by a crash) and older than 6 hours are removed. \
+            files the index has no record of (left by a crash) and older than 6 hours are removed; \
+            with storage.backend: s3, multipart uploads idle longer than \
+            storage.s3.upload_sweep.older_than (left by a crashed replica) are aborted. \
             With --dry-run, reports what would be freed and changes nothing. Safe beside a running \
             server: a response already streaming a blob keeps its open file.
             """
@@ -138,6 +140,7 @@ struct GC: AsyncParsableCommand {
         let maintenance = CacheMaintenance(store: data.store, index: data.index, maxBytes: cap, logger: logger)
         let unindexed = try await maintenance.sweepUnindexed(dryRun: dryRun)
         print("\(dryRun ? "would remove" : "removed") \(unindexed.count) store files the index does not know, \(ByteCount(unindexed.reduce(0) { $0 + $1.size }))")
+        if let s3 = configuration.s3Storage { try await sweepUploads(s3) }
         let plan = try await maintenance.evict(dryRun: dryRun)
         let verb = dryRun ? "would evict" : "evicted"
         for image in plan.images {
@@ -149,6 +152,15 @@ struct GC: AsyncParsableCommand {
         }
         print("\(dryRun ? "would free" : "freed") \(ByteCount(plan.bytesFreed)) in \(plan.blobs.count) blobs; store \(ByteCount(plan.bytesBefore)) → \(ByteCount(plan.bytesAfter)), cap \(ByteCount(cap))")
         if plan.bytesAfter > cap { print("still over the cap: the rest is pinned") }
+    }
+}
+
+extension GC {
+    /// With `storage.backend: s3`: the multipart uploads idle longer than
+    /// `storage.s3.upload_sweep.older_than`, which `serve` also aborts on its schedule.
+    func sweepUploads(_ settings: S3StorageSettings) async throws {
+        let count = try await settings.sweepIdleUploads(dryRun: dryRun)
+        print("\(dryRun ? "would abort" : "aborted") \(count) multipart uploads in s3://\(settings.bucket) idle longer than \(settings.uploadSweepAge)")
     }
 }
 

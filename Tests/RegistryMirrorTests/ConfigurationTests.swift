@@ -295,6 +295,20 @@ import Testing
         #expect(config.s3Storage?.pathStyle == false)
     }
 
+    @Test("redirects and the upload sweep: off and 20 m, 24 h and 1 h by default; set from the file or the environment")
+    func redirectAndSweepSettings() throws {
+        let defaults = try #require(try load("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\", bucket: b}\n").s3Storage)
+        #expect(!defaults.redirect && defaults.redirectExpiry == .seconds(1200))
+        #expect(defaults.uploadSweepAge == .seconds(86400) && defaults.uploadSweepInterval == .seconds(3600))
+        let set = try #require(try load(
+            "storage:\n  backend: s3\n  s3:\n    endpoint: http://x:9000\n    bucket: b\n    redirect: true\n    redirect_expiry: 5m\n"
+                + "    upload_sweep: {older_than: 6h, interval: 0}\n",
+            environment: ["REGISTRY_MIRROR_STORAGE_S3_UPLOAD_SWEEP_OLDER_THAN": "2h"]).s3Storage)
+        #expect(set.redirect && set.redirectExpiry == .seconds(300))
+        #expect(set.uploadSweepAge == .seconds(7200), "the environment wins over the file")
+        #expect(set.uploadSweepInterval == .zero)
+    }
+
     @Test func badStorageSettingsAreProblems() throws {
         let cases: [(String, String)] = [
             ("storage:\n  backend: tape\n", "storage.backend:"),
@@ -304,6 +318,13 @@ import Testing
             ("storage:\n  s3: {endpoint: \"http://x:9000\", bucket: b}\n", "storage.s3.bucket, storage.s3.endpoint: set only with storage.backend: s3"),
             ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\", bucket: b, credentials_file: /nonexistent/creds}\n", "storage.s3.credentials_file:"),
             ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\", bucket: b, path_style: sometimes}\n", "storage.s3.path_style:"),
+            ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\", bucket: b, redirect: maybe}\n", "storage.s3.redirect:"),
+            ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\", bucket: b, redirect_expiry: 8d}\n", "storage.s3.redirect_expiry:"),
+            ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\", bucket: b, redirect_expiry: 169h}\n", "storage.s3.redirect_expiry:"),
+            ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\", bucket: b, redirect_expiry: 0s}\n", "storage.s3.redirect_expiry:"),
+            ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\", bucket: b, upload_sweep: {older_than: 0s}}\n", "storage.s3.upload_sweep.older_than:"),
+            ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\", bucket: b, upload_sweep: {interval: often}}\n", "storage.s3.upload_sweep.interval:"),
+            ("storage:\n  backend: s3\n  s3: {endpoint: \"http://x:9000\", bucket: b, upload_sweep: {after: 1h}}\n", "storage.s3.upload_sweep.after: unknown"),
         ]
         for (yaml, problem) in cases {
             do {

@@ -191,12 +191,20 @@ import Yams
         let files = Set(try Self.yamlDocuments().map(\.file))
         #expect(files.isSuperset(of: ["deploy/compose.yaml", "deploy/kubernetes/statefulset.yaml", "deploy/kubernetes/service.yaml",
                                       "deploy/kubernetes/configmap.yaml", "deploy/kubernetes/kustomization.yaml"]), "\(files)")
+        #expect(files.isSuperset(of: Self.fleetManifests.map { "deploy/kubernetes/fleet/" + $0 } + ["deploy/kubernetes/fleet/kustomization.yaml"]), "\(files)")
     }
 
-    /// The Kubernetes object of `kind` (exactly one).
-    static func object(_ kind: String) throws -> [String: Any] {
-        let matches = try yamlDocuments().compactMap { $0.document as? [String: Any] }.filter { $0["kind"] as? String == kind }
-        try #require(matches.count == 1, "one \(kind) under deploy/kubernetes")
+    /// The Kubernetes objects of the manifests directly in `directory` (the single node's, or
+    /// the fleet variant's), of `kind`.
+    static func objects(_ kind: String, in directory: String = "deploy/kubernetes") throws -> [[String: Any]] {
+        try yamlDocuments().filter { ($0.file as NSString).deletingLastPathComponent == directory }
+            .compactMap { $0.document as? [String: Any] }.filter { $0["kind"] as? String == kind }
+    }
+
+    /// The Kubernetes object of `kind` in `directory` (exactly one).
+    static func object(_ kind: String, in directory: String = "deploy/kubernetes") throws -> [String: Any] {
+        let matches = try objects(kind, in: directory)
+        try #require(matches.count == 1, "one \(kind) in \(directory)")
         return matches[0]
     }
 
@@ -293,6 +301,179 @@ import Yams
         let config = try MirrorConfiguration.load(
             file: try ShippedFiles.stage(try String(contentsOfFile: source, encoding: .utf8), named: "compose.yaml", in: dir), environment: [:])
         #expect(volumes.contains { $0.hasSuffix(":" + config.dataDirectory) }, "the data directory \(config.dataDirectory) is a volume")
+    }
+}
+
+// MARK: The fleet variant (issue 12)
+
+extension DeployTests {
+    static let fleetDirectory = "deploy/kubernetes/fleet"
+    static let fleetManifests = ["namespace.yaml", "configmap.yaml", "secret.yaml", "service.yaml", "peers-service.yaml", "deployment.yaml"]
+
+    /// A container's variables: literal values, and where the others come from.
+    static func environment(of container: [String: Any]) -> [String: [String: Any]] {
+        var out: [String: [String: Any]] = [:]
+        for entry in container["env"] as? [[String: Any]] ?? [] {
+            if let name = entry["name"] as? String { out[name] = entry }
+        }
+        return out
+    }
+
+    @Test("the fleet variant: stateless replicas (no claim), probes and draining as the single node, a headless peer Service, the Secret wired into the environment, a config that loads")
+    func fleetManifestsAreStatelessReplicas() throws {
+        let deployment = try Self.object("Deployment", in: Self.fleetDirectory)
+        #expect(try Self.objects("StatefulSet", in: Self.fleetDirectory).isEmpty)
+        #expect(YAMLPath.dig(deployment, "spec", "volumeClaimTemplates") == nil)
+        #expect((YAMLPath.dig(deployment, "spec", "replicas") as? Int ?? 0) >= 2, "a fleet of one")
+        let pod = try #require(YAMLPath.dig(deployment, "spec", "template", "spec") as? [String: Any])
+        let podLabels = try #require(YAMLPath.dig(deployment, "spec", "template", "metadata", "labels") as? [String: String])
+        #expect(YAMLPath.dig(deployment, "spec", "selector", "matchLabels") as? [String: String] == podLabels)
+        let containers = try #require(pod["containers"] as? [[String: Any]])
+        try #require(containers.count == 1)
+        let container = containers[0]
+
+        // No volume outlives the pod: the data directory (the spool) is an emptyDir.
+        let volumes = try #require(pod["volumes"] as? [[String: Any]])
+        #expect(!volumes.contains { $0["persistentVolumeClaim"] != nil }, "a fleet replica holds no claim")
+        let mounts = try #require(container["volumeMounts"] as? [[String: Any]])
+        let args = try #require(container["args"] as? [String])
+        let configPath = args[try #require(args.firstIndex(of: "--config")) + 1]
+        let configMount = try #require(mounts.first { $0["name"] as? String == "config" }?["mountPath"] as? String)
+        #expect(configPath.hasPrefix(configMount + "/"))
+
+        // Ports, probes and draining, as the single node's.
+        let ports = try #require(container["ports"] as? [[String: Any]])
+        let portNumbers = Dictionary(uniqueKeysWithValues: ports.compactMap { p in (p["name"] as? String).flatMap { n in (p["containerPort"] as? Int).map { (n, $0) } } })
+        let httpPort = try #require(portNumbers["http"])
+        let fleetPort = try #require(portNumbers["fleet"], "a port named fleet")
+        #expect(fleetPort == 5001)
+        #expect(YAMLPath.dig(container, "readinessProbe", "httpGet", "path") as? String == "/readyz")
+        #expect(YAMLPath.dig(container, "livenessProbe", "httpGet", "path") as? String == "/healthz")
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let target = YAMLPath.dig(container, probe, "httpGet", "port")
+            #expect(target as? String == "http" || target as? Int == httpPort, "\(probe) targets \(String(describing: target)), not the client port")
+        }
+        let single = try #require(YAMLPath.dig(try Self.object("StatefulSet"), "spec", "template", "spec") as? [String: Any])
+        let grace = try #require(pod["terminationGracePeriodSeconds"] as? Int)
+        #expect(grace >= single["terminationGracePeriodSeconds"] as? Int ?? 60)
+        let pause = try #require(YAMLPath.dig(container, "lifecycle", "preStop", "exec", "command", 1) as? String)
+        #expect((Int(pause) ?? grace) < grace / 2)
+        #expect(YAMLPath.dig(pod, "securityContext", "runAsNonRoot") as? Bool == true)
+        #expect(YAMLPath.dig(container, "securityContext", "readOnlyRootFilesystem") as? Bool == true)
+        #expect(YAMLPath.dig(container, "securityContext", "capabilities", "drop") as? [String] == ["ALL"])
+
+        // Services: the clients' on http, a headless one for the peers on the fleet port.
+        let services = try Self.objects("Service", in: Self.fleetDirectory)
+        try #require(services.count == 2, "a client Service and a peer Service")
+        let headless = try #require(services.first { YAMLPath.dig($0, "spec", "clusterIP") as? String == "None" }, "a headless Service")
+        let client = try #require(services.first { YAMLPath.dig($0, "spec", "clusterIP") as? String != "None" })
+        #expect(YAMLPath.dig(headless, "spec", "ports", 0, "name") as? String == "fleet")
+        #expect(YAMLPath.dig(headless, "spec", "ports", 0, "port") as? Int == 5001)
+        let peerTarget = YAMLPath.dig(headless, "spec", "ports", 0, "targetPort")
+        #expect(peerTarget as? String == "fleet" || peerTarget as? Int == fleetPort)
+        let clientTarget = YAMLPath.dig(client, "spec", "ports", 0, "targetPort")
+        #expect(clientTarget as? String == "http" || clientTarget as? Int == httpPort)
+        for service in services {
+            let selector = try #require(YAMLPath.dig(service, "spec", "selector") as? [String: String])
+            #expect(selector.allSatisfy { podLabels[$0.key] == $0.value }, "\(selector) selects no replica")
+        }
+
+        // The Secret: every key a variable takes from it exists; the fleet key, the S3 key and
+        // the database password come from it, never a literal.
+        let secret = try Self.object("Secret", in: Self.fleetDirectory)
+        let secretName = try #require(YAMLPath.dig(secret, "metadata", "name") as? String)
+        let secretKeys = Set((secret["stringData"] as? [String: Any] ?? secret["data"] as? [String: Any] ?? [:]).keys)
+        let env = Self.environment(of: container)
+        for (name, entry) in env {
+            guard let ref = YAMLPath.dig(entry, "valueFrom", "secretKeyRef") as? [String: Any] else { continue }
+            #expect(ref["name"] as? String == secretName, "\(name) reads another Secret")
+            #expect(secretKeys.contains(ref["key"] as? String ?? ""), "\(name) reads a key the Secret lacks")
+        }
+        for name in ["REGISTRY_MIRROR_FLEET_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "REGISTRY_MIRROR_POSTGRES_PASSWORD"] {
+            #expect(YAMLPath.dig(env[name], "valueFrom", "secretKeyRef") != nil, "\(name) is not from the Secret")
+        }
+        // fleet.advertise: the pod's own address on the fleet port.
+        #expect(YAMLPath.dig(env["POD_IP"], "valueFrom", "fieldRef", "fieldPath") as? String == "status.podIP")
+        #expect(env["REGISTRY_MIRROR_FLEET_ADVERTISE"]?["value"] as? String == "http://$(POD_IP):\(fleetPort)")
+
+        // The config loads with the pod's variables, and agrees with the manifests.
+        let map = try Self.object("ConfigMap", in: Self.fleetDirectory)
+        let text = try #require(YAMLPath.dig(map, "data", String(configPath.dropFirst(configMount.count + 1))) as? String)
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let podEnvironment = [
+            "REGISTRY_MIRROR_FLEET_SECRET": String(repeating: "k", count: 64), "REGISTRY_MIRROR_FLEET_ADVERTISE": "http://10.1.2.3:\(fleetPort)",
+            "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "secret", "REGISTRY_MIRROR_POSTGRES_PASSWORD": "password",
+        ]
+        let config = try MirrorConfiguration.load(file: try ShippedFiles.stage(text, named: "fleet.yaml", in: dir), environment: podEnvironment)
+        #expect(config.s3Storage != nil, "storage.backend: s3")
+        #expect(config.index.backend == .postgres)
+        let fleet = try #require(config.fleet, "a fleet: section")
+        #expect(fleet.port == fleetPort)
+        #expect(fleet.advertise == "http://10.1.2.3:\(fleetPort)")
+        #expect(MirrorConfiguration.parseListen(config.listen)?.port == httpPort)
+        let dataMount = try #require(mounts.first { ($0["mountPath"] as? String) == config.dataDirectory }, "data_dir is not a mount")
+        let dataVolume = try #require(volumes.first { $0["name"] as? String == dataMount["name"] as? String })
+        #expect(dataVolume["emptyDir"] != nil, "the spool is an emptyDir")
+        // The variable fleet.secret_env names is the one the Secret fills.
+        let parsed = try Yams.load(yaml: text) as? [String: Any]
+        let secretVariable = YAMLPath.dig(parsed, "fleet", "secret_env") as? String ?? FleetSettings.defaultSecretVariable
+        #expect(env[secretVariable] != nil, "\(secretVariable) is not set in the pod")
+
+        let kustomization = try Self.object("Kustomization", in: Self.fleetDirectory)
+        let manifests = try FileManager.default.contentsOfDirectory(atPath: ShippedFiles.root + "/" + Self.fleetDirectory)
+            .filter { $0.hasSuffix(".yaml") && $0 != "kustomization.yaml" }
+        #expect(Set(kustomization["resources"] as? [String] ?? []) == Set(manifests))
+        #expect(Set(manifests) == Set(Self.fleetManifests))
+    }
+
+    /// `${NAME:-default}` as compose substitutes it when NAME is unset.
+    static func composeDefaults(_ text: String) -> String {
+        let pattern = try! NSRegularExpression(pattern: #"\$\{[A-Z_]+:-([^}]*)\}"#)
+        return pattern.stringByReplacingMatches(in: text, range: NSRange(text.startIndex..., in: text), withTemplate: "$1")
+    }
+
+    @Test("compose's fleet profile: PostgreSQL 15, an S3 server and its bucket, three replicas with their own advertised addresses, one config that loads")
+    func composeFleetProfile() throws {
+        let compose = try #require(try Yams.load(yaml: try ShippedFiles.text("deploy/compose.yaml")) as? [String: Any])
+        let services = try #require(compose["services"] as? [String: [String: Any]])
+        let fleet = services.filter { ($0.value["profiles"] as? [String])?.contains("fleet") == true }
+        #expect(services["registry-mirror"]?["profiles"] == nil, "the single node stays the default")
+        let postgres = try #require(fleet.values.first { ($0["image"] as? String)?.hasPrefix("postgres:") == true })
+        #expect(postgres["image"] as? String == "postgres:15")
+        #expect(fleet.values.contains { ($0["image"] as? String)?.hasPrefix("minio/minio") == true }, "an S3-compatible server")
+        let replicas = fleet.filter { ($0.value["command"] as? [String])?.first == "serve" }
+        #expect(replicas.count >= 2 && replicas.count <= 3, "\(replicas.keys.sorted())")
+
+        let content = try #require(YAMLPath.dig(compose, "configs", "fleet-config", "content") as? String)
+        var advertised: Set<String> = []
+        var ids: Set<String> = []
+        var hostPorts: Set<String> = []
+        for (name, replica) in replicas {
+            #expect(replica["stop_grace_period"] as? String == "60s", "\(name)")
+            #expect(replica["read_only"] as? Bool == true, "\(name)")
+            let dependsOn = try #require(replica["depends_on"] as? [String: Any], "\(name)")
+            #expect(dependsOn.keys.contains { services[$0]?["image"] as? String == "postgres:15" }, "\(name) starts before the database")
+            let args = try #require(replica["command"] as? [String])
+            let configPath = args[try #require(args.firstIndex(of: "--config")) + 1]
+            #expect((replica["configs"] as? [[String: Any]])?.contains { $0["source"] as? String == "fleet-config" && $0["target"] as? String == configPath } == true,
+                    "\(name) mounts fleet-config at \(configPath)")
+            var environment: [String: String] = [:]
+            for (key, value) in replica["environment"] as? [String: Any] ?? [:] { environment[key] = Self.composeDefaults("\(value)") }
+            let dir = try TemporaryDirectory()
+            defer { dir.remove() }
+            let config = try MirrorConfiguration.load(file: try ShippedFiles.stage(content, named: "fleet.yaml", in: dir), environment: environment)
+            let settings = try #require(config.fleet, "\(name)")
+            #expect(config.s3Storage != nil && config.index.backend == .postgres)
+            let url = try #require(URL(string: settings.advertise))
+            #expect(url.host == name && url.port == settings.port, "\(name) advertises \(settings.advertise)")
+            advertised.insert(settings.advertise)
+            ids.insert(settings.replicaID)
+            hostPorts.formUnion(replica["ports"] as? [String] ?? [])
+            #expect(config.s3Storage.map { services[$0.endpoint.host ?? ""] != nil } == true, "the S3 endpoint is a service of the file")
+        }
+        #expect(advertised.count == replicas.count && ids.count == replicas.count, "replicas share an address or an id")
+        #expect(hostPorts.count == replicas.count, "replicas share a host port")
     }
 }
 

@@ -70,4 +70,41 @@ import Testing
             }
         }
     }
+
+    @Test("with blobs in S3, /readyz follows the bucket: down while the server is stopped, ready again once it is back on its port")
+    func s3Readiness() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let moto = try await MotoServer()
+        defer { moto.stop() }
+        try await moto.store(bucket: "ready").createBucket()
+        let credentials = dir.path + "/aws-credentials"
+        try "[default]\naws_access_key_id = \(MotoServer.credentials.accessKeyID)\naws_secret_access_key = \(MotoServer.credentials.secretAccessKey)\n"
+            .write(toFile: credentials, atomically: true, encoding: .utf8)
+        let yaml = "storage:\n  min_free_space: 1MiB\n  backend: s3\n  s3:\n    endpoint: \(moto.endpoint.absoluteString)\n"
+            + "    bucket: ready\n    path_style: true\n    credentials_file: \(credentials)\n    upload_sweep: {interval: 0s}\n"
+        try await app(yaml, in: dir).test(.router) { client in
+            var response = try await client.execute(uri: "/readyz", method: .get)
+            #expect(response.status == .ok, "\(String(buffer: response.body))")
+            let port = try #require(moto.endpoint.port)
+            moto.stop()
+            try await Task.sleep(for: .milliseconds(1100))  // past the cached answer
+            response = try await client.execute(uri: "/readyz", method: .get)
+            let body = String(buffer: response.body)
+            #expect(response.status == .serviceUnavailable && body.contains("S3 bucket"), "\(body)")
+            #expect(try await client.execute(uri: "/healthz", method: .get).status == .ok, "alive all the same")
+            // Answers are reused for a second: a probe storm does not reach the bucket.
+            #expect(try await client.execute(uri: "/readyz", method: .get).status == .serviceUnavailable)
+            // moto keeps its buckets in memory: the new one needs the bucket made again.
+            let again = try await MotoServer(port: port)
+            defer { again.stop() }
+            try await again.store(bucket: "ready").createBucket()
+            var ready = false
+            for _ in 0..<40 where !ready {
+                try await Task.sleep(for: .milliseconds(250))
+                ready = try await client.execute(uri: "/readyz", method: .get).status == .ok
+            }
+            #expect(ready, "ready again without a restart of the mirror")
+        }
+    }
 }

@@ -114,24 +114,8 @@ import Testing
         // that make a user with an access key allowed s3:*.
         let moto = try await MotoServer(environment: ["INITIAL_NO_AUTH_ACTION_COUNT": "4"])
         defer { moto.stop() }
-        func iam(_ form: [String]) throws -> String {
-            let output = Pipe()
-            let curl = Process()
-            curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-            curl.arguments = ["-s", "--aws-sigv4", "aws:amz:us-east-1:iam", "-u", "setup:setup", "-X", "POST", moto.endpoint.absoluteString + "/"]
-                + (form + ["Version=2010-05-08"]).flatMap { ["--data-urlencode", $0] }
-            curl.standardOutput = output
-            try curl.run()
-            let data = output.fileHandleForReading.readDataToEndOfFile()
-            curl.waitUntilExit()
-            return String(decoding: data, as: UTF8.self)
-        }
-        _ = try iam(["Action=CreateUser", "UserName=mirror"])
-        _ = try iam(["Action=PutUserPolicy", "UserName=mirror", "PolicyName=s3",
-                     #"PolicyDocument={"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#])
-        let key = try iam(["Action=CreateAccessKey", "UserName=mirror"])
-        let id = try #require(S3XML.value("AccessKeyId", in: key), "\(key)")
-        let secret = try #require(S3XML.value("SecretAccessKey", in: key), "\(key)")
+        let user = try moto.signingUser()
+        let (id, secret) = (user.accessKeyID, user.secretAccessKey)
         let location = S3Location(endpoint: moto.endpoint, region: "us-east-1", bucket: "signed", prefix: "p/q", pathStyle: true)
 
         let wrong = S3Store(location: location, credentials: S3Credentials(accessKeyID: id, secretAccessKey: secret + "x"))

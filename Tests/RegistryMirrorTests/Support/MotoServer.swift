@@ -1,6 +1,6 @@
 import Foundation
 import PostgresTestServer
-import S3Store
+@testable import S3Store
 
 /// A real S3 protocol peer for the tests: `moto_server` (PyPI `moto[server]`) on 127.0.0.1 at a
 /// free port, stopped when the test ends. `scripts/test.sh` installs it into
@@ -25,8 +25,9 @@ final class MotoServer: @unchecked Sendable {
 
     /// - Parameter environment: added to moto's (`INITIAL_NO_AUTH_ACTION_COUNT` turns on its
     ///   signature checks after that many requests; the readiness probe here is one).
-    init(environment: [String: String] = [:]) async throws {
-        let port = try Self.freePort()
+    ///   `port`: where to listen (a restart on the port of one stopped); nil: a free one.
+    init(port: Int? = nil, environment: [String: String] = [:]) async throws {
+        let port = try port ?? Self.freePort()
         process = Process()
         process.executableURL = URL(fileURLWithPath: try Self.binary())
         process.arguments = ["-H", "127.0.0.1", "-p", String(port)]
@@ -58,6 +59,32 @@ final class MotoServer: @unchecked Sendable {
         guard process.isRunning else { return }
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
+    }
+
+    /// Makes an IAM user allowed `s3:*` and answers its access key: with
+    /// `INITIAL_NO_AUTH_ACTION_COUNT` at 4 (the start-up probe, then these three calls), every
+    /// later request must carry a valid signature of that key.
+    func signingUser() throws -> S3Credentials {
+        func iam(_ form: [String]) throws -> String {
+            let output = Pipe()
+            let curl = Process()
+            curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+            curl.arguments = ["-s", "--aws-sigv4", "aws:amz:us-east-1:iam", "-u", "setup:setup", "-X", "POST", endpoint.absoluteString + "/"]
+                + (form + ["Version=2010-05-08"]).flatMap { ["--data-urlencode", $0] }
+            curl.standardOutput = output
+            try curl.run()
+            let data = output.fileHandleForReading.readDataToEndOfFile()
+            curl.waitUntilExit()
+            return String(decoding: data, as: UTF8.self)
+        }
+        _ = try iam(["Action=CreateUser", "UserName=mirror"])
+        _ = try iam(["Action=PutUserPolicy", "UserName=mirror", "PolicyName=s3",
+                     #"PolicyDocument={"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#])
+        let key = try iam(["Action=CreateAccessKey", "UserName=mirror"])
+        guard let id = S3XML.value("AccessKeyId", in: key), let secret = S3XML.value("SecretAccessKey", in: key) else {
+            throw MotoError("moto made no access key: \(key)")
+        }
+        return S3Credentials(accessKeyID: id, secretAccessKey: secret)
     }
 
     /// A store on `bucket` (path-style, as MinIO and moto want), keys under `prefix`.
