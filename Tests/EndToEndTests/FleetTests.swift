@@ -121,14 +121,20 @@ struct FleetTests {
         let manifest = "/v2/\(image.repository)/manifests/\(image.rootDigest)"
         let blob = "/v2/\(image.repository)/blobs/\(try #require(image.layers.first))"
         try await fleet.postgres.halt()
-        for replica in fleet.replicas {
-            for path in [manifest, blob, "/v2/test/tags/manifests/v1"] {
-                let response = try RawHTTP.request("GET", port: replica.port, path: path, headers: [("Accept", PullThroughHTTP.manifestAccept)])
-                #expect(response.status == 200 || (response.status == 503 && response.bodyText.contains(#""code":"UNAVAILABLE""#)),
-                        "replica \(replica.index) GET \(path) with PostgreSQL down: \(response.status) \(response.bodyText.prefix(300))")
-            }
+        // Each waits out the index's 1 s connect timeout: all at once, a thread each.
+        let paths = [manifest, blob, "/v2/test/tags/manifests/v1"]
+        let down = Mutex<[String]>([])
+        await BadInputServer.onThreads(fleet.replicas.count * paths.count) { i in
+            let replica = fleet.replicas[i / paths.count], path = paths[i % paths.count]
+            let response = try? RawHTTP.request("GET", port: replica.port, path: path, headers: [("Accept", PullThroughHTTP.manifestAccept)])
+            let fine = response.map { $0.status == 200 || ($0.status == 503 && $0.bodyText.contains(#""code":"UNAVAILABLE""#)) } ?? false
+            down.withLock { $0.append(fine ? "\(response!.status)" : "replica \(replica.index) GET \(path): \(response.map { "\($0.status) \($0.bodyText.prefix(300))" } ?? "no answer")") }
         }
+        let answers = down.withLock { $0 }
+        #expect(answers.allSatisfy { $0 == "200" || $0 == "503" }, "with PostgreSQL down, neither served nor a clear 503:\n\(answers.joined(separator: "\n"))")
+        Progress.step("fleet: with PostgreSQL down, manifest, blob and tag GETs on each replica answered \(answers.sorted())")
         try await fleet.postgres.restart()
+        let restarted = ContinuousClock.now
         for replica in fleet.replicas {
             var statuses: [Int] = []
             let deadline = ContinuousClock.now + .seconds(15)
@@ -139,6 +145,7 @@ struct FleetTests {
             } while ContinuousClock.now < deadline
             #expect(statuses == [200, 200], "replica \(replica.index) did not recover from the PostgreSQL restart: \(statuses)\n\(replica.log.suffix(2000))")
         }
+        Progress.step("fleet: every replica served again \(ContinuousClock.now - restarted) after PostgreSQL was back")
         // A fill after the restart writes to PostgreSQL again: the moved tag's blobs, cold.
         let (pulled, _) = try await fleet.pull("test/tags:v1", through: 2)
         #expect(pulled.succeeded, "a cold pull after the PostgreSQL restart: \(pulled.summary)\n\(fleet.replicas[2].log.suffix(2000))")
