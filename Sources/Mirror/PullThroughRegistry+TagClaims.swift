@@ -15,7 +15,7 @@ extension PullThroughRegistry {
     static let tagClaimHold: Int64 = 30
 
     enum TagClaim: Sendable {
-        /// No claim taken: nothing cached to serve meanwhile, or a TTL of zero.
+        /// No claim taken: nothing cached to serve meanwhile, the tag not expired, or a TTL of zero.
         case unclaimed
         /// This replica asks the upstream; `observed` is what `checked_at` was.
         case won(observed: Int64, claimed: Int64)
@@ -26,7 +26,8 @@ extension PullThroughRegistry {
     /// Claims the revalidation of a cached, expired tag, or finds another replica has.
     func claimRevalidation(_ repository: RepositoryKey, _ tag: Tag, _ cached: TagRecord?, ttl: Duration) async throws(MirrorError) -> TagClaim {
         let ttlSeconds = ttl.components.seconds
-        guard let cached, ttlSeconds > 0 else { return .unclaimed }
+        // A fresh tag whose manifest is gone is fetched again here, unclaimed.
+        guard let cached, ttlSeconds > 0, now - cached.checkedAt >= ttlSeconds else { return .unclaimed }
         // Fresh for min(TTL, hold) from now: `now - checked_at < TTL` holds that long.
         let claimed = now - ttlSeconds + min(ttlSeconds, Self.tagClaimHold)
         let won = try await local.wrap { () async throws(IndexError) in
