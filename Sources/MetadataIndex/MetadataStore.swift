@@ -50,6 +50,12 @@ public protocol MetadataStore: Sendable {
     func record(_ batch: ContentBatch, now: Int64) async throws(IndexError)
     /// Records that the upstream confirmed `tag` still points where it did.
     func touchTag(_ repository: RepositoryKey, _ tag: Tag, checkedAt: Int64) async throws(IndexError)
+    /// Claims the next revalidation of `tag` for the caller, a compare-and-set on its
+    /// `checked_at`: moves it from `observedCheckedAt` (what the caller read) to `checkedAt`
+    /// only if it still is `observedCheckedAt`. Of any number of callers (replicas of a fleet)
+    /// that read the same row, exactly one gets true and asks the upstream; the others see the
+    /// row checked and serve what it says. False also when the tag is gone.
+    func claimTagRevalidation(_ repository: RepositoryKey, _ tag: Tag, observedCheckedAt: Int64, checkedAt: Int64) async throws(IndexError) -> Bool
 
     // MARK: The cache's life
 

@@ -85,6 +85,20 @@ extension SQLiteMetadataStore {
         }
     }
 
+    public func claimTagRevalidation(_ repository: RepositoryKey, _ tag: Tag, observedCheckedAt: Int64, checkedAt: Int64) async throws(IndexError) -> Bool {
+        try await write { db throws(IndexError) in
+            // One statement, under the write lock: of claims on one row, only the first matches.
+            try db.transaction { tx in
+                try tx.run(
+                    """
+                    UPDATE tags SET checked_at = ? WHERE name = ? AND checked_at = ? AND repository_id =
+                      (SELECT r.id FROM repositories r JOIN upstreams u ON u.id = r.upstream_id WHERE u.name = ? AND r.name = ?)
+                    """, [.integer(checkedAt), .text(tag.value), .integer(observedCheckedAt), .text(repository.upstream), .text(repository.name.value)])
+                return tx.changes == 1
+            }
+        }
+    }
+
     public func forgetBlobs(_ digests: [Digest]) async throws(IndexError) {
         try await write { db throws(IndexError) in
             try db.transaction { tx in

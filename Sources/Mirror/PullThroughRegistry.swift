@@ -159,35 +159,54 @@ public final class PullThroughRegistry: RegistryContent {
            let content = try? await local.manifestContent(cached.digest, mediaType: cached.mediaType) {
             return content
         }
-        // Concurrent revalidations of one tag share one upstream round trip.
+        // Concurrent revalidations of one tag share one upstream round trip; in a fleet, one
+        // replica claims it and the others serve what the tag's row says (+TagClaims.swift).
+        // The watch list (`maxAge`) asks the upstream itself, claim or not.
         return try await manifestFlights.run("tag|\(repository)|\(tag)", joined: { stats?.joined(.manifestByTag) }) { () throws(MirrorError) in
-            do {
-                let head = try await upstream.manifest(repository.name, .tag(tag), head: true)
-                if let digest = head.digest {
-                    if let cached, digest == cached.digest, var content = try? await self.local.manifestContent(digest, mediaType: cached.mediaType) {
-                        try await self.local.wrap { () async throws(IndexError) in try await self.index.touchTag(repository, tag, checkedAt: self.now) }
-                        content.cacheResult = .revalidated
-                        return content
-                    }
-                    if let content = await self.keepingReserve(cached, repository: repository, tag: tag, upstream: upstream) { return content }
-                    return try await self.fetchManifest(repository, digest: digest, tag: tag, upstream: upstream)
-                }
-                if let content = await self.keepingReserve(cached, repository: repository, tag: tag, upstream: upstream) { return content }
-                // No digest in the HEAD answer: GET by tag and trust the bytes' own digest.
-                return try await self.fetchManifest(repository, digest: nil, tag: tag, upstream: upstream)
-            } catch let error as UpstreamError {
-                if error.isUpstreamFailure, let cached, policy.staleIfError, let content = await self.stale(cached) {
-                    // Marking the upstream down was logged once, as a warning; not again per request.
-                    self.logger.log(level: error.markedDown ? .debug : .warning, "serving a stale tag: the upstream failed", metadata: [
-                        "oci.repository": "\(repository)", "oci.tag": "\(tag)", "cache.result": "stale", "error": "\(error.message)"])
+            let claim = maxAge == nil ? try await self.claimRevalidation(repository, tag, cached, ttl: policy.tagTTL) : .unclaimed
+            if case .lost(let content) = claim { return content }
+            do throws(MirrorError) {
+                let content = try await self.revalidateTag(repository, tag, cached, upstream: upstream, policy: policy)
+                // Nothing written (stale-if-error, the rate-limit reserve): the next request tries again.
+                if content.cacheResult == .stale { await self.release(claim, repository, tag) }
+                return content
+            } catch {
+                await self.release(claim, repository, tag)
+                throw error
+            }
+        }
+    }
+
+    /// Asks the upstream where `tag` points now (a HEAD, then a GET if it moved), records the
+    /// answer, or serves `cached` stale when the upstream fails.
+    private func revalidateTag(_ repository: RepositoryKey, _ tag: Tag, _ cached: TagRecord?, upstream: any UpstreamClient,
+                               policy: UpstreamPolicy) async throws(MirrorError) -> ManifestContent {
+        do {
+            let head = try await upstream.manifest(repository.name, .tag(tag), head: true)
+            if let digest = head.digest {
+                if let cached, digest == cached.digest, var content = try? await self.local.manifestContent(digest, mediaType: cached.mediaType) {
+                    try await self.local.wrap { () async throws(IndexError) in try await self.index.touchTag(repository, tag, checkedAt: self.now) }
+                    content.cacheResult = .revalidated
                     return content
                 }
-                throw Self.map(error, upstream: upstream, what: "\(repository):\(tag)", unknown: .manifestUnknown)
-            } catch let error as MirrorError {
-                throw error
-            } catch {
-                throw MirrorError(.internal, "\(error)", cause: error)
+                if let content = await self.keepingReserve(cached, repository: repository, tag: tag, upstream: upstream) { return content }
+                return try await self.fetchManifest(repository, digest: digest, tag: tag, upstream: upstream)
             }
+            if let content = await self.keepingReserve(cached, repository: repository, tag: tag, upstream: upstream) { return content }
+            // No digest in the HEAD answer: GET by tag and trust the bytes' own digest.
+            return try await self.fetchManifest(repository, digest: nil, tag: tag, upstream: upstream)
+        } catch let error as UpstreamError {
+            if error.isUpstreamFailure, let cached, policy.staleIfError, let content = await self.stale(cached) {
+                // Marking the upstream down was logged once, as a warning; not again per request.
+                self.logger.log(level: error.markedDown ? .debug : .warning, "serving a stale tag: the upstream failed", metadata: [
+                    "oci.repository": "\(repository)", "oci.tag": "\(tag)", "cache.result": "stale", "error": "\(error.message)"])
+                return content
+            }
+            throw Self.map(error, upstream: upstream, what: "\(repository):\(tag)", unknown: .manifestUnknown)
+        } catch let error as MirrorError {
+            throw error
+        } catch {
+            throw MirrorError(.internal, "\(error)", cause: error)
         }
     }
 

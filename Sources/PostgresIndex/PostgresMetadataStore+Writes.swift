@@ -90,6 +90,18 @@ extension PostgresMetadataStore {
             """) { _ in () }
     }
 
+    public func claimTagRevalidation(_ repository: RepositoryKey, _ tag: Tag, observedCheckedAt: Int64, checkedAt: Int64) async throws(IndexError) -> Bool {
+        // Under READ COMMITTED a second UPDATE of the row waits for the first to commit, then
+        // re-checks `checked_at = observed` against the new row and matches nothing: one winner.
+        let claimed = try await rows("tag revalidation claim", """
+            UPDATE tags SET checked_at = \(checkedAt) WHERE name = \(tag.value) AND checked_at = \(observedCheckedAt) AND repository_id =
+              (SELECT r.id FROM repositories r JOIN upstreams u ON u.id = r.upstream_id
+               WHERE u.name = \(repository.upstream) AND r.name = \(repository.name.value))
+            RETURNING 1
+            """) { _ in () }
+        return claimed.count == 1
+    }
+
     public func forgetBlobs(_ digests: [Digest]) async throws(IndexError) {
         guard !digests.isEmpty else { return }
         _ = try await rows("forget blobs", "DELETE FROM blobs WHERE digest = ANY(\(digests.map(\.description)))") { _ in () }

@@ -176,6 +176,19 @@ final class FleetHarness: Sendable {
         try await start(index, extraEnvironment: extraEnvironment, extraArguments: extraArguments)
     }
 
+    // MARK: The bucket
+
+    /// Waits until the bucket holds every one of `digests`: a client has a blob's last byte
+    /// once it is verified, and its upload completes just after. False if it never did.
+    func waitUntilPublished(_ digests: Set<Digest>, timeout: Duration = .seconds(20)) async throws -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if Set(try await bucket.allDigests()).isSuperset(of: digests) { return true }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        return Set(try await bucket.allDigests()).isSuperset(of: digests)
+    }
+
     // MARK: The upstream
 
     /// The upstream's access-log position now, for `upstreamRequests(since:)` and friends.

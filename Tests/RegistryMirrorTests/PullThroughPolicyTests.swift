@@ -16,8 +16,10 @@ struct PolicyFixture {
     /// What `MirrorStats` counts, as `label kind=value`.
     let metrics = EventCounts()
     let registry: PullThroughRegistry
+    let policy: UpstreamPolicy
 
     init(policy: UpstreamPolicy = UpstreamPolicy()) throws {
+        self.policy = policy
         dir = try TemporaryDirectory()
         let local = LocalRegistry(store: try FileSystemStore(root: dir.path), index: try SQLiteMetadataStore(path: dir.path + "/index.sqlite"))
         registry = PullThroughRegistry(local: local, upstreams: [upstream], policies: [upstream.name: policy],

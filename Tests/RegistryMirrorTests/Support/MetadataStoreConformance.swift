@@ -15,6 +15,7 @@ struct MetadataStoreConformance {
 
     func run() async throws {
         try await tagsAreSetMovedAndListedSorted()
+        try await aTagRevalidationIsClaimedOnce()
         try await linksScopeContentToRepositories()
         try await childrenOfAnIndexKeepTheirOrderAndPlatforms()
         try await accessTimesKeepTheLaterAndOrderEviction()
@@ -100,6 +101,34 @@ struct MetadataStoreConformance {
         #expect(try await store.tag(elsewhere, Tag(parsing: "v2")) == nil, "the upstream is part of the key")
         #expect(try await store.listing().map(\.tag) == ["latest", "v10", "v2"])
         #expect(try await store.taggedRepositories(named: [Self.app.name]).count == 3)
+    }
+
+    /// The fleet's one revalidation per tag per TTL: handles on one store (replicas) that read
+    /// the same `checked_at` and claim at once have exactly one winner.
+    func aTagRevalidationIsClaimedOnce() async throws {
+        let replicas = [try await open("claims"), try await open("claims"), try await open("claims")]
+        let digest = try await image(replicas[0], "claimed", tag: "c", layers: ["c"])  // checked at 100
+        let tag = try Tag(parsing: "c")
+        let wins = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for i in 0..<12 {
+                group.addTask {
+                    try await replicas[i % replicas.count].claimTagRevalidation(Self.app, tag, observedCheckedAt: 100, checkedAt: 200 + Int64(i))
+                }
+            }
+            return try await group.reduce(into: 0) { $0 += $1 ? 1 : 0 }
+        }
+        #expect(wins == 1, "\(wins) of 12 concurrent claims on one tag won")
+        let claimed = try #require(try await replicas[1].tag(Self.app, tag))
+        #expect(claimed.digest == digest && (200..<212).contains(claimed.checkedAt), "the winner's checked_at is the row's")
+
+        // A claim on what was read before loses; on what is there now, wins (a release is one).
+        #expect(try await replicas[2].claimTagRevalidation(Self.app, tag, observedCheckedAt: 100, checkedAt: 300) == false)
+        #expect(try await replicas[2].claimTagRevalidation(Self.app, tag, observedCheckedAt: claimed.checkedAt, checkedAt: 100))
+        #expect(try await replicas[0].tag(Self.app, tag)?.checkedAt == 100)
+        // No row, no claim: another repository's, an unknown tag.
+        #expect(try await replicas[0].claimTagRevalidation(Self.other, tag, observedCheckedAt: 100, checkedAt: 300) == false)
+        #expect(try await replicas[0].claimTagRevalidation(Self.app, try Tag(parsing: "absent"), observedCheckedAt: 100, checkedAt: 300) == false)
+        #expect(try await replicas[0].tag(Self.app, tag)?.checkedAt == 100)
     }
 
     func linksScopeContentToRepositories() async throws {
