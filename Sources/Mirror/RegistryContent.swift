@@ -115,6 +115,9 @@ public struct MirrorError: ErrorWithOrigin, Sendable {
         public static let nameInvalid = Code(raw: "invalid repository name")
         public static let upstreamUnavailable = Code(raw: "upstream unavailable")
         public static let upstreamDenied = Code(raw: "upstream denied access")
+        /// An upstream that forwards client credentials refused the client's (or its
+        /// anonymous request): the client may answer a challenge with credentials of its own.
+        public static let unauthorized = Code(raw: "upstream requires the client's credentials")
         /// The mirror's own allow and deny lists refuse the repository (`RepositoryAccess`).
         public static let accessDenied = Code(raw: "refused by the mirror's repository rules")
         public static let tooManyRequests = Code(raw: "too many requests")

@@ -180,20 +180,29 @@ public final class Htpasswd: Sendable {
 /// after a pause, and no password is hashed for it, right or wrong. The one 401 not counted is
 /// the challenge to a request with no `Authorization` at all, which guesses nothing and is how
 /// every client learns to authenticate.
+///
+/// Requests that `delegated` picks (those for an upstream that forwards client credentials,
+/// see `CredentialForwarding`) are not checked against the file: their upstream checks the
+/// credentials. A 401 they end in still costs the address an attempt, and a throttled address
+/// is refused them too, so the mirror does not become a free password guesser for the upstream.
 public struct BasicAuthMiddleware<Context: RemoteAddressRequestContext>: RouterMiddleware {
     let htpasswd: Htpasswd
     let realm: String
     let throttle: LoginThrottle
+    let delegated: @Sendable (Request) -> Bool
 
-    public init(htpasswd: Htpasswd, realm: String, throttle: LoginThrottle = LoginThrottle(limit: 10, window: .seconds(60))) {
+    public init(htpasswd: Htpasswd, realm: String, throttle: LoginThrottle = LoginThrottle(limit: 10, window: .seconds(60)),
+                delegated: @escaping @Sendable (Request) -> Bool = { _ in false }) {
         self.htpasswd = htpasswd
         self.realm = realm
         self.throttle = throttle
+        self.delegated = delegated
     }
 
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
         if path == "/healthz" || path == "/readyz" { return try await next(request, context) }
+        if delegated(request) { return try await delegate(request, context: context, next: next) }
         guard let header = request.headers[.authorization] else {
             throw challenge("authentication required")
         }
@@ -216,6 +225,19 @@ public struct BasicAuthMiddleware<Context: RemoteAddressRequestContext>: RouterM
         case .busy:
             throttle.refund(address)
             throw RegistryError(.tooManyRequests, "too many logins are being checked; retry shortly", headers: [.retryAfter: "1"])
+        }
+    }
+
+    /// A request whose credentials the upstream checks, throttled like a login.
+    func delegate(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard request.headers[.authorization] != nil else { return try await next(request, context) }
+        let address = context.remoteAddress?.ipAddress ?? "unknown"
+        if let wait = throttle.retryAfter(address) { throw await tooManyFailures(wait) }
+        do {
+            return try await next(request, context)
+        } catch let error as RegistryError where error.status == .unauthorized {
+            if let wait = throttle.admit(address) { throw await tooManyFailures(wait) }
+            throw error
         }
     }
 
