@@ -159,6 +159,9 @@ func makeApplication(
         // Requests for an upstream that forwards client credentials are checked there, not here.
         router.add(middleware: BasicAuthMiddleware(htpasswd: htpasswd, realm: settings.htpasswdRealm, throttle: throttle,
                                                    delegated: { routes.delegatesAuthentication($0) }))
+    } else if settings.credentialForwarding != nil {
+        let throttle = LoginThrottle(limit: settings.authFailureLimit, window: settings.authFailureWindow)
+        router.add(middleware: DelegatedLoginThrottleMiddleware(throttle: throttle, delegated: { routes.delegatesAuthentication($0) }))
     }
     routes.add(to: router)
     let upstreamList = settings.upstreams.map { (name: $0.name, url: $0.url.absoluteString) }

@@ -87,6 +87,13 @@ extension TokenAuthTests {
             #expect(warm.contains { $0.path.hasPrefix("/v2/team-d/app/") && $0.status == 401 }, "\(warm)")
             #expect(!warm.contains { $0.method == "GET" && $0.path.contains("/blobs/") }, "\(warm)")
 
+            // Without htpasswd too, the upstream's 401s count as failed logins of the address.
+            var guesses: [Int] = []
+            for i in 0..<30 where guesses.filter({ $0 == 429 }).count < 2 {
+                guesses.append(try RawHTTP.get(port: mirror.port, path: "/v2/team-c/app/manifests/v1", headers: [Self.basic("carol:guess\(i)")]).status)
+            }
+            #expect(guesses.first == 401 && guesses.suffix(2) == [429, 429], "\(guesses)")
+
             // Neither password, nor its Basic form, in the log (at debug level) or on the status page.
             let status = try RawHTTP.get(port: mirror.port, path: "/")
             for credentials in [Self.carol, Self.dave] {
@@ -104,6 +111,43 @@ extension TokenAuthTests {
                 let password = String(credentials.split(separator: ":")[1])
                 #expect(bytes.range(of: Data(password.utf8)) == nil, "\(file) holds a password")
             }
+        }
+    }
+
+    @Test("forwarded credentials beside auth.htpasswd: the upstream checks its clients, htpasswd the rest; 401s from either are throttled per address")
+    func forwardedCredentialsBesideHtpasswd() async throws {
+        let env = try fixture()
+        _ = try await env.pushTeamImages()
+        let htpasswd = env.work.url.appendingPathComponent("forwarding-htpasswd")
+        try (try await PullThroughBcrypt.htpasswdLine(user: "ops", password: "ops-pw") + "\n").write(to: htpasswd, atomically: true, encoding: .utf8)
+        // A second upstream on the same registry, without forwarding: htpasswd guards it.
+        let config = try env.forwardingConfig(label: "htpasswd", extra: """
+            auth:
+              htpasswd:
+                path: \(htpasswd.path)
+              failures:
+                limit: 3
+                window: 10m
+            """, plainUpstream: true)
+        try await env.withMirror("forwarding-htpasswd", arguments: ["--config", config]) { mirror, _ in
+            func get(_ path: String, _ credentials: String?) throws -> RawResponse {
+                try RawHTTP.get(port: mirror.port, path: path, headers: Self.manifestAccept + (credentials.map { [Self.basic($0)] } ?? []))
+            }
+            let carolsOwn = try get("/v2/team-c/app/manifests/v1", Self.carol)
+            #expect(carolsOwn.status == 200, "carol, unknown to htpasswd, reads her repository: \(carolsOwn)\n\(mirror.stderr.suffix(2000))")
+            #expect(try get("/v2/plain/public/img/manifests/v1", "ops:ops-pw").status == 200)
+            #expect(try get("/v2/plain/public/img/manifests/v1", nil).status == 401)
+            #expect(try get("/", nil).status == 401, "the status page stays behind htpasswd")
+            // Failed logins, from either side: htpasswd refusing carol (1), the upstream refusing ops (2) and a wrong password (3).
+            #expect(try get("/v2/plain/public/img/manifests/v1", Self.carol).status == 401)
+            #expect(try get("/v2/team-c/app/manifests/v1", "ops:ops-pw").status == 401)
+            #expect(try get("/v2/team-c/app/manifests/v1", "carol:guess").status == 401)
+            // Out of attempts: even carol's right password waits, and the upstream is not asked.
+            let issuerMark = env.issuer.mark
+            let throttled = try get("/v2/team-c/app/manifests/v1", "carol:guess-again")
+            #expect(throttled.status == 429 && throttled.errorCodes == ["TOOMANYREQUESTS"], "\(throttled)")
+            #expect(try get("/v2/team-c/app/manifests/v1", Self.carol).status == 429)
+            #expect(env.issuer.mark == issuerMark, "\(Array(env.issuer.log.dropFirst(issuerMark)))")
         }
     }
 }
@@ -124,17 +168,26 @@ extension TokenAuthFixture {
         return (try await upstreamManifest("team-c/app", "v1"), try await upstreamManifest("team-d/app", "v1"))
     }
 
-    /// A `--config` whose one upstream forwards client credentials, logging at debug level.
-    func forwardingConfig() throws -> String {
-        let config = work.url.appendingPathComponent("forwarding-config.yaml")
+    /// A `--config` whose first upstream, `up`, forwards client credentials, logging at debug
+    /// level; `extra` YAML is added at the top level; `plainUpstream` adds `plain`, the same
+    /// registry without forwarding.
+    func forwardingConfig(label: String = "forwarding", extra: String? = nil, plainUpstream: Bool = false) throws -> String {
+        let config = work.url.appendingPathComponent("\(label)-config.yaml")
         let yaml = """
             log:
               level: debug
+            \(extra ?? """
+            auth:
+              failures:
+                limit: 30
+                window: 10m
+            """)
             upstreams:
               - name: up
                 url: "http://\(upstream.host)"
                 forward_client_credentials: true
                 access_memo: 60s
+            \(plainUpstream ? "  - name: plain\n    url: \"http://\(upstream.host)\"" : "")
 
             """
         try yaml.write(to: config, atomically: true, encoding: .utf8)
