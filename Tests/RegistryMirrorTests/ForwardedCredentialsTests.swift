@@ -4,6 +4,7 @@ import Logging
 import MetadataIndex
 @testable import Mirror
 import OCI
+import RegistryMirror
 import Testing
 @testable import Upstream
 
@@ -246,5 +247,62 @@ struct ForwardedCredentialsTests {
         _ = try await f.tag("team/c", as: Self.carol)
         _ = try await f.tag("team/c", as: Self.carol)
         #expect(f.fake.calls["manifestHead team/c"] == heads + 2)
+    }
+}
+
+/// `upstreams[].forward_client_credentials` and `access_memo`: what they set, and what they refuse.
+@Suite struct ForwardedCredentialsConfigurationTests {
+    func load(_ yaml: String) throws(ConfigurationError) -> MirrorConfiguration {
+        let dir = try! TemporaryDirectory()
+        defer { dir.remove() }
+        try! yaml.write(toFile: dir.path + "/c.yaml", atomically: true, encoding: .utf8)
+        return try MirrorConfiguration.load(file: dir.path + "/c.yaml", environment: [:])
+    }
+
+    @Test func theShippedExampleForwardsToItsPrivateUpstreamOnly() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let config = try MirrorConfiguration.load(file: try ShippedFiles.stageConfig("forwarded-credentials.yaml", in: dir), environment: [:])
+        let corp = try #require(config.upstreams.first)
+        #expect(corp.forwardClientCredentials && corp.accessMemo == .seconds(60) && corp.username == nil)
+        #expect(config.upstreams.dropFirst().allSatisfy { !$0.forwardClientCredentials })
+        let settings = config.serveSettings
+        #expect(settings.credentialForwarding?.upstreams == ["registry.corp.example"])
+        #expect(settings.upstreams.map(\.forwardClientCredentials) == [true, false])
+        #expect(settings.policies["registry.corp.example"]?.accessMemo == .seconds(60))
+        #expect(settings.tls != nil, "forwarded passwords travel over TLS in the example")
+        #expect(MirrorConfiguration().serveSettings.credentialForwarding == nil, "off by default")
+    }
+
+    @Test func keysAreReadAndChecked() throws {
+        let config = try load("""
+            upstreams:
+              - url: https://a.example
+                forward_client_credentials: true
+                access_memo: 0s
+              - url: https://b.example
+            """)
+        #expect(config.upstreams[0].forwardClientCredentials && config.upstreams[0].accessMemo == .zero)
+        #expect(!config.upstreams[1].forwardClientCredentials && config.upstreams[1].accessMemo == .seconds(60))
+        #expect("\(config.upstreams[0])".contains("forwardClientCredentials: true"))
+
+        var problems: [String] = []
+        do {
+            _ = try load("""
+                upstreams:
+                  - url: https://a.example
+                    forward_client_credentials: maybe
+                    access_memo: soon
+                  - url: https://b.example
+                    username: robot
+                    password_env: HOME
+                    forward_client_credentials: true
+                """)
+        } catch {
+            problems = error.problems
+        }
+        #expect(problems.contains { $0.hasPrefix("upstreams[0].forward_client_credentials:") }, "\(problems)")
+        #expect(problems.contains { $0.hasPrefix("upstreams[0].access_memo:") }, "\(problems)")
+        #expect(problems.contains { $0.hasPrefix("upstreams[1]:") && $0.contains("remove username") }, "\(problems)")
     }
 }
