@@ -113,6 +113,18 @@ extension PullThroughRegistry {
         accessMemo.withLock { $0.record(key, for: memo, nowMs: clock.unixMilliseconds) }
     }
 
+    /// A login (`GET /v2/` with credentials, `docker login`): `upstream`, if it forwards client
+    /// credentials, accepts the request's client. Else there is nothing to check.
+    public func verifyClient(of upstream: String) async throws(MirrorError) {
+        guard !offline, let registry = upstreams[upstream], registry.forwardsClientCredentials else { return }
+        let view = registry.forwarding(RequestClient.credentials)
+        do {
+            try await view.verifyCredentials()
+        } catch {
+            throw Self.map(error, upstream: view, what: "a login", unknown: .nameUnknown)
+        }
+    }
+
     /// Offline, nobody can vouch for a client of an upstream that forwards client
     /// credentials, so its cached content is not served at all.
     func refuseUncheckable(_ repository: RepositoryKey) throws(MirrorError) {

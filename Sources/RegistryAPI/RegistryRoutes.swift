@@ -46,8 +46,8 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
         hbRouter.add(middleware: APIVersionMiddleware())
         hbRouter.add(middleware: RegistryErrorMiddleware())
         let group = hbRouter.group("v2")
-        group.get("/") { request, _ in try self.base(request) }
-        group.head("/") { request, _ in try self.base(request) }
+        group.get("/") { request, _ in try await self.base(request) }
+        group.head("/") { request, _ in try await self.base(request) }
         group.get("**") { request, context in try await self.dispatch(request, context, head: false) }
         group.head("**") { request, context in try await self.dispatch(request, context, head: true) }
         for method in [HTTPRequest.Method.put, .post, .patch, .delete] {
@@ -59,9 +59,19 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
 
     /// `GET /v2/`. With an upstream that forwards client credentials, a request without any
     /// gets the challenge: clients send credentials only to a registry that asked for them here.
-    func base(_ request: Request) throws -> Response {
-        if let forwarding, request.headers[.authorization] == nil {
+    /// With credentials (a `docker login`), the default upstream checks them if it forwards them.
+    func base(_ request: Request) async throws -> Response {
+        guard let forwarding else { return Self.base() }
+        guard request.headers[.authorization] != nil else {
             throw forwarding.challenge(RegistryError(.unauthorized, "an upstream of this mirror checks your own credentials; send them"))
+        }
+        guard forwarding.upstreams.contains(router.defaultUpstream) else { return Self.base() }
+        let client = try forwarding.client(of: request)
+        do {
+            try await RequestClient.$credentials.withValue(client) { try await content.verifyClient(of: router.defaultUpstream) }
+        } catch let error as MirrorError {
+            let refused = RegistryError(error)
+            throw refused.code == .unauthorized ? forwarding.challenge(refused) : refused
         }
         return Self.base()
     }

@@ -30,12 +30,15 @@ public protocol UpstreamClient: AnyObject, Sendable {
     /// The upstream as `client` sees it: the same name (so downloads are still shared),
     /// requests with `client`'s credentials, tokens cached per client.
     func forwarding(_ client: ClientCredentials) -> any UpstreamClient
+    /// Whether the upstream accepts this view's credentials (`GET /v2/`), for a login.
+    func verifyCredentials() async throws(UpstreamError)
 }
 
 extension UpstreamClient {
     public var forwardsClientCredentials: Bool { false }
     public var forwardedClient: ClientCredentials? { nil }
     public func forwarding(_ client: ClientCredentials) -> any UpstreamClient { self }
+    public func verifyCredentials() async throws(UpstreamError) {}
 }
 
 extension UpstreamRegistry: UpstreamClient {}

@@ -238,6 +238,13 @@ public final class UpstreamRegistry: Sendable {
         return head
     }
 
+    /// Whether the upstream accepts this view's credentials: `GET /v2/`, its challenge answered
+    /// (a token for no scope, as `docker login` asks for one). For a `docker login` to a mirror
+    /// whose upstream checks its clients' credentials.
+    public func verifyCredentials() async throws(UpstreamError) {
+        _ = try await send("GET", "/v2/", repository: nil, accept: "application/json", sink: BufferSink(limit: 64 << 10))
+    }
+
     /// Set once the upstream answered a ranged GET of a blob with the whole blob (200): it
     /// ignores `Range`, and asking it for ranges again would only cost aborted transfers.
     public var ignoresRanges: Bool { shared.rangesIgnored.load(ordering: .relaxed) }
@@ -286,7 +293,7 @@ public final class UpstreamRegistry: Sendable {
 
     /// One request with its retries, unless the upstream is marked down: then it is refused
     /// at once, or is the one probe that checks whether the upstream is back.
-    func send(_ method: String, _ path: String, repository: RepositoryName, accept: String?, sink: any TransferSink,
+    func send(_ method: String, _ path: String, repository: RepositoryName?, accept: String?, sink: any TransferSink,
               extraHeaders: [(String, String)] = []) async throws(UpstreamError) -> ResponseHead {
         let admission = shared.availability.withLock { $0.admit(now: .now) }
         if case .refused(let nextCheck) = admission {
@@ -326,9 +333,11 @@ public final class UpstreamRegistry: Sendable {
 
     /// Up to `limit` attempts, with backoff. `outcome` ends `.answered` if any attempt got an
     /// HTTP answer, `.failed` if none did, `.abandoned` if it was cancelled first.
-    func attempts(_ method: String, _ path: String, repository: RepositoryName, accept: String?, sink: any TransferSink,
+    func attempts(_ method: String, _ path: String, repository: RepositoryName?, accept: String?, sink: any TransferSink,
                   extraHeaders: [(String, String)], limit: Int, outcome: inout UpstreamAvailability.Outcome) async throws(UpstreamError) -> ResponseHead {
-        let scope = "repository:\(repository.value):pull"
+        // No repository: the API root, whose token asks for no scope (as `docker login` does).
+        let scope = repository.map { "repository:\($0.value):pull" } ?? ""
+        let repository = repository.map(String.init(describing:)) ?? "its API root"
         var delay = configuration.backoff
         var lastError = UpstreamError(.unavailable, "\(name) did not answer")
         for attempt in 1...max(1, limit) {
@@ -476,7 +485,8 @@ public final class UpstreamRegistry: Sendable {
             tokens.drop(tokenKey(scope))
             var query = components.queryItems ?? []
             if let service = challenge.parameters["service"] { query.append(URLQueryItem(name: "service", value: service)) }
-            query.append(URLQueryItem(name: "scope", value: challenge.parameters["scope"] ?? scope))
+            let requested = challenge.parameters["scope"] ?? scope
+            if !requested.isEmpty { query.append(URLQueryItem(name: "scope", value: requested)) }
             components.queryItems = query
             guard let tokenURL = components.url else { throw UpstreamError(.invalidResponse, "\(name) sent an unusable token realm") }
             // The realm is a redirect of sorts, and may carry our credentials: the same rule.

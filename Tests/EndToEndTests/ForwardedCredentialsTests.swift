@@ -77,6 +77,15 @@ extension TokenAuthTests {
             let base = try RawHTTP.get(port: mirror.port, path: "/v2/")
             #expect(base.status == 401 && base.header("WWW-Authenticate")?.hasPrefix("Basic") == true, "\(base)")
             #expect(try RawHTTP.get(port: mirror.port, path: "/v2/", headers: asCarol).status == 200)
+            // A login is checked by the upstream: skopeo login (as docker login) fails with a wrong password.
+            let authFile = env.work.url.appendingPathComponent("auth-\(UUID().uuidString.prefix(6)).json").path
+            for (password, accepted) in [(TokenAuthIssuer.users["carol"]!, true), ("guess", false)] {
+                let login = try await Command.run("skopeo", ["login", "--authfile", authFile, "--tls-verify=false",
+                                                             "--username", "carol", "--password", password, mirror.host])
+                #expect(login.succeeded == accepted, "\(login.summary)")
+            }
+            let badLogin = try RawHTTP.get(port: mirror.port, path: "/v2/", headers: [Self.basic("carol:guess")])
+            #expect(badLogin.status == 401 && badLogin.header("WWW-Authenticate")?.hasPrefix("Basic") == true, "\(badLogin)")
 
             // The refusals were the upstream's: carol's token for team-d grants nothing, and the
             // registry refused it; nothing was downloaded for her.
