@@ -59,6 +59,10 @@ final class GatedUpstream: UpstreamClient {
         try gate(repository)
         return try await fake.referrers(repository, digest)
     }
+    /// A login: any client the upstream lists.
+    func verifyCredentials() async throws(UpstreamError) {
+        guard let client, readers[client.key] != nil else { throw UpstreamError(.unauthorized, "unknown client") }
+    }
 }
 
 @Suite("Forwarded client credentials")
@@ -149,13 +153,13 @@ struct ForwardedCredentialsTests {
         let image: (manifest: Digest, blobs: [Digest])
         let shared: Digest
 
-        init(memo: Duration) throws {
+        init(memo: Duration, offline: Bool = false) throws {
             dir = try TemporaryDirectory()
             let local = LocalRegistry(store: try FileSystemStore(root: dir.path), index: try SQLiteMetadataStore(path: dir.path + "/index.sqlite"))
             var policy = UpstreamPolicy()
             policy.accessMemo = memo
             let gated = GatedUpstream(fake, readers: [ForwardedCredentialsTests.carol.key: ["team/c"], ForwardedCredentialsTests.dave.key: ["team/d"]])
-            registry = PullThroughRegistry(local: local, upstreams: [gated], policies: [fake.name: policy], clock: clock,
+            registry = PullThroughRegistry(local: local, upstreams: [gated], policies: [fake.name: policy], offline: offline, clock: clock,
                                            logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
             shared = fake.put(blob: Array("shared layer".utf8), in: "team/c", "team/d")
             let config = Array(#"{"architecture":"amd64","os":"linux"}"#.utf8)
@@ -236,6 +240,35 @@ struct ForwardedCredentialsTests {
         // Anonymous gets nothing of it, though it is cached now.
         await #expect { _ = try await f.blob("team/d", f.shared, as: .anonymous) } throws: { Self.isUnauthorized($0) }
         #expect(f.fake.calls["blobGet"] == 1)
+    }
+
+    @Test("offline, nothing of a forwarding upstream is served: nobody can vouch for the client")
+    func offlineRefuses() async throws {
+        let f = try Fixture(memo: .seconds(60))
+        defer { f.dir.remove() }
+        _ = try await f.tag("team/c", as: Self.carol)
+        let offline = PullThroughRegistry(local: f.registry.local, upstreams: [GatedUpstream(f.fake, readers: [:])], offline: true,
+                                          logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+        try await RequestClient.$credentials.withValue(Self.carol) {
+            await #expect { _ = try await offline.manifest(try f.key("team/c"), .digest(f.image.manifest)) } throws: {
+                ($0 as? MirrorError)?.code == .upstreamUnavailable
+            }
+            await #expect { _ = try await offline.blob(try f.key("team/c"), f.shared) } throws: { ($0 as? MirrorError)?.code == .upstreamUnavailable }
+        }
+    }
+
+    @Test("a login is the upstream's to accept")
+    func loginIsVerified() async throws {
+        let f = try Fixture(memo: .seconds(60))
+        defer { f.dir.remove() }
+        try await RequestClient.$credentials.withValue(Self.carol) { try await f.registry.verifyClient(of: f.fake.name) }
+        await #expect {
+            try await RequestClient.$credentials.withValue(ClientCredentials(username: "carol", password: "guess")) {
+                try await f.registry.verifyClient(of: f.fake.name)
+            }
+        } throws: { Self.isUnauthorized($0) }
+        // An upstream that does not forward credentials has nothing to say about a login.
+        try await f.registry.verifyClient(of: "elsewhere.test")
     }
 
     @Test("with access_memo 0s, every request asks the upstream")
