@@ -63,14 +63,14 @@ public final class PullThroughRegistry: RegistryContent {
     let clock: any MirrorClock
     /// Downloads in progress, by `fillKey` (PullThroughRegistry+Fills.swift).
     let fills = Mutex<[String: BlobFill]>([:])
+    /// Which clients an upstream that forwards client credentials lately allowed which repository.
+    let accessMemo = Mutex(AccessMemo())
     private let manifestFlights = SingleFlight<String, ManifestContent>()
     /// The last referrers answer per (repository, subject), for when the upstream fails.
     let referrerCache = ReferrerCache(capacity: 4096)
     private let prefetchSlots = AsyncSemaphore(4)
     /// Owns fills and prefetches, which outlive the request that started them.
     let fillService: FillService
-    /// Which clients an upstream that forwards client credentials lately allowed which repository.
-    let accessMemo = Mutex(AccessMemo())
 
     public init(local: LocalRegistry, upstreams: [any UpstreamClient], policies: [String: UpstreamPolicy] = [:],
                 access: [String: RepositoryAccess] = [:], offline: Bool = false, maintenance: CacheMaintenance? = nil, prefetchChildManifests: Bool = true,
