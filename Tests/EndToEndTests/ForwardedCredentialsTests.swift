@@ -104,6 +104,7 @@ extension TokenAuthTests {
             #expect(guesses.first == 401 && guesses.suffix(2) == [429, 429], "\(guesses)")
 
             // Neither password, nor its Basic form, in the log (at debug level) or on the status page.
+            #expect(mirror.stderr.contains("the upstream refused this client"), "the log is not at debug level: the grep below would prove little")
             let status = try RawHTTP.get(port: mirror.port, path: "/")
             for credentials in [Self.carol, Self.dave] {
                 let password = String(credentials.split(separator: ":")[1])
