@@ -44,6 +44,9 @@ extension TokenAuthTests {
 
             // One download per blob, the shared layer included, however many users pulled it.
             let requests = await env.upstream.requests(since: accessMark)
+            let kinds = Dictionary(grouping: requests) { "\($0.method) \($0.path.contains("/blobs/") ? "blob" : "manifest") \($0.status)" }.mapValues(\.count)
+            Progress.step("forwarding: two cold pulls cost the upstream \(kinds.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ")); "
+                          + "\(env.issuer.log.count - issuerMark) token requests")
             for digest in carolBlobs.union(daveBlobs) {
                 let gets = requests.filter { $0.method == "GET" && $0.path.hasSuffix("/blobs/\(digest)") }
                 #expect(gets.count == 1, "\(digest)\(digest == shared ? " (shared)" : ""): \(gets)")
