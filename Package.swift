@@ -82,7 +82,7 @@ let package = Package(
             .product(name: "HummingbirdHTTP2", package: "hummingbird"),
         ]),
         .target(name: "RegistryAPI", dependencies: [
-            "OCI", "ContentStore", "Mirror", "RegistryServer", "CCrypt",
+            "OCI", "ContentStore", "Mirror", "RegistryServer", "Upstream", "CCrypt",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
             .product(name: "Logging", package: "swift-log"),

@@ -13,6 +13,14 @@ extension PullThroughRegistry {
     /// served; only a denial is an error.
     public func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor] {
         try admit(repository)
+        if let upstream = upstream(for: repository), upstream.forwardsClientCredentials, !accessRemembered(repository, upstream: upstream) {
+            // Nothing cached is listed to a client the upstream has not let read the repository.
+            do throws(MirrorError) {
+                try await checkAccess(repository, .manifest(.digest(digest)), upstream: upstream)
+            } catch where error.code == .manifestUnknown {
+                return []
+            }
+        }
         let cached = try await local.referrers(repository, digest)
         guard let upstream = upstream(for: repository) else { return cached }
         let key = "\(repository)@\(digest)"

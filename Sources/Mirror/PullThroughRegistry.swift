@@ -23,6 +23,9 @@ public struct UpstreamPolicy: Sendable {
     /// with the `Warning`) instead of spending a pull on the GET: the rest are kept for content
     /// the cache cannot serve at all.
     public var rateLimitReserve = 10
+    /// For an upstream that forwards client credentials: how long its "yes, this client may
+    /// read this repository" is trusted before it is asked again (`ClientAccess.swift`).
+    public var accessMemo: Duration = .seconds(60)
 
     public init() {}
 }
@@ -40,6 +43,9 @@ public struct UpstreamPolicy: Sendable {
 ///   hold it; otherwise the upstream is asked (HEAD) first.
 /// - Allow and deny lists (`RepositoryAccess`): every public entry asks `admit` first, so a
 ///   refused repository reads no cache and asks no upstream, online or offline.
+/// - Forwarded client credentials (`ClientAccess.swift`): an upstream that forwards them is
+///   asked through the request's client's view of it, and cached content is served only after
+///   `checkAccess` (the upstream said this client may read that repository).
 public final class PullThroughRegistry: RegistryContent {
     public let local: LocalRegistry
     let upstreams: [String: any UpstreamClient]
@@ -57,6 +63,8 @@ public final class PullThroughRegistry: RegistryContent {
     let clock: any MirrorClock
     /// Downloads in progress, by `fillKey` (PullThroughRegistry+Fills.swift).
     let fills = Mutex<[String: BlobFill]>([:])
+    /// Which clients an upstream that forwards client credentials lately allowed which repository.
+    let accessMemo = Mutex(AccessMemo())
     private let manifestFlights = SingleFlight<String, ManifestContent>()
     /// The last referrers answer per (repository, subject), for when the upstream fails.
     let referrerCache = ReferrerCache(capacity: 4096)
@@ -89,15 +97,18 @@ public final class PullThroughRegistry: RegistryContent {
     var store: any BlobStore { local.store }
     var index: any MetadataStore { local.index }
 
-    /// The upstream for a repository, or nil when offline or unknown.
+    /// The upstream for a repository, or nil when offline or unknown: for one that forwards
+    /// client credentials, the request's client's view of it (anonymous without a request).
     func upstream(for repository: RepositoryKey) -> (any UpstreamClient)? {
-        offline ? nil : upstreams[repository.upstream]
+        guard !offline, let upstream = upstreams[repository.upstream] else { return nil }
+        return upstream.forwardsClientCredentials ? upstream.forwarding(RequestClient.credentials) : upstream
     }
 
     func policy(_ repository: RepositoryKey) -> UpstreamPolicy { policies[repository.upstream] ?? UpstreamPolicy() }
 
     /// The allow and deny lists' gate, before any cache read or upstream request.
     func admit(_ repository: RepositoryKey) throws(MirrorError) {
+        try refuseUncheckable(repository)
         guard let rules = access[repository.upstream], rules.verdict(for: repository.name) != .allowed else { return }
         logger.debug("refused by the repository rules", metadata: ["oci.repository": "\(repository)"])
         throw rules.refusalError(repository)
@@ -114,6 +125,7 @@ public final class PullThroughRegistry: RegistryContent {
         let content: ManifestContent
         do throws(MirrorError) {
             if let upstream = upstream(for: repository) {
+                try await checkAccess(repository, .manifest(reference), upstream: upstream)
                 switch reference {
                 case .digest(let digest): content = try await manifest(repository, digest: digest, upstream: upstream)
                 case .tag(let tag): content = try await manifest(repository, tag: tag, upstream: upstream)
@@ -396,6 +408,7 @@ public final class PullThroughRegistry: RegistryContent {
                 throw error
             }
         }
+        try await checkAccess(repository, .blob(digest), upstream: upstream)
         if let reader = try await local.openIntact(digest) {
             try await ensureLinked(repository, digest, upstream: upstream)
             stats?.cache(.blob, .hit)
@@ -412,6 +425,7 @@ public final class PullThroughRegistry: RegistryContent {
     public func blobSize(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> Int64 {
         try admit(repository)
         guard let upstream = upstream(for: repository) else { return try await local.blobSize(repository, digest) }
+        try await checkAccess(repository, .blob(digest), upstream: upstream)
         if let reader = try await local.openIntact(digest), let size = try await LocalRegistry.size(of: reader, digest) {
             try await ensureLinked(repository, digest, upstream: upstream)
             return size
@@ -468,9 +482,14 @@ public final class PullThroughRegistry: RegistryContent {
         try admit(repository)
         guard let upstream = upstream(for: repository) else { return try await local.tags(repository) }
         do {
-            return try await upstream.tags(repository.name, maxPages: 50).sorted()
+            let tags = try await upstream.tags(repository.name, maxPages: 50).sorted()
+            if upstream.forwardsClientCredentials {
+                rememberAccess(AccessMemo.Key(client: (upstream.forwardedClient ?? .anonymous).key, repository: repository), upstream: upstream)
+            }
+            return tags
         } catch {
-            if error.isUpstreamFailure, let cached = try? await local.tags(repository) { return cached }
+            // A client of an upstream that forwards credentials gets the cached list only if it was allowed lately.
+            if error.isUpstreamFailure, accessRemembered(repository, upstream: upstream), let cached = try? await local.tags(repository) { return cached }
             throw Self.map(error, upstream: upstream, what: "\(repository)", unknown: .nameUnknown)
         }
     }
@@ -481,6 +500,7 @@ public final class PullThroughRegistry: RegistryContent {
         switch error.code {
         case .notFound: return MirrorError(unknown, "\(what) is not on \(upstream.name): \(error.message)", cause: error)
         case .denied: return MirrorError(.upstreamDenied, error.message, cause: error)
+        case .unauthorized: return MirrorError(.unauthorized, error.message, cause: error)
         case .tooManyRequests: return MirrorError(.tooManyRequests, error.message, retryAfter: error.retryAfter, cause: error)
         case .invalidResponse: return MirrorError(.invalidContent, error.message, cause: error)
         case .busy: return MirrorError(.upstreamUnavailable, "this mirror is busy: \(error.message)", retryAfter: error.retryAfter, cause: error)

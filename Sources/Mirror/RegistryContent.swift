@@ -24,6 +24,9 @@ public protocol RegistryContent: Sendable {
     func referrers(_ repository: RepositoryKey, _ digest: Digest) async throws(MirrorError) -> [Descriptor]
     /// Told of a manifest body being sent, with its size (served-bytes accounting).
     func delivered(_ bytes: Int64, of manifest: ManifestContent, in repository: RepositoryKey)
+    /// A login (`GET /v2/` with credentials): throws what `upstream` answers to the request's
+    /// client when it checks client credentials itself (`forward_client_credentials`).
+    func verifyClient(of upstream: String) async throws(MirrorError)
 }
 
 extension RegistryContent {
@@ -33,6 +36,9 @@ extension RegistryContent {
     }
 
     public func delivered(_ bytes: Int64, of manifest: ManifestContent, in repository: RepositoryKey) {}
+
+    /// Nothing to verify without an upstream that checks client credentials.
+    public func verifyClient(of upstream: String) async throws(MirrorError) {}
 }
 
 /// A manifest as served: the stored bytes and the stored media type, never re-encoded.
@@ -123,6 +129,9 @@ public struct MirrorError: ErrorWithOrigin, Sendable {
         public static let nameInvalid = Code(raw: "invalid repository name")
         public static let upstreamUnavailable = Code(raw: "upstream unavailable")
         public static let upstreamDenied = Code(raw: "upstream denied access")
+        /// An upstream that forwards client credentials refused the client's (or its
+        /// anonymous request): the client may answer a challenge with credentials of its own.
+        public static let unauthorized = Code(raw: "upstream requires the client's credentials")
         /// The mirror's own allow and deny lists refuse the repository (`RepositoryAccess`).
         public static let accessDenied = Code(raw: "refused by the mirror's repository rules")
         public static let tooManyRequests = Code(raw: "too many requests")

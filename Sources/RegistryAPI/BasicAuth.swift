@@ -180,20 +180,29 @@ public final class Htpasswd: Sendable {
 /// after a pause, and no password is hashed for it, right or wrong. The one 401 not counted is
 /// the challenge to a request with no `Authorization` at all, which guesses nothing and is how
 /// every client learns to authenticate.
+///
+/// Requests that `delegated` picks (those for an upstream that forwards client credentials,
+/// see `CredentialForwarding`) are not checked against the file: their upstream checks the
+/// credentials. A 401 they end in still costs the address an attempt, and a throttled address
+/// is refused them too, so the mirror does not become a free password guesser for the upstream.
 public struct BasicAuthMiddleware<Context: RemoteAddressRequestContext>: RouterMiddleware {
     let htpasswd: Htpasswd
     let realm: String
     let throttle: LoginThrottle
+    let delegated: @Sendable (Request) -> Bool
 
-    public init(htpasswd: Htpasswd, realm: String, throttle: LoginThrottle = LoginThrottle(limit: 10, window: .seconds(60))) {
+    public init(htpasswd: Htpasswd, realm: String, throttle: LoginThrottle = LoginThrottle(limit: 10, window: .seconds(60)),
+                delegated: @escaping @Sendable (Request) -> Bool = { _ in false }) {
         self.htpasswd = htpasswd
         self.realm = realm
         self.throttle = throttle
+        self.delegated = delegated
     }
 
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
         if path == "/healthz" || path == "/readyz" { return try await next(request, context) }
+        if delegated(request) { return try await delegate(request, context: context, next: next) }
         guard let header = request.headers[.authorization] else {
             throw challenge("authentication required")
         }
@@ -219,6 +228,11 @@ public struct BasicAuthMiddleware<Context: RemoteAddressRequestContext>: RouterM
         }
     }
 
+    /// A request whose credentials the upstream checks, throttled like a login.
+    func delegate(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        try await throttle.delegated(request, context: context, next: next)
+    }
+
     func challenge(_ message: String) -> RegistryError {
         var error = RegistryError(.unauthorized, message)
         error.headers[.wwwAuthenticate] = "Basic realm=\"\(realm)\""
@@ -228,12 +242,7 @@ public struct BasicAuthMiddleware<Context: RemoteAddressRequestContext>: RouterM
 
     /// The 429 for a throttled address, after a pause: answered at once, a guesser's
     /// connections would turn into a flood of cheap requests that still crowds out others.
-    func tooManyFailures(_ wait: Duration) async -> RegistryError {
-        try? await Task.sleep(for: min(wait, throttle.pause))
-        let seconds = max(1, Int((wait / .seconds(1)).rounded(.up)))
-        return RegistryError(.tooManyRequests, "too many failed logins from this address; retry in \(seconds) s",
-                             headers: [.retryAfter: String(seconds)])
-    }
+    func tooManyFailures(_ wait: Duration) async -> RegistryError { await throttle.refusal(wait) }
 
     /// `Basic base64(user:password)` → (user, password), split at the first colon byte.
     static func basic(_ header: String) -> (String, String)? {
@@ -250,4 +259,49 @@ public struct MirrorSetupFailure: Error, CustomStringConvertible {
     public let message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
+}
+
+extension LoginThrottle {
+    /// The 429 for a throttled address, after a pause: answered at once, a guesser's
+    /// connections would turn into a flood of cheap requests that still crowds out others.
+    func refusal(_ wait: Duration) async -> RegistryError {
+        try? await Task.sleep(for: min(wait, pause))
+        let seconds = max(1, Int((wait / .seconds(1)).rounded(.up)))
+        return RegistryError(.tooManyRequests, "too many failed logins from this address; retry in \(seconds) s",
+                             headers: [.retryAfter: String(seconds)])
+    }
+
+    /// A request whose credentials an upstream checks (`CredentialForwarding`), throttled like
+    /// a login: refused while its address is throttled, and a 401 it ends in takes an attempt.
+    /// Without credentials it guesses nothing and passes.
+    func delegated<Context: RemoteAddressRequestContext>(_ request: Request, context: Context,
+                                                         next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard request.headers[.authorization] != nil else { return try await next(request, context) }
+        let address = context.remoteAddress?.ipAddress ?? "unknown"
+        if let wait = retryAfter(address) { throw await refusal(wait) }
+        do {
+            return try await next(request, context)
+        } catch let error as RegistryError where error.status == .unauthorized {
+            if let wait = admit(address) { throw await refusal(wait) }
+            throw error
+        }
+    }
+}
+
+/// Without `auth.htpasswd`, the login throttle for requests whose credentials an upstream
+/// checks (`CredentialForwarding`): the mirror must not become a free password guesser for
+/// the upstream, nor let one guesser get the mirror itself refused there.
+public struct DelegatedLoginThrottleMiddleware<Context: RemoteAddressRequestContext>: RouterMiddleware {
+    let throttle: LoginThrottle
+    let delegated: @Sendable (Request) -> Bool
+
+    public init(throttle: LoginThrottle, delegated: @escaping @Sendable (Request) -> Bool) {
+        self.throttle = throttle
+        self.delegated = delegated
+    }
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard delegated(request) else { return try await next(request, context) }
+        return try await throttle.delegated(request, context: context, next: next)
+    }
 }

@@ -83,6 +83,7 @@ public struct RegistryError: HTTPResponseError, Sendable, CustomStringConvertibl
         case .nameInvalid: code = .nameInvalid
         case .upstreamUnavailable, .indexUnavailable: code = .unavailable
         case .upstreamDenied, .accessDenied: code = .denied
+        case .unauthorized: code = .unauthorized
         case .tooManyRequests: code = .tooManyRequests
         case .unsupported: code = .unsupported
         case .invalidContent: code = .badGateway

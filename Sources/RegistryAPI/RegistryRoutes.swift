@@ -5,6 +5,7 @@ import Logging
 import Mirror
 import NIOCore
 import OCI
+import Upstream
 
 extension HTTPField.Name {
     static let dockerContentDigest = Self("Docker-Content-Digest")!
@@ -31,10 +32,13 @@ struct TagList: Encodable {
 public struct RegistryRoutes<Content: RegistryContent>: Sendable {
     let content: Content
     let router: UpstreamRouter
+    /// Upstreams that take the client's own credentials; nil when none does.
+    let forwarding: CredentialForwarding?
 
-    public init(content: Content, router: UpstreamRouter) {
+    public init(content: Content, router: UpstreamRouter, forwarding: CredentialForwarding? = nil) {
         self.content = content
         self.router = router
+        self.forwarding = forwarding
     }
 
     public func add(to hbRouter: Router<RegistryRequestContext>) {
@@ -42,8 +46,8 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
         hbRouter.add(middleware: APIVersionMiddleware())
         hbRouter.add(middleware: RegistryErrorMiddleware())
         let group = hbRouter.group("v2")
-        group.get("/") { _, _ in Self.base() }
-        group.head("/") { _, _ in Self.base() }
+        group.get("/") { request, _ in try await self.base(request) }
+        group.head("/") { request, _ in try await self.base(request) }
         group.get("**") { request, context in try await self.dispatch(request, context, head: false) }
         group.head("**") { request, context in try await self.dispatch(request, context, head: true) }
         for method in [HTTPRequest.Method.put, .post, .patch, .delete] {
@@ -51,6 +55,25 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
                 throw RegistryError(.unsupported, "\(request.method) is not supported: this mirror is read-only")
             }
         }
+    }
+
+    /// `GET /v2/`. With an upstream that forwards client credentials, a request without any
+    /// gets the challenge: clients send credentials only to a registry that asked for them here.
+    /// With credentials (a `docker login`), the default upstream checks them if it forwards them.
+    func base(_ request: Request) async throws -> Response {
+        guard let forwarding else { return Self.base() }
+        guard request.headers[.authorization] != nil else {
+            throw forwarding.challenge(RegistryError(.unauthorized, "an upstream of this mirror checks your own credentials; send them"))
+        }
+        guard forwarding.upstreams.contains(router.defaultUpstream) else { return Self.base() }
+        let client = try forwarding.client(of: request)
+        do {
+            try await RequestClient.$credentials.withValue(client) { try await content.verifyClient(of: router.defaultUpstream) }
+        } catch let error as MirrorError {
+            let refused = RegistryError(error)
+            throw refused.code == .unauthorized ? forwarding.challenge(refused) : refused
+        }
+        return Self.base()
     }
 
     static func base() -> Response {
@@ -61,15 +84,46 @@ public struct RegistryRoutes<Content: RegistryContent>: Sendable {
     /// last two path components, since names themselves contain slashes.
     func dispatch(_ request: Request, _ context: RegistryRequestContext, head: Bool) async throws -> Response {
         let path = request.uri.path
-        guard path.hasPrefix("/v2/") else { throw RegistryError(.notFound, "no such endpoint") }
-        let rest = path.dropFirst(4)
-        guard let lastSlash = rest.lastIndex(of: "/") else { throw RegistryError(.notFound, "no such endpoint") }
-        let last = rest[rest.index(after: lastSlash)...]
-        let front = rest[..<lastSlash]
-        guard let kindSlash = front.lastIndex(of: "/") else { throw RegistryError(.notFound, "no such endpoint") }
-        let kind = front[front.index(after: kindSlash)...]
-        let name = front[..<kindSlash]
+        guard let (name, kind, last) = Self.split(path) else { throw RegistryError(.notFound, "no such endpoint") }
         let namespace = request.uri.queryParameters["ns"].map(String.init)
+        guard let forwarding, let key = try? router.route(path: name, namespace: namespace), forwarding.upstreams.contains(key.upstream) else {
+            return try await dispatch(request, context, name: name, kind: kind, last: last, namespace: namespace, head: head)
+        }
+        // The upstream decides: the mirror core asks it as this client (ClientAccess.swift).
+        let client = try forwarding.client(of: request)
+        do {
+            return try await RequestClient.$credentials.withValue(client) {
+                try await dispatch(request, context, name: name, kind: kind, last: last, namespace: namespace, head: head)
+            }
+        } catch let error as RegistryError where error.code == .unauthorized {
+            throw forwarding.challenge(error)
+        }
+    }
+
+    /// `<name>`, the kind (`manifests`, `blobs`, `tags`, `referrers`) and the last component of a `/v2/` path.
+    static func split(_ path: String) -> (name: Substring, kind: Substring, last: Substring)? {
+        guard path.hasPrefix("/v2/") else { return nil }
+        let rest = path.dropFirst(4)
+        guard let lastSlash = rest.lastIndex(of: "/") else { return nil }
+        let front = rest[..<lastSlash]
+        guard let kindSlash = front.lastIndex(of: "/") else { return nil }
+        return (front[..<kindSlash], front[front.index(after: kindSlash)...], rest[rest.index(after: lastSlash)...])
+    }
+
+    /// Whether the upstream, not `auth.htpasswd`, checks this request's credentials: `/v2/`
+    /// itself and the repositories of an upstream that forwards client credentials.
+    public func delegatesAuthentication(_ request: Request) -> Bool {
+        guard let forwarding else { return false }
+        let path = request.uri.path
+        if path == "/v2/" || path == "/v2" { return true }
+        guard let (name, _, _) = Self.split(path),
+              let key = try? router.route(path: name, namespace: request.uri.queryParameters["ns"].map(String.init)) else { return false }
+        return forwarding.upstreams.contains(key.upstream)
+    }
+
+    func dispatch(_ request: Request, _ context: RegistryRequestContext, name: Substring, kind: Substring, last: Substring,
+                  namespace: String?, head: Bool) async throws -> Response {
+        let path = request.uri.path
         switch kind {
         case "manifests":
             return try await manifest(request, name: name, namespace: namespace, reference: last, head: head)

@@ -221,12 +221,18 @@ func makeApplication(
     stats.register(upstreams: settings.upstreams.map(\.name))
     let router = Router(context: RegistryRequestContext.self)
     router.add(middleware: RequestLogMiddleware(stats: stats))
+    let routes = RegistryRoutes(content: content, router: settings.upstreamRouter, forwarding: settings.credentialForwarding)
     if let path = settings.htpasswdPath {
         let htpasswd = try Htpasswd(path: path, hashing: CryptThreads(threads: settings.hashingThreads, maxWaiting: settings.hashingMaxWaiting))
         let throttle = LoginThrottle(limit: settings.authFailureLimit, window: settings.authFailureWindow)
-        router.add(middleware: BasicAuthMiddleware(htpasswd: htpasswd, realm: settings.htpasswdRealm, throttle: throttle))
+        // Requests for an upstream that forwards client credentials are checked there, not here.
+        router.add(middleware: BasicAuthMiddleware(htpasswd: htpasswd, realm: settings.htpasswdRealm, throttle: throttle,
+                                                   delegated: { routes.delegatesAuthentication($0) }))
+    } else if settings.credentialForwarding != nil {
+        let throttle = LoginThrottle(limit: settings.authFailureLimit, window: settings.authFailureWindow)
+        router.add(middleware: DelegatedLoginThrottleMiddleware(throttle: throttle, delegated: { routes.delegatesAuthentication($0) }))
     }
-    RegistryRoutes(content: content, router: settings.upstreamRouter).add(to: router)
+    routes.add(to: router)
     let upstreamList = settings.upstreams.map { (name: $0.name, url: $0.url.absoluteString) }
     router.get("/") { _, _ -> Response in
         let fills = content.activeFills.map { StatusPage.Fill(upstream: $0.upstream, digest: $0.digest, written: $0.written, size: $0.size) }
@@ -338,6 +344,12 @@ extension ServeSettings {
 extension ServeSettings {
     public var upstreamRouter: UpstreamRouter {
         UpstreamRouter(names: upstreams.map(\.name), defaultUpstream: defaultUpstream)
+    }
+
+    /// The upstreams that forward client credentials (`forward_client_credentials`); nil if none.
+    public var credentialForwarding: CredentialForwarding? {
+        let names = Set(upstreams.filter(\.forwardClientCredentials).map(\.name))
+        return names.isEmpty ? nil : CredentialForwarding(upstreams: names, realm: htpasswdRealm)
     }
 }
 

@@ -70,7 +70,8 @@ public struct MirrorConfiguration: Sendable, Equatable {
     /// One entry of `upstreams`. Printing it never shows the password.
     public struct Upstream: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
         public var description: String {
-            "Upstream(name: \(name), url: \(url), username: \(username ?? "-"), password: \(password == nil ? "-" : "<redacted>"), tagTTL: \(tagTTL), insecure: \(insecure))"
+            "Upstream(name: \(name), url: \(url), username: \(username ?? "-"), password: \(password == nil ? "-" : "<redacted>"), tagTTL: \(tagTTL), insecure: \(insecure)"
+                + (forwardClientCredentials ? ", forwardClientCredentials: true, accessMemo: \(accessMemo))" : ")")
         }
         public var debugDescription: String { description }
 
@@ -106,6 +107,13 @@ public struct MirrorConfiguration: Sendable, Equatable {
         /// `allow`, `deny` (repository patterns) and `deny_status` (404 or 403): which
         /// repositories of this upstream the mirror serves.
         public var access = RepositoryAccess.open
+        /// `forward_client_credentials`: requests to this upstream carry the client's own Basic
+        /// credentials (not `username`, which it excludes), and the upstream, not
+        /// `auth.htpasswd`, decides who reads its repositories, cached content included.
+        public var forwardClientCredentials = false
+        /// `access_memo`: how long the upstream's word that a client may read a repository is
+        /// trusted before it is asked again (`0s`: every request).
+        public var accessMemo = UpstreamPolicy().accessMemo
 
         public init(name: String, url: String) {
             self.name = name
@@ -116,6 +124,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
             "name", "url", "username", "password_file", "password_env", "tag_ttl", "ca_file", "insecure", "stale_if_error",
             "prefetch_platforms", "prefetch_max_children", "connect_timeout", "response_timeout", "low_speed_limit", "low_speed_time",
             "down_after", "down_max", "rate_limit_reserve", "allow", "deny", "deny_status",
+            "forward_client_credentials", "access_memo",
         ]
     }
 
@@ -351,10 +360,18 @@ public struct MirrorConfiguration: Sendable, Equatable {
             if (upstream.username == nil) != (upstream.password == nil) {
                 problems.append("\(at): username and password_file (or password_env) go together")
             }
+            if let v = text("forward_client_credentials") {
+                upstream.forwardClientCredentials = bool(v, "\(at).forward_client_credentials", &problems) ?? false
+                if upstream.forwardClientCredentials, upstream.username != nil {
+                    // Which would an anonymous client get? Neither answer is safe to guess.
+                    problems.append("\(at): forward_client_credentials sends each client's own credentials; remove username and password_file (or password_env)")
+                }
+            }
             for (key, path) in [("tag_ttl", \Upstream.tagTTL), ("connect_timeout", \.connectTimeout),
-                                ("response_timeout", \.responseTimeout), ("low_speed_time", \.lowSpeedTime), ("down_max", \.downMax)] {
+                                ("response_timeout", \.responseTimeout), ("low_speed_time", \.lowSpeedTime), ("down_max", \.downMax),
+                                ("access_memo", \.accessMemo)] {
                 guard let value = text(key) else { continue }
-                if let d = UpstreamSpec.duration(value), key == "tag_ttl" || d > .zero { upstream[keyPath: path] = d } else {
+                if let d = UpstreamSpec.duration(value), key == "tag_ttl" || key == "access_memo" || d > .zero { upstream[keyPath: path] = d } else {
                     problems.append("\(at).\(key): must look like 30s, 5m or 1h, got \"\(value)\"")
                 }
             }
@@ -491,6 +508,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 upstream.limits.lowSpeedTime = entry.lowSpeedTime
                 upstream.downAfter = entry.downAfter
                 upstream.downMax = entry.downMax
+                upstream.forwardClientCredentials = entry.forwardClientCredentials
                 return upstream
             }
             settings.defaultUpstream = defaultUpstream ?? upstreams[0].name
@@ -501,6 +519,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
                 policy.prefetchPlatforms = entry.prefetchPlatforms
                 policy.prefetchMaxChildren = entry.prefetchMaxChildren
                 policy.rateLimitReserve = entry.rateLimitReserve
+                policy.accessMemo = entry.accessMemo
                 settings.policies[entry.name] = policy
                 if entry.access != .open { settings.access[entry.name] = entry.access }
             }

@@ -21,6 +21,24 @@ public protocol UpstreamClient: AnyObject, Sendable {
     func tags(_ repository: RepositoryName, maxPages: Int) async throws(UpstreamError) -> [String]
     /// The referrers index bytes, or nil when the upstream has no referrers API.
     func referrers(_ repository: RepositoryName, _ digest: Digest) async throws(UpstreamError) -> [UInt8]?
+    /// Set for an upstream configured with `forward_client_credentials`: its requests must
+    /// carry the requesting client's own credentials, so the core serves each request through
+    /// `forwarding(_:)` and checks the client's access before it serves cached content.
+    var forwardsClientCredentials: Bool { get }
+    /// The client whose credentials this view forwards; nil for the upstream itself.
+    var forwardedClient: ClientCredentials? { get }
+    /// The upstream as `client` sees it: the same name (so downloads are still shared),
+    /// requests with `client`'s credentials, tokens cached per client.
+    func forwarding(_ client: ClientCredentials) -> any UpstreamClient
+    /// Whether the upstream accepts this view's credentials (`GET /v2/`), for a login.
+    func verifyCredentials() async throws(UpstreamError)
+}
+
+extension UpstreamClient {
+    public var forwardsClientCredentials: Bool { false }
+    public var forwardedClient: ClientCredentials? { nil }
+    public func forwarding(_ client: ClientCredentials) -> any UpstreamClient { self }
+    public func verifyCredentials() async throws(UpstreamError) {}
 }
 
 extension UpstreamRegistry: UpstreamClient {}

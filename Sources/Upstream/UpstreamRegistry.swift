@@ -10,6 +10,9 @@ public struct UpstreamConfiguration: Sendable {
     /// Where its API is: `https://registry-1.docker.io`.
     public var url: URL
     public var credentials: Credentials?
+    /// `forward_client_credentials`: requests carry the requesting client's own credentials
+    /// (never `credentials`); see `UpstreamClient.forwarding(_:)`.
+    public var forwardClientCredentials = false
     public var limits = TransferLimits()
     /// Attempts for a request that fails with a transport error, a 5xx or a 429.
     public var attempts = 3
@@ -38,14 +41,17 @@ public struct UpstreamError: ErrorWithOrigin, Sendable {
     /// so codes can be added without breaking a caller's `switch` (which needs a `default`).
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Kind: Hashable, Sendable {
-            case notFound, denied, tooManyRequests, unavailable, invalidResponse, busy
+            case notFound, denied, unauthorized, tooManyRequests, unavailable, invalidResponse, busy
         }
         private let kind: Kind
 
         /// The upstream says the repository or content does not exist (or, anonymously, hides it).
         public static let notFound = Code(kind: .notFound)
-        /// The upstream refused the configured credentials.
+        /// The upstream refused the configured credentials, or (403) a client's forwarded ones.
         public static let denied = Code(kind: .denied)
+        /// The upstream refused a client's forwarded credentials, or a client that sent none
+        /// (401): the client may answer with credentials of its own.
+        public static let unauthorized = Code(kind: .unauthorized)
         public static let tooManyRequests = Code(kind: .tooManyRequests)
         /// Unreachable, timed out, reset, or a 5xx after retries.
         public static let unavailable = Code(kind: .unavailable)
@@ -58,6 +64,7 @@ public struct UpstreamError: ErrorWithOrigin, Sendable {
             switch kind {
             case .notFound: return "not found"
             case .denied: return "denied"
+            case .unauthorized: return "unauthorized"
             case .tooManyRequests: return "too many requests"
             case .unavailable: return "unavailable"
             case .invalidResponse: return "invalid response"
@@ -108,35 +115,88 @@ extension UpstreamObserver {
     public func upstreamAvailabilityChanged(_ upstream: String, down: Bool, nextCheck: Duration?, reason: String?) {}
 }
 
+/// Whose credentials an `UpstreamRegistry`'s requests carry.
+enum UpstreamCaller: Sendable {
+    /// The upstream's configured credentials (`username`), or none.
+    case configured
+    /// A client's own, forwarded (`forward_client_credentials`); `.anonymous` for none.
+    case client(ClientCredentials)
+}
+
 /// The client side of the Distribution API for one upstream, the way Docker's `pull_v2`
 /// does it: the modern Accept set, the Bearer token flow (anonymous or with credentials,
 /// tokens cached per scope), Basic, redirects that never carry credentials to another
 /// host, and retries.
+///
+/// With `forwardClientCredentials`, `forwarding(_:)` gives one client's view: the same
+/// upstream (transport, availability, rate limit, token cache) whose requests carry that
+/// client's credentials, its tokens cached under its credential key.
 public final class UpstreamRegistry: Sendable {
     public let configuration: UpstreamConfiguration
     let transport: CurlTransport
-    let tokens = TokenCache()
+    let tokens: TokenCache
     let logger: Logger
     let observer: (any UpstreamObserver)?
-    let availability: Mutex<UpstreamAvailability>
-    private let rateLimit = Mutex<Int?>(nil)
-    private let rangesIgnored = Atomic<Bool>(false)
+    let caller: UpstreamCaller
+    /// What every client's view of this upstream shares.
+    private final class Shared: Sendable {
+        let availability: Mutex<UpstreamAvailability>
+        let rateLimit = Mutex<Int?>(nil)
+        let rangesIgnored = Atomic<Bool>(false)
+        init(_ availability: UpstreamAvailability) { self.availability = Mutex(availability) }
+    }
+    private let shared: Shared
 
     public init(_ configuration: UpstreamConfiguration, transport: CurlTransport, observer: (any UpstreamObserver)? = nil, logger: Logger) {
         self.configuration = configuration
         self.transport = transport
         self.observer = observer
         self.logger = logger
-        availability = Mutex(UpstreamAvailability(downAfter: configuration.downAfter, maxInterval: configuration.downMax))
+        tokens = TokenCache()
+        caller = .configured
+        shared = Shared(UpstreamAvailability(downAfter: configuration.downAfter, maxInterval: configuration.downMax))
+    }
+
+    private init(sharing upstream: UpstreamRegistry, caller: UpstreamCaller) {
+        configuration = upstream.configuration
+        transport = upstream.transport
+        observer = upstream.observer
+        logger = upstream.logger
+        tokens = upstream.tokens
+        shared = upstream.shared
+        self.caller = caller
+    }
+
+    /// Whether requests must carry the requesting client's credentials (`forward_client_credentials`).
+    public var forwardsClientCredentials: Bool { configuration.forwardClientCredentials }
+
+    /// The client this view forwards the credentials of; nil for the upstream itself.
+    public var forwardedClient: ClientCredentials? {
+        if case .client(let client) = caller { return client }
+        return nil
+    }
+
+    /// This upstream as `client` sees it: its requests carry `client`'s credentials (none
+    /// for `.anonymous`), never the configured ones.
+    public func forwarding(_ client: ClientCredentials) -> any UpstreamClient {
+        UpstreamRegistry(sharing: self, caller: .client(client))
+    }
+
+    /// The credentials requests carry: the client's for a client's view, else the configured ones.
+    var credentials: Credentials? {
+        switch caller {
+        case .configured: return configuration.credentials
+        case .client(let client): return client.credentials
+        }
     }
 
     public var name: String { configuration.name }
 
     /// The pulls Docker Hub last said are left in its window (`ratelimit-remaining`), if it said.
-    public var rateLimitRemaining: Int? { rateLimit.withLock { $0 } }
+    public var rateLimitRemaining: Int? { shared.rateLimit.withLock { $0 } }
 
     /// Whether requests to this upstream are being refused at once (see `UpstreamAvailability`).
-    public var isMarkedDown: Bool { availability.withLock { $0.isDown } }
+    public var isMarkedDown: Bool { shared.availability.withLock { $0.isDown } }
 
     // MARK: API calls
 
@@ -174,13 +234,20 @@ public final class UpstreamRegistry: Sendable {
     /// with the whole blob: `sink.head` sees the status and decides.
     public func fetchBlobRange(_ repository: RepositoryName, _ digest: Digest, range: String, sink: any TransferSink) async throws(UpstreamError) -> ResponseHead {
         let head = try await send("GET", "/v2/\(repository.value)/blobs/\(digest)", repository: repository, accept: nil, sink: sink, extraHeaders: [("Range", range)])
-        if head.status == 200 { rangesIgnored.store(true, ordering: .relaxed) }
+        if head.status == 200 { shared.rangesIgnored.store(true, ordering: .relaxed) }
         return head
+    }
+
+    /// Whether the upstream accepts this view's credentials: `GET /v2/`, its challenge answered
+    /// (a token for no scope, as `docker login` asks for one). For a `docker login` to a mirror
+    /// whose upstream checks its clients' credentials.
+    public func verifyCredentials() async throws(UpstreamError) {
+        _ = try await send("GET", "/v2/", repository: nil, accept: "application/json", sink: BufferSink(limit: 64 << 10))
     }
 
     /// Set once the upstream answered a ranged GET of a blob with the whole blob (200): it
     /// ignores `Range`, and asking it for ranges again would only cost aborted transfers.
-    public var ignoresRanges: Bool { rangesIgnored.load(ordering: .relaxed) }
+    public var ignoresRanges: Bool { shared.rangesIgnored.load(ordering: .relaxed) }
 
     /// Every tag, following `Link` pagination (at most `maxPages` pages).
     public func tags(_ repository: RepositoryName, maxPages: Int = 50) async throws(UpstreamError) -> [String] {
@@ -226,11 +293,11 @@ public final class UpstreamRegistry: Sendable {
 
     /// One request with its retries, unless the upstream is marked down: then it is refused
     /// at once, or is the one probe that checks whether the upstream is back.
-    func send(_ method: String, _ path: String, repository: RepositoryName, accept: String?, sink: any TransferSink,
+    func send(_ method: String, _ path: String, repository: RepositoryName?, accept: String?, sink: any TransferSink,
               extraHeaders: [(String, String)] = []) async throws(UpstreamError) -> ResponseHead {
-        let admission = availability.withLock { $0.admit(now: .now) }
+        let admission = shared.availability.withLock { $0.admit(now: .now) }
         if case .refused(let nextCheck) = admission {
-            let (failures, reason) = availability.withLock { ($0.failures, $0.lastFailure) }
+            let (failures, reason) = shared.availability.withLock { ($0.failures, $0.lastFailure) }
             let seconds = max(1, Int((nextCheck + .milliseconds(999)).components.seconds))
             var error = UpstreamError(.unavailable, "\(name) is marked down after \(failures) failed request\(failures == 1 ? "" : "s") in a row"
                                       + (reason.map { " (last: \($0))" } ?? "") + "; next check in \(seconds) s", retryAfter: seconds)
@@ -247,7 +314,7 @@ public final class UpstreamRegistry: Sendable {
     /// Records how a request ended, and tells the log and the observer when that marks the
     /// upstream down or back.
     func settle(_ outcome: UpstreamAvailability.Outcome, probe: Bool) {
-        let (transition, reason) = availability.withLock { ($0.record(outcome, probe: probe, now: .now), $0.lastFailure) }
+        let (transition, reason) = shared.availability.withLock { ($0.record(outcome, probe: probe, now: .now), $0.lastFailure) }
         switch transition {
         case .markedDown(let failures, let nextCheck):
             logger.warning("upstream marked down: requests to it fail at once until a probe gets an answer", metadata: [
@@ -266,9 +333,11 @@ public final class UpstreamRegistry: Sendable {
 
     /// Up to `limit` attempts, with backoff. `outcome` ends `.answered` if any attempt got an
     /// HTTP answer, `.failed` if none did, `.abandoned` if it was cancelled first.
-    func attempts(_ method: String, _ path: String, repository: RepositoryName, accept: String?, sink: any TransferSink,
+    func attempts(_ method: String, _ path: String, repository: RepositoryName?, accept: String?, sink: any TransferSink,
                   extraHeaders: [(String, String)], limit: Int, outcome: inout UpstreamAvailability.Outcome) async throws(UpstreamError) -> ResponseHead {
-        let scope = "repository:\(repository.value):pull"
+        // No repository: the API root, whose token asks for no scope (as `docker login` does).
+        let scope = repository.map { "repository:\($0.value):pull" } ?? ""
+        let repository = repository.map(String.init(describing:)) ?? "its API root"
         var delay = configuration.backoff
         var lastError = UpstreamError(.unavailable, "\(name) did not answer")
         for attempt in 1...max(1, limit) {
@@ -276,7 +345,7 @@ public final class UpstreamRegistry: Sendable {
             do {
                 let head = try await exchange(method, path, scope: scope, accept: accept, sink: counting, extraHeaders: extraHeaders)
                 outcome = .answered
-                if let remaining = head.rateLimitRemaining { rateLimit.withLock { $0 = remaining } }
+                if let remaining = head.rateLimitRemaining { shared.rateLimit.withLock { $0 = remaining } }
                 observer?.upstreamResponded(name, head: head, bodyBytes: Int64(counting.received))
                 switch head.status {
                 case 200..<300:
@@ -284,6 +353,11 @@ public final class UpstreamRegistry: Sendable {
                 case 404:
                     throw UpstreamError(.notFound, "\(name) has no \(repository) \(path.contains("/blobs/") ? "blob" : "content") at \(path.split(separator: "/").last ?? "")")
                 case 401, 403:
+                    if case .client(let client) = caller {
+                        // The client asked with its own credentials (or none): it may answer with others.
+                        throw UpstreamError(head.status == 401 ? .unauthorized : .denied,
+                                            "\(name) refused \(client.isAnonymous ? "an anonymous client" : "this client's credentials") for \(repository) (\(head.status))")
+                    }
                     if configuration.credentials == nil {
                         // Docker Hub answers 401 for repositories that do not exist.
                         throw UpstreamError(.notFound, "\(name) denies anonymous access to \(repository): unknown or private")
@@ -390,13 +464,20 @@ public final class UpstreamRegistry: Sendable {
         tokens.token(for: tokenKey(scope)).map { "Bearer \($0)" }
     }
 
-    func tokenKey(_ scope: String) -> String { "\(name)|\(scope)" }
+    /// A token is cached per scope, and for a client's view per (client credential key, scope):
+    /// one client's token is never sent for another.
+    func tokenKey(_ scope: String) -> String {
+        switch caller {
+        case .configured: return "\(name)|\(scope)"
+        case .client(let client): return "\(name)|\(client.key)|\(scope)"
+        }
+    }
 
     /// Answers a challenge: fetches a Bearer token, or uses Basic credentials.
     func answer(_ challenge: AuthChallenge, scope: String) async throws -> String? {
         switch challenge.scheme {
         case "basic":
-            return configuration.credentials?.basicHeader
+            return credentials?.basicHeader
         case "bearer":
             guard let realm = challenge.parameters["realm"], var components = URLComponents(string: realm) else {
                 throw UpstreamError(.invalidResponse, "\(name) sent a Bearer challenge without a realm")
@@ -404,7 +485,8 @@ public final class UpstreamRegistry: Sendable {
             tokens.drop(tokenKey(scope))
             var query = components.queryItems ?? []
             if let service = challenge.parameters["service"] { query.append(URLQueryItem(name: "service", value: service)) }
-            query.append(URLQueryItem(name: "scope", value: challenge.parameters["scope"] ?? scope))
+            let requested = challenge.parameters["scope"] ?? scope
+            if !requested.isEmpty { query.append(URLQueryItem(name: "scope", value: requested)) }
             components.queryItems = query
             guard let tokenURL = components.url else { throw UpstreamError(.invalidResponse, "\(name) sent an unusable token realm") }
             // The realm is a redirect of sorts, and may carry our credentials: the same rule.
@@ -412,11 +494,15 @@ public final class UpstreamRegistry: Sendable {
                 throw UpstreamError(.invalidResponse, "\(name) named the token realm \(realm); not used: \(refused)")
             }
             var headers: [(String, String)] = [("Accept", "application/json")]
-            if let credentials = configuration.credentials { headers.append(("Authorization", credentials.basicHeader)) }
+            if let credentials { headers.append(("Authorization", credentials.basicHeader)) }
             let sink = BufferSink(limit: 1 << 20)
             let head = try await transport.perform(HTTPExchange(method: "GET", url: tokenURL, headers: headers), limits: configuration.limits, sink: sink)
             guard head.status == 200 else {
                 if head.status == 401 || head.status == 403 {
+                    if case .client(let client) = caller {
+                        throw UpstreamError(head.status == 401 ? .unauthorized : .denied,
+                                            "the token service of \(name) refused \(client.isAnonymous ? "an anonymous client" : "this client's credentials") for \(scope) (\(head.status))")
+                    }
                     throw UpstreamError(configuration.credentials == nil ? .notFound : .denied,
                                         "the token service of \(name) refused a token for \(scope) (\(head.status))")
                 }

@@ -67,7 +67,8 @@ struct TokenAuthSigner: Sendable {
 /// `GET /token?service=…&scope=…` → `{"token", "access_token", "expires_in", "issued_at"}`.
 ///
 /// Policy: anonymous gets `pull` on `public/*`; `alice:secret` gets `pull`+`push` on
-/// everything; `bob:builder` gets `pull` on `public/*` only. Wrong or unknown Basic
+/// everything; `bob:builder` gets `pull` on `public/*` only; carol gets `pull` on `team-c/*`
+/// and dave on `team-d/*`, nothing else (the forwarded-credentials tests). Wrong or unknown Basic
 /// credentials get a 401. Anything not granted is left out of `access` (a token that
 /// grants nothing, as distribution's token spec says, rather than an error).
 final class TokenAuthIssuer: Sendable {
@@ -77,7 +78,7 @@ final class TokenAuthIssuer: Sendable {
     /// registry really refuse a token once `expires_in` has passed, `exp` is set that much earlier.
     static let registryLeeway = 60
 
-    static let users = ["alice": "secret", "bob": "builder"]
+    static let users = ["alice": "secret", "bob": "builder", "carol": "carol-pw-8kq2Zr", "dave": "dave-pw-X4m7tn"]
 
     /// One request to the token endpoint.
     struct Issued: Sendable, CustomStringConvertible {
@@ -242,6 +243,8 @@ final class TokenAuthIssuer: Sendable {
             switch user {
             case "alice": allowed = ["pull", "push"]
             case "bob", nil: allowed = name.hasPrefix("public/") ? ["pull"] : []
+            case "carol": allowed = name.hasPrefix("team-c/") ? ["pull"] : []
+            case "dave": allowed = name.hasPrefix("team-d/") ? ["pull"] : []
             default: allowed = []
             }
             let actions = requested.filter { allowed.contains($0) || (user == "alice" && $0 == "*") }
