@@ -169,6 +169,11 @@ public final class PullThroughRegistry: RegistryContent {
         let policy = policy(repository)
         if let cached, now - cached.checkedAt < Int64((maxAge ?? policy.tagTTL).components.seconds),
            let content = try? await local.manifestContent(cached.digest, mediaType: cached.mediaType) {
+            // Fresh, or only looking fresh while this process's own claimed revalidation runs:
+            // then wait for its answer, as the requests that came a moment earlier do.
+            if let revalidated = try await manifestFlights.join("tag|\(repository)|\(tag)", joined: { stats?.joined(.manifestByTag) }) {
+                return revalidated
+            }
             return content
         }
         // Concurrent revalidations of one tag share one upstream round trip; in a fleet, one

@@ -7,6 +7,13 @@ import Synchronization
 final class SingleFlight<Key: Hashable & Sendable, Value: Sendable>: Sendable {
     private let inflight = Mutex<[Key: Task<Result<Value, MirrorError>, Never>]>([:])
 
+    /// Shares the run in flight for `key`, if there is one; nil when none is.
+    func join(_ key: Key, joined: () -> Void = {}) async throws(MirrorError) -> Value? {
+        guard let task = inflight.withLock({ $0[key] }) else { return nil }
+        joined()
+        return try await task.value.get()
+    }
+
     /// `joined` is called when the caller shares a run already in flight.
     func run(_ key: Key, joined: () -> Void = {}, _ work: @escaping @Sendable () async throws(MirrorError) -> Value) async throws(MirrorError) -> Value {
         let (task, isJoin) = inflight.withLock { tasks -> (Task<Result<Value, MirrorError>, Never>, Bool) in
