@@ -128,6 +128,8 @@ extension PullThroughRegistry {
             }
             try await writer.verify()
             fill.verified()
+            // Publishes nothing shared: keeps the copy in the local disk tier, if there is one.
+            try await writer.commit()
             outcome = .done
             logger.info("blob streamed from the fleet", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)",
                                                                   "bytes": "\(writer.bytesWritten)", "cache.result": "peer"])
@@ -139,8 +141,8 @@ extension PullThroughRegistry {
         } catch {
             outcome = .failed(MirrorError(.storeFailed, "streaming \(digest) from the fleet failed: \(error)", cause: error))
         }
-        writer.abort()
         if case .failed(let error) = outcome {
+            writer.abort()
             logger.warning("blob from the fleet failed; nothing was kept", metadata: ["oci.digest": "\(digest)", "error": "\(error.debugDescription)"])
         }
         fills.withLock { fills in

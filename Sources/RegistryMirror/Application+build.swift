@@ -93,7 +93,7 @@ func fleetMember(_ settings: FleetSettings, data: DataDirectory, transport: Curl
     guard let leases = data.index as? any FillLeaseStore else {
         throw MirrorSetupError("fleet: the index must be PostgreSQL (index.backend: postgres) for replicas to share downloads")
     }
-    guard let spooling = data.blobs as? SpoolingStore else {
+    guard let spooling = data.blobs as? any SpoolingBlobStore else {
         throw MirrorSetupError("fleet: the blob store must be S3 (storage.backend: s3) for replicas to share blobs")
     }
     return FleetMember(replica: settings.replicaID, peerURL: settings.advertise, secret: settings.secret, leases: leases,
@@ -147,6 +147,14 @@ struct FleetHeartbeatService: Service {
                 try? await Task.sleep(for: Self.interval)
             }
         }
+    }
+}
+
+/// Copies blobs read from the bucket into the local disk tier (`TieredStore.run`).
+struct TierCopyService: Service {
+    let tier: TieredStore
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await tier.run() }
     }
 }
 
@@ -282,6 +290,7 @@ func makeApplication(
         logger: logger
     )
     app.addServices(MaintenanceService(maintenance: maintenance))
+    if let tier = data.blobs as? TieredStore { app.addServices(TierCopyService(tier: tier)) }
     if let metrics = settings.metricsListen {
         app.addServices(metricsApplication(prometheus, host: metrics.host, port: metrics.port, refresh: refreshFleetMetrics, logger: logger))
     }

@@ -161,6 +161,7 @@ public struct MirrorConfiguration: Sendable, Equatable {
         ("storage.s3.prefix", "REGISTRY_MIRROR_STORAGE_S3_PREFIX"),
         ("storage.s3.path_style", "REGISTRY_MIRROR_STORAGE_S3_PATH_STYLE"),
         ("storage.s3.credentials_file", "REGISTRY_MIRROR_STORAGE_S3_CREDENTIALS_FILE"),
+        ("storage.local_cache.max_size", "REGISTRY_MIRROR_STORAGE_LOCAL_CACHE_MAX_SIZE"),
         ("storage.s3.redirect", "REGISTRY_MIRROR_STORAGE_S3_REDIRECT"),
         ("storage.s3.redirect_expiry", "REGISTRY_MIRROR_STORAGE_S3_REDIRECT_EXPIRY"),
         ("storage.s3.upload_sweep.older_than", "REGISTRY_MIRROR_STORAGE_S3_UPLOAD_SWEEP_OLDER_THAN"),

@@ -27,15 +27,22 @@ public struct S3StorageSettings: Sendable, Equatable {
     public var uploadSweepAge: Duration = .seconds(24 * 3600)
     /// `storage.s3.upload_sweep.interval`: how often `serve` sweeps (and once at start); zero: never.
     public var uploadSweepInterval: Duration = .seconds(3600)
+    /// `storage.local_cache.max_size`: keep hot blobs on local disk too (`TieredStore`), up to
+    /// this many bytes, sent with sendfile. Nil: every read goes to the bucket.
+    public var localCacheMaxBytes: Int64?
 
     public init(endpoint: URL, bucket: String) {
         self.endpoint = endpoint
         self.bucket = bucket
     }
 
-    /// The S3 store these settings name, behind a spool in `dataDirectory`.
+    /// The S3 store these settings name, behind the local disk tier (`<data-dir>/local-cache`)
+    /// when `localCacheMaxBytes` is set, else behind a spool in `<data-dir>/spool`.
     func makeStore(dataDirectory: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> (spooled: any BlobStore, s3: S3Store) {
         let store = try makeS3Store(environment: environment)
+        if let localCacheMaxBytes {
+            return (try TieredStore(remote: store, localRoot: dataDirectory + "/local-cache", maxBytes: localCacheMaxBytes), store)
+        }
         return (try SpoolingStore(inner: store, spoolDirectory: dataDirectory + "/spool"), store)
     }
 
@@ -66,7 +73,7 @@ extension MirrorConfiguration {
     /// Reads `storage.backend` and `storage.s3.*` (key paths listed in `keys`).
     mutating func applyStorage(_ values: [String: String], problems: inout [String]) {
         let backend = values["storage.backend"]?.lowercased() ?? "filesystem"
-        let given = values.keys.filter { $0.hasPrefix("storage.s3.") }.sorted()
+        let given = values.keys.filter { $0.hasPrefix("storage.s3.") || $0.hasPrefix("storage.local_cache.") }.sorted()
         switch backend {
         case "filesystem":
             if !given.isEmpty { problems.append("\(given.joined(separator: ", ")): set only with storage.backend: s3") }
@@ -91,6 +98,11 @@ extension MirrorConfiguration {
             if let file = values["storage.s3.credentials_file"] {
                 if FileManager.default.isReadableFile(atPath: file) { settings.credentialsFile = file } else {
                     problems.append("storage.s3.credentials_file: \(file) cannot be read")
+                }
+            }
+            if let v = values["storage.local_cache.max_size"] {
+                if let size = ByteSize.parse(v), size > 0 { settings.localCacheMaxBytes = size } else {
+                    problems.append("storage.local_cache.max_size: must be a size like 200GiB; got \"\(v)\"")
                 }
             }
             if let v = values["storage.s3.redirect"] { settings.redirect = Self.bool(v, "storage.s3.redirect", &problems) ?? false }
