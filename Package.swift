@@ -101,7 +101,7 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .executableTarget(name: "registry-mirror", dependencies: [
-            "RegistryMirror", "Bundles", "OCI", "MetadataIndex", "Mirror", "Upstream",
+            "RegistryMirror", "Bundles", "OCI", "ContentStore", "MetadataIndex", "Mirror", "Upstream",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -20,10 +20,11 @@ public struct StoreVerifier: Sendable {
         public var isClean: Bool { corrupt.isEmpty && missing.isEmpty }
     }
 
-    let store: FileSystemStore
+    let store: any BlobStore
     let index: any MetadataStore
 
-    public init(store: FileSystemStore, index: any MetadataStore) {
+    /// `store` is the data directory's or, with `storage.backend: s3`, the bucket.
+    public init(store: any BlobStore, index: any MetadataStore) {
         self.store = store
         self.index = index
     }
@@ -31,12 +32,11 @@ public struct StoreVerifier: Sendable {
     public func run(repair: Bool) async throws -> Report {
         var report = Report()
         let recorded = Dictionary(try await index.allBlobs().map { ($0.digest, $0.size) }, uniquingKeysWith: { a, _ in a })
-        for digest in try store.allDigests() {
+        for digest in try await store.allDigests() {
             report.checked += 1
-            let path = store.path(of: digest)
             var problem: String?
             do {
-                let (actual, size) = try Self.hash(path, algorithm: digest.algorithm)
+                let (actual, size) = try await Self.hash(digest, in: store)
                 report.bytes += size
                 if actual != digest {
                     problem = "content hashes to \(actual)"
@@ -49,11 +49,15 @@ public struct StoreVerifier: Sendable {
             guard let problem else { continue }
             report.corrupt.append((digest, problem))
             if repair {
-                try store.delete(digest)
+                try await store.delete(digest)
                 report.removed.append(digest)
             }
         }
-        report.missing = recorded.keys.filter { store.size(of: $0) == nil && !report.removed.contains($0) }.sorted()
+        var missing: [Digest] = []
+        for digest in recorded.keys where !report.removed.contains(digest) {
+            if await store.size(of: digest) == nil { missing.append(digest) }
+        }
+        report.missing = missing.sorted()
         if repair {
             // The index then matches the store; a pull-through fill records them again.
             try await index.forgetBlobs(report.removed + report.missing)
@@ -61,13 +65,13 @@ public struct StoreVerifier: Sendable {
         return report
     }
 
-    static func hash(_ path: String, algorithm: Digest.Algorithm) throws -> (Digest, Int64) {
-        guard let handle = FileHandle(forReadingAtPath: path) else { throw StoreError(.io, "cannot open \(path)") }
-        defer { try? handle.close() }
-        var hasher = DigestHasher(algorithm)
+    /// What a stored blob's bytes hash to, read through the store as a client would get them.
+    static func hash(_ digest: Digest, in store: any BlobStore) async throws -> (Digest, Int64) {
+        guard let reader = try await store.openBlob(digest) else { throw StoreError(.notFound, "\(digest) is gone") }
+        var hasher = DigestHasher(digest.algorithm)
         var size: Int64 = 0
-        while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
-            chunk.withUnsafeBytes { hasher.update($0) }
+        for try await chunk in reader.chunks(from: 0, length: nil) {
+            hasher.update(chunk)
             size += Int64(chunk.count)
         }
         return (hasher.finalize(), size)

@@ -136,8 +136,9 @@ struct GC: AsyncParsableCommand {
         let configuration = try common.resolve()
         let logger = common.makeLogger("registry-mirror.gc", configuration)
         let cap = try maxSize.map(parseMaxSize) ?? configuration.maxSize
-        let data = try DataDirectory(path: configuration.dataDirectory, index: configuration.index)
-        let maintenance = CacheMaintenance(store: data.store, index: data.index, maxBytes: cap, logger: logger)
+        // The store blobs live in: the data directory, or the bucket with storage.backend: s3.
+        let data = try DataDirectory(path: configuration.dataDirectory, index: configuration.index, s3: configuration.s3Storage)
+        let maintenance = CacheMaintenance(store: data.blobs, index: data.index, maxBytes: cap, logger: logger)
         let unindexed = try await maintenance.sweepUnindexed(dryRun: dryRun)
         print("\(dryRun ? "would remove" : "removed") \(unindexed.count) store files the index does not know, \(ByteCount(unindexed.reduce(0) { $0 + $1.size }))")
         if let s3 = configuration.s3Storage { try await sweepUploads(s3) }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Bundles
+import ContentStore
 import Foundation
 import Logging
 import Mirror
@@ -242,8 +243,10 @@ struct Verify: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try common.resolve()
-        let dir = try DataDirectory(path: configuration.dataDirectory, index: configuration.index)
-        let report = try await StoreVerifier(store: dir.store, index: dir.index).run(repair: repair)
+        let dir = try DataDirectory(path: configuration.dataDirectory, index: configuration.index, s3: configuration.s3Storage)
+        // With blobs in S3, the bucket is what counts (not a local disk tier's copies).
+        let store: any BlobStore = dir.s3 ?? dir.blobs
+        let report = try await StoreVerifier(store: store, index: dir.index).run(repair: repair)
         for (digest, reason) in report.corrupt {
             print("corrupt \(digest): \(reason)\(report.removed.contains(digest) ? " (removed)" : "")")
         }

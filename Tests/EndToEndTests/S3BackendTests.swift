@@ -79,6 +79,15 @@ struct S3BackendTests {
             let ranged = try RawHTTP.get(port: mirror.port, path: "/v2/test/img/blobs/\(layer)", headers: [("Range", "bytes=10-99")])
             #expect(ranged.status == 206)
             #expect(ranged.body == Array(whole[10...99]), "a range served from S3 differs")
+
+            // verify hashes what is in the bucket; gc evicts from it.
+            let cli = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+            let binary = try TestPaths.requireMirrorBinary()
+            let verify = try await Command.run(binary, ["verify", "--data-dir", data.path], environment: cli)
+            #expect(verify.succeeded && verify.stdout.contains("checked \(image.allDigests.count) blobs"), "\(verify.summary)")
+            let gc = try await Command.run(binary, ["gc", "--data-dir", data.path, "--max-size", "1"], environment: cli)
+            #expect(gc.succeeded, "\(gc.summary)")
+            #expect(try await bucket.allDigests().isEmpty, "gc left objects in the bucket: \(gc.summary)")
         }
     }
 }
