@@ -167,7 +167,10 @@ extension PullThroughRegistry {
         do {
             try await index.record(batch, now: now)
         } catch {
-            if !knownBefore { try? await store.delete(digest) }
+            // On one node, nothing the index does not know stays on disk. A fleet's store is
+            // shared: another replica may be reading the object already, and an unindexed one
+            // costs only its bytes until `gc` sweeps it.
+            if !knownBefore, fleet == nil { try? await store.delete(digest) }
             stats?.storeFailed()
             throw MirrorError(.storeFailed, "the local index cannot record \(digest): \(error.description)", cause: error)
         }

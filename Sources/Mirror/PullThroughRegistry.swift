@@ -310,8 +310,13 @@ public final class PullThroughRegistry: RegistryContent {
         do {
             try await store.write(bytes, as: actual)
         } catch {
-            stats?.storeFailed()
-            throw MirrorError(.storeFailed, "the local store cannot keep manifest \(actual): \(error.message)", cause: error)
+            // Replicas of a fleet that miss one manifest at once all write it to the shared
+            // store; a write that lost to another (S3 servers may refuse concurrent PUTs of one
+            // key) finds the same bytes stored, under their digest, and is as good as done.
+            if await store.size(of: actual) != Int64(bytes.count) {
+                stats?.storeFailed()
+                throw MirrorError(.storeFailed, "the local store cannot keep manifest \(actual): \(error.message)", cause: error)
+            }
         }
         var batch = ContentBatch()
         batch.addBlob(actual, size: Int64(bytes.count))

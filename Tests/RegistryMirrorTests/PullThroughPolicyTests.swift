@@ -255,3 +255,39 @@ struct PullThroughPolicyTests {
         #expect(chosen.map { $0.platform?.architecture } == ["arm64", "ppc64le", "s390x"])
     }
 }
+
+/// A store whose writes fail, as an S3 server that refuses a concurrent PUT of one key does.
+final class RefusingWritesStore: BlobStore {
+    let inner: FileSystemStore
+    init(inner: FileSystemStore) { self.inner = inner }
+    func size(of digest: Digest) async -> Int64? { inner.size(of: digest) }
+    func modificationDate(of digest: Digest) async -> Date? { inner.modificationDate(of: digest) }
+    func openBlob(_ digest: Digest) async throws(StoreError) -> (any BlobReader)? { try inner.openBlob(digest) }
+    func makeWriter(expecting digest: Digest, size: Int64?) async throws(StoreError) -> any BlobWriter {
+        throw StoreError(.io, "the server refused the PUT")
+    }
+    func read(_ digest: Digest, limit: Int) async throws(StoreError) -> [UInt8] { try inner.read(digest, limit: limit) }
+    func delete(_ digest: Digest) async throws(StoreError) { try inner.delete(digest) }
+    func allDigests() async throws(StoreError) -> [Digest] { try inner.allDigests() }
+}
+
+@Suite struct ManifestWriteRaceTests {
+    @Test("a manifest write that loses to another writer of the same bytes is served, not a 500")
+    func lostWriteOfTheSameBytes() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let upstream = FakeUpstream()
+        let files = try FileSystemStore(root: dir.path)
+        let local = LocalRegistry(store: RefusingWritesStore(inner: files), index: try SQLiteMetadataStore(path: dir.path + "/index.sqlite"))
+        let registry = PullThroughRegistry(local: local, upstreams: [upstream], logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+        let manifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.utf8)
+        let digest = upstream.put(manifest: manifest, mediaType: MediaType.ociManifest, in: "lib/app", tag: "1")
+        let key = RepositoryKey(upstream: upstream.name, name: try RepositoryName(parsing: "lib/app"))
+        // Nobody stored it: the refused write is the mirror's failure.
+        await #expect(throws: MirrorError.self) { _ = try await registry.manifest(key, .digest(digest)) }
+        // Another writer stored the same bytes: served.
+        try await files.write(manifest, as: digest)
+        let content = try await registry.manifest(key, .digest(digest))
+        #expect(content.bytes == manifest)
+    }
+}
