@@ -41,6 +41,8 @@ def requests(src, dst):
             if not data:
                 break
             pending += data
+            if pending[:1] == b"\x16":
+                break  # a TLS handshake (skopeo tries HTTPS first): refuse at once, so it falls back to HTTP
             while b"\r\n\r\n" in pending:
                 head, pending = pending.split(b"\r\n\r\n", 1)
                 lines = head.split(b"\r\n")
