@@ -125,10 +125,15 @@ image_bytes=0
 for round in $(seq "$rounds"); do
   for n in $clients; do
     layout="$work/images/r$round-n$n"
-    python3 bench/make-layout.py --seed $((round * 1000 + n)) "$layout" v1 "$layer" 4K > /dev/null
+    # --gzip (level 0): skopeo pushes the layers as they are (it would compress plain tar ones).
+    python3 bench/make-layout.py --gzip --seed $((round * 1000 + n)) "$layout" v1 "$layer" 4K > /dev/null
     skopeo copy -q --dest-tls-verify=false "oci:$layout:v1" "docker://127.0.0.1:$UP_DIRECT/bench/fleet-r$round-n$n:v1"
-    image_bytes=$(stat -c %s "$layout"/blobs/sha256/* | awk '{s += $1} END {print s}')  # manifest, config and layers; the same for every image
     rm -rf "$layout"
+    # What one pull fetches, as the upstream holds it: manifest, config and layers.
+    image_bytes=$(curl -fsS -H "$ACCEPT" "http://127.0.0.1:$UP_DIRECT/v2/bench/fleet-r$round-n$n/manifests/v1" | python3 -c '
+import json, sys
+raw = sys.stdin.buffer.read(); m = json.loads(raw)
+print(len(raw) + m["config"]["size"] + sum(l["size"] for l in m["layers"]))')
   done
 done
 
@@ -288,7 +293,7 @@ for n in sorted({n for n, _ in rec}):
         failed = int(sum(rec[(n, f"{k}.failed")].values()))
         print(f"| {n} | {k} | {span(list(wall.values()), lambda x: f'{x:.1f}')} | "
               + ("1 (reference)" if k == "direct" else span(ratios, lambda x: f"{x:.2f}")) + " | "
-              + span(by, lambda x: f"{x:.3f}") + " | " + ", ".join(map(str, gets)) + f" | {rss} | {failed} |")
+              + span(by, lambda x: f"{x:.4f}") + " | " + ", ".join(map(str, gets)) + f" | {rss} | {failed} |")
 print()
 for n in sorted({n for n, _ in rec}):
     peers = rec.get((n, "fleet.from_peers"), {})
