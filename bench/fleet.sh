@@ -17,9 +17,9 @@
 #                BENCH_LOG_LEVEL (the replicas' log level; default error)
 #
 # The parts, all on loopback:
-#  - one docker-registry (distribution 2.8) holding the images, pushed with skopeo; three
-#    docker-registry processes serve its storage, one as each contender's upstream, so each
-#    access log counts one contender's traffic: direct pulls, the fleet, the v3.1.1 proxies;
+#  - three docker-registry (distribution 2.8) processes on one storage directory, the images
+#    pushed to the first with skopeo, one process as each contender's upstream, so each access
+#    log counts one contender's traffic: direct pulls, the fleet, the v3.1.1 proxies;
 #  - the upstream link: each of the three reaches its upstream through its own
 #    bench/throttle.py, one rate shared by all its connections (a site's uplink to a remote
 #    registry; 100 MiB/s by default, about a 1 Gbit/s line). Direct pulls share their link as
