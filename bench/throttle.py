@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # A TCP proxy that paces what an upstream sends to one rate shared by every connection (a
 # slow link to a remote registry), and logs each request as "METHOD PATH RANGE" ("-" for no
-# Range header). Used by bench/lazy-range.sh and Tests/EndToEndTests/LazyPullTests.swift.
+# Range header). Used by bench/lazy-range.sh, bench/fleet.sh and the end-to-end tests (ThrottledUpstream).
 #
 #   python3 bench/throttle.py LISTEN_PORT TARGET_PORT BYTES_PER_SECOND STRIP_RANGE LOG
 #
@@ -41,6 +41,8 @@ def requests(src, dst):
             if not data:
                 break
             pending += data
+            if pending[:1] == b"\x16":
+                break  # a TLS handshake (skopeo tries HTTPS first): refuse at once, so it falls back to HTTP
             while b"\r\n\r\n" in pending:
                 head, pending = pending.split(b"\r\n\r\n", 1)
                 lines = head.split(b"\r\n")
