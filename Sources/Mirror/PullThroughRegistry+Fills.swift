@@ -31,7 +31,7 @@ extension PullThroughRegistry {
         var claim: FleetFillClaim?
         if let fleet { claim = try await claimFill(digest, repository: repository, fleet: fleet) }
         if let fleet, case .peer(let holder) = claim {
-            return try startPeerFill(repository, digest, key: key, holder: holder, expectedSize: expectedSize, fleet: fleet)
+            return try await startPeerFill(repository, digest, key: key, holder: holder, expectedSize: expectedSize, fleet: fleet)
         }
         let leased = claim != nil
         // Every fill of this process shares one owner id, so the lease belongs to whichever
@@ -53,17 +53,7 @@ extension PullThroughRegistry {
             await releaseLease()
             throw MirrorError(.storeFailed, "the local store offers no readable spool for a download of \(digest)")
         }
-        let fill = BlobFill(digest: digest, file: spool, expectedSize: expectedSize)
-        if let running = fills.withLock({ fills -> BlobFill? in
-            if let running = fills[key] { return running }
-            fills[key] = fill
-            return nil
-        }) {
-            // The running fill holds the lease (the claim above only renewed it).
-            writer.abort()
-            return joined(running)
-        }
-        let started = fillService.start(.fill, unwanted: { await fill.unread() }) { [self] in
+        let (fill, isNew) = try await launch(writer, spool: spool, key: key, expectedSize: expectedSize, onRefused: releaseLease) { [self] fill in
             if leased, let fleet {
                 await holdingLease(digest, key: key, fleet: fleet) {
                     await self.runFill(fill, writer: writer, repository: repository, upstream: upstream, key: key)
@@ -72,18 +62,38 @@ extension PullThroughRegistry {
                 await runFill(fill, writer: writer, repository: repository, upstream: upstream, key: key)
             }
         }
-        guard started else {
+        // A fill already running holds the lease (the claim above only renewed it).
+        guard isNew else { return joined(fill) }
+        stats?.cache(.blob, .miss)
+        return fill
+    }
+
+    /// Puts a new fill of `writer`'s bytes in the in-flight map and starts `job` on it in the
+    /// `FillService`; or hands back the fill of `key` already running (`isNew` false, `writer`
+    /// aborted). While the service drains it refuses: the fill fails, `onRefused` runs, a 503.
+    func launch(_ writer: any BlobWriter, spool: ReadableFile, key: String, expectedSize: Int64?,
+                onRefused: @Sendable () async -> Void = {},
+                _ job: @escaping @Sendable (BlobFill) async -> Void) async throws(MirrorError) -> (fill: BlobFill, isNew: Bool) {
+        let fill = BlobFill(digest: writer.digest, file: spool, expectedSize: expectedSize)
+        if let running = fills.withLock({ fills -> BlobFill? in
+            if let running = fills[key] { return running }
+            fills[key] = fill
+            return nil
+        }) {
             writer.abort()
-            let refused = MirrorError(.upstreamUnavailable, "the mirror is shutting down; \(digest) is not downloaded", retryAfter: 5)
+            return (running, false)
+        }
+        guard fillService.start(.fill, unwanted: { await fill.unread() }, { await job(fill) }) else {
+            writer.abort()
+            let refused = MirrorError(.upstreamUnavailable, "the mirror is shutting down; \(writer.digest) is not downloaded", retryAfter: 5)
             fills.withLock { fills in
                 if fills[key] === fill { fills[key] = nil }
             }
-            await releaseLease()
+            await onRefused()
             fill.finished(.failed(refused))
             throw refused
         }
-        stats?.cache(.blob, .miss)
-        return fill
+        return (fill, true)
     }
 
     func joined(_ fill: BlobFill) -> BlobFill {

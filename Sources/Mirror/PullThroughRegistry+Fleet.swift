@@ -78,7 +78,7 @@ extension PullThroughRegistry {
     /// A download of this replica's own, fed from the holder's peer endpoint (or the store),
     /// joined by this replica's clients like any other.
     func startPeerFill(_ repository: RepositoryKey, _ digest: Digest, key: String, holder: FillLeaseHolder?, expectedSize: Int64?,
-                       fleet: FleetMember) throws(MirrorError) -> BlobFill {
+                       fleet: FleetMember) async throws(MirrorError) -> BlobFill {
         let writer: any BlobWriter
         let spool: ReadableFile?
         do throws(StoreError) {
@@ -91,27 +91,10 @@ extension PullThroughRegistry {
             writer.abort()
             throw MirrorError(.storeFailed, "the spool for \(digest) cannot be read")
         }
-        let fill = BlobFill(digest: digest, file: spool, expectedSize: expectedSize)
-        if let running = fills.withLock({ fills -> BlobFill? in
-            if let running = fills[key] { return running }
-            fills[key] = fill
-            return nil
-        }) {
-            writer.abort()
-            return joined(running)
-        }
-        let started = fillService.start(.fill, unwanted: { await fill.unread() }) { [self] in
+        let (fill, isNew) = try await launch(writer, spool: spool, key: key, expectedSize: expectedSize) { [self] fill in
             await runPeerFill(fill, writer: writer, repository: repository, holder: holder, key: key, fleet: fleet)
         }
-        guard started else {
-            writer.abort()
-            fills.withLock { fills in
-                if fills[key] === fill { fills[key] = nil }
-            }
-            let refused = MirrorError(.upstreamUnavailable, "the mirror is shutting down; \(digest) is not fetched", retryAfter: 5)
-            fill.finished(.failed(refused))
-            throw refused
-        }
+        guard isNew else { return joined(fill) }
         stats?.cache(.blob, .join)
         return fill
     }
