@@ -33,6 +33,8 @@ public final class CacheMaintenance: Sendable {
     private let wakeup = Mutex(Wakeup())
     private let evictionObservers = Mutex<[@Sendable ([Digest]) -> Void]>([])
     private let shared = Mutex<SharedReads?>(nil)
+    /// The last publication of reads was the empty set.
+    private let publishedNothing = Mutex(false)
 
     public init(store: any BlobStore, index: any MetadataStore, maxBytes: Int64?, checkInterval: Duration = .seconds(30),
                 stats: MirrorStats? = nil, clock: any MirrorClock = .system, logger: Logger) {
@@ -80,9 +82,13 @@ public final class CacheMaintenance: Sendable {
     public func share(_ reads: SharedReads) { shared.withLock { $0 = reads } }
 
     /// Publishes this replica's open reads, for the other replicas' eviction passes.
+    /// An idle replica writes nothing: an empty set already published is not published again.
     public func publishReads() async throws(IndexError) {
         guard let reads = shared.withLock({ $0 }) else { return }
-        try await reads.store.publishReads(leasedDigests(), owner: reads.owner, ttl: reads.interval * 5)
+        let digests = leasedDigests()
+        if digests.isEmpty, publishedNothing.withLock({ $0 }) { return }
+        try await reads.store.publishReads(digests, owner: reads.owner, ttl: reads.interval * 5)
+        publishedNothing.withLock { $0 = digests.isEmpty }
     }
 
     /// Writes the batched access times.

@@ -42,10 +42,11 @@ import Testing
 
 @Suite struct FleetConfigurationTests {
     func load(_ yaml: String, environment: [String: String]) throws -> MirrorConfiguration {
-        let dir = try TemporaryDirectory()
-        defer { dir.remove() }
-        try yaml.write(toFile: dir.path + "/c.yaml", atomically: true, encoding: .utf8)
-        return try MirrorConfiguration.load(file: dir.path + "/c.yaml", environment: environment)
+        try RepositoryAccessConfigurationTests.load(yaml, environment: environment)
+    }
+
+    func problems(_ yaml: String, _ environment: [String: String]) -> [String] {
+        RepositoryAccessConfigurationTests.problems(yaml, environment: environment)
     }
 
     static let shared = """
@@ -78,16 +79,6 @@ import Testing
 
     @Test func aFleetNeedsTheSharedStoreAndIndexAndASecret() throws {
         let secret = ["REGISTRY_MIRROR_FLEET_SECRET": "0123456789abcdef0123"]
-        func problems(_ yaml: String, _ environment: [String: String]) -> [String] {
-            do {
-                _ = try load(yaml, environment: environment)
-                return []
-            } catch let error as ConfigurationError {
-                return error.problems
-            } catch {
-                return ["\(error)"]
-            }
-        }
         #expect(problems("fleet: {replica_id: a}\n", secret).contains { $0.contains("storage.backend: s3 and index.backend: postgres") })
         #expect(problems(Self.shared + "fleet: {replica_id: a}\n", Self.keys).contains { $0.contains("no secret") })
         #expect(problems(Self.shared + "fleet: {replica_id: a}\n", Self.keys.merging(["REGISTRY_MIRROR_FLEET_SECRET": "short"]) { a, _ in a })
