@@ -37,7 +37,7 @@ public protocol FillLeaseStore: Sendable {
     func releaseFillLease(_ digest: Digest, owner: String) async throws(IndexError)
     /// The holder of `digest`'s lease, if its time has not run out.
     func fillLeaseHolder(_ digest: Digest) async throws(IndexError) -> FillLeaseHolder?
-    /// Leases whose time has not run out, with their holders.
+    /// Leases whose time has not run out, with their holders (blob leases only).
     func liveFillLeases() async throws(IndexError) -> [(digest: Digest, holder: FillLeaseHolder)]
     /// Replaces `owner`'s published reads with `digests` (the blobs its responses stream now),
     /// each good for `ttl` unless published again.
@@ -45,8 +45,33 @@ public protocol FillLeaseStore: Sendable {
     /// Those of `digests` that must not be deleted from the shared store now: a replica reads
     /// or downloads them, or the index records them (again).
     func stillWanted(_ digests: [Digest]) async throws(IndexError) -> Set<Digest>
+    /// A lease on other work than a blob's download (`FleetWorkKey`: a tag the fleet has not
+    /// cached, a watched image's check), in the same table and under the same rules: of the
+    /// replicas racing for `key` one gets `.acquired`; its own claim again renews it.
+    func acquireLease(_ key: FleetWorkKey, holder: FillLeaseHolder, ttl: Duration) async throws(IndexError) -> FillLeaseClaim
+    /// Gives the lease of `key` up, if `owner` holds it.
+    func releaseLease(_ key: FleetWorkKey, owner: String) async throws(IndexError)
+    /// The holder of `key`'s lease, if its time has not run out.
+    func leaseHolder(_ key: FleetWorkKey) async throws(IndexError) -> FillLeaseHolder?
     /// Says this replica is alive (for the status page's list of peers).
     func heartbeat(replica: String, owner: String, peerURL: String) async throws(IndexError)
     /// Replicas that heartbeated within `within`: id, owner and peer URL.
     func replicas(within: Duration) async throws(IndexError) -> [(replica: String, owner: String, peerURL: String)]
+}
+
+/// The key of a lease on work the fleet does once that is not a blob's download. Its text
+/// holds a space, which no digest does, so it shares the lease table with blob leases without
+/// ever meeting one (and lists of blob leases skip it).
+public struct FleetWorkKey: Sendable, Hashable, CustomStringConvertible {
+    public let description: String
+
+    /// The first fetch of a tag no replica has cached yet.
+    public static func tagFetch(_ repository: RepositoryKey, _ tag: Tag) -> FleetWorkKey {
+        FleetWorkKey(description: "tag \(repository):\(tag)")
+    }
+
+    /// A watched image's check, for one watch interval (`what` names the image and its platforms).
+    public static func watch(_ what: String) -> FleetWorkKey {
+        FleetWorkKey(description: "watch \(what)")
+    }
 }

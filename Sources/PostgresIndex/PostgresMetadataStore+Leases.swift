@@ -4,11 +4,30 @@ import OCI
 import PostgresNIO
 
 extension PostgresMetadataStore: FillLeaseStore {
-    /// One statement: the insert wins when no row exists, the update only when the row's time
-    /// ran out (or it is this owner's), so of replicas racing for one digest exactly one gets
-    /// a row back. The others read who holds it.
     public func acquireFillLease(_ digest: Digest, holder: FillLeaseHolder, ttl: Duration) async throws(IndexError) -> FillLeaseClaim {
-        let key = digest.description
+        try await acquire(digest.description, holder: holder, ttl: ttl)
+    }
+
+    public func fillLeaseHolder(_ digest: Digest) async throws(IndexError) -> FillLeaseHolder? {
+        try await holder(of: digest.description)
+    }
+
+    public func acquireLease(_ key: FleetWorkKey, holder: FillLeaseHolder, ttl: Duration) async throws(IndexError) -> FillLeaseClaim {
+        try await acquire(key.description, holder: holder, ttl: ttl)
+    }
+
+    public func releaseLease(_ key: FleetWorkKey, owner: String) async throws(IndexError) {
+        try await release(key.description, owner: owner)
+    }
+
+    public func leaseHolder(_ key: FleetWorkKey) async throws(IndexError) -> FillLeaseHolder? {
+        try await holder(of: key.description)
+    }
+
+    /// One statement: the insert wins when no row exists, the update only when the row's time
+    /// ran out (or it is this owner's), so of replicas racing for one key exactly one gets
+    /// a row back. The others read who holds it.
+    private func acquire(_ key: String, holder: FillLeaseHolder, ttl: Duration) async throws(IndexError) -> FillLeaseClaim {
         let milliseconds = Self.milliseconds(ttl)
         for _ in 0..<3 {
             let won = try await rows("lease acquire", """
@@ -21,18 +40,22 @@ extension PostgresMetadataStore: FillLeaseStore {
                 """) { _ in true }
             if !won.isEmpty { return .acquired }
             // Released or expired between the two statements: claim again.
-            if let current = try await fillLeaseHolder(digest) { return .heldBy(current) }
+            if let current = try await self.holder(of: key) { return .heldBy(current) }
         }
-        throw IndexError(.io, "the lease of \(digest) changed hands three times during one claim")
+        throw IndexError(.io, "the lease of \(key) changed hands three times during one claim")
     }
 
-    public func fillLeaseHolder(_ digest: Digest) async throws(IndexError) -> FillLeaseHolder? {
+    private func holder(of key: String) async throws(IndexError) -> FillLeaseHolder? {
         try await rows("lease holder", """
-            SELECT owner, peer_url, repository FROM fill_leases WHERE digest = \(digest.description) AND expires_at >= now()
+            SELECT owner, peer_url, repository FROM fill_leases WHERE digest = \(key) AND expires_at >= now()
             """) { row in
             let (owner, peer, repository) = try row.decode((String, String, String).self)
             return FillLeaseHolder(owner: owner, peerURL: peer, repository: repository)
         }.first
+    }
+
+    private func release(_ key: String, owner: String) async throws(IndexError) {
+        _ = try await rows("lease release", "DELETE FROM fill_leases WHERE digest = \(key) AND owner = \(owner)") { _ in () }
     }
 
     public func renewFillLeases(_ digests: [Digest], owner: String, ttl: Duration) async throws(IndexError) {
@@ -45,13 +68,14 @@ extension PostgresMetadataStore: FillLeaseStore {
     }
 
     public func releaseFillLease(_ digest: Digest, owner: String) async throws(IndexError) {
-        _ = try await rows("lease release", "DELETE FROM fill_leases WHERE digest = \(digest.description) AND owner = \(owner)") { _ in () }
+        try await release(digest.description, owner: owner)
     }
 
     public func liveFillLeases() async throws(IndexError) -> [(digest: Digest, holder: FillLeaseHolder)] {
         let rows = try await rows("live leases", """
             SELECT digest, owner, peer_url, repository FROM fill_leases WHERE expires_at >= now() ORDER BY digest
             """) { row in try row.decode((String, String, String, String).self) }
+        // Work leases (`FleetWorkKey`) share the table; their keys are no digests.
         return rows.compactMap { digest, owner, peer, repository in
             guard let parsed = try? Digest(parsing: digest) else { return nil }
             return (parsed, FillLeaseHolder(owner: owner, peerURL: peer, repository: repository))

@@ -139,4 +139,48 @@ import Testing
             for store in replicas { await store.close() }
         }
     }
+
+    @Test("a work lease (a tag's first fetch, a watched image) is won once, and never meets a blob's lease")
+    func workLeasesOnPostgreSQL() async throws {
+        try await withPostgres { server in
+            try await server.createDatabase("work")
+            let settings = try PostgresIndexSettings(dsn: server.dsn(database: "work"))
+            let replicas = (0..<5).map { _ in PostgresMetadataStore(settings) }
+            func holder(_ i: Int) -> FillLeaseHolder { FillLeaseHolder(owner: "r\(i)/n", peerURL: "http://10.0.0.\(i):5001", repository: "docker.io/library/x") }
+            let repository = RepositoryKey(upstream: "docker.io", name: try RepositoryName(parsing: "library/x"))
+            let key = FleetWorkKey.tagFetch(repository, try Tag(parsing: "latest"))
+            let claims = try await withThrowingTaskGroup(of: (Int, FillLeaseClaim).self) { group in
+                for (i, store) in replicas.enumerated() {
+                    group.addTask { (i, try await store.acquireLease(key, holder: holder(i), ttl: .seconds(30))) }
+                }
+                return try await group.reduce(into: [(Int, FillLeaseClaim)]()) { $0.append($1) }
+            }
+            let winners = claims.filter { $0.1 == .acquired }.map(\.0)
+            try #require(winners.count == 1, "\(claims)")
+            let owner = winners[0], other = (winners[0] + 1) % replicas.count
+            for (i, claim) in claims where i != owner { #expect(claim == .heldBy(holder(owner)), "replica \(i) sees the holder") }
+            #expect(try await replicas[other].leaseHolder(key) == holder(owner))
+            // Not a blob's lease: the blob leases' list and a digest's claim do not see it.
+            #expect(try await replicas[0].liveFillLeases().isEmpty)
+            let digest = DigestHasher.digest(of: Array("a layer".utf8))
+            #expect(try await replicas[other].acquireFillLease(digest, holder: holder(other), ttl: .seconds(30)) == .acquired)
+            #expect(try await replicas[0].liveFillLeases().map(\.digest) == [digest])
+            #expect(key.description.contains(" ") && FleetWorkKey.watch("x:1 all").description != key.description)
+
+            // Let go by its owner only; then another wins it. Its own claim again renews it.
+            try await replicas[other].releaseLease(key, owner: holder(other).owner)
+            #expect(try await replicas[other].leaseHolder(key) == holder(owner))
+            try await replicas[owner].releaseLease(key, owner: holder(owner).owner)
+            #expect(try await replicas[other].leaseHolder(key) == nil)
+            #expect(try await replicas[other].acquireLease(key, holder: holder(other), ttl: .seconds(1)) == .acquired)
+            #expect(try await replicas[other].acquireLease(key, holder: holder(other), ttl: .seconds(1)) == .acquired)
+            #expect(try await replicas[owner].acquireLease(key, holder: holder(owner), ttl: .seconds(1)) == .heldBy(holder(other)))
+            // Its time runs out on the database's clock: taken over.
+            try await Task.sleep(for: .milliseconds(1300))
+            #expect(try await replicas[owner].leaseHolder(key) == nil)
+            #expect(try await replicas[owner].acquireLease(key, holder: holder(owner), ttl: .seconds(30)) == .acquired)
+            #expect(try await replicas[other].fillLeaseHolder(digest) == holder(other), "the blob's lease is untouched")
+            for store in replicas { await store.close() }
+        }
+    }
 }
