@@ -177,18 +177,18 @@ public final class PullThroughRegistry: RegistryContent {
             return content
         }
         // Concurrent revalidations of one tag share one upstream round trip; in a fleet, one
-        // replica claims it and the others serve what the tag's row says (+TagClaims.swift).
-        // The watch list (`maxAge`) asks the upstream itself, claim or not.
+        // replica claims it (or a tag's first fetch) and the others serve what the tag's row
+        // says (+TagClaims.swift). The watch list (`maxAge`) revalidates itself, claim or not.
         return try await manifestFlights.run("tag|\(repository)|\(tag)", joined: { stats?.joined(.manifestByTag) }) { () throws(MirrorError) in
-            let claim = maxAge == nil ? try await self.claimRevalidation(repository, tag, cached, ttl: policy.tagTTL) : .unclaimed
+            let claim = try await self.claimTag(repository, tag, cached, ttl: policy.tagTTL, forced: maxAge != nil)
             if case .lost(let content) = claim { return content }
             do throws(MirrorError) {
                 let content = try await self.revalidateTag(repository, tag, cached, upstream: upstream, policy: policy)
                 // Nothing written (stale-if-error, the rate-limit reserve): the next request tries again.
-                if content.cacheResult == .stale { await self.release(claim, repository, tag) }
+                await self.release(claim, repository, tag, recorded: content.cacheResult != .stale)
                 return content
             } catch {
-                await self.release(claim, repository, tag)
+                await self.release(claim, repository, tag, recorded: false)
                 throw error
             }
         }
