@@ -15,6 +15,11 @@ import Synchronization
 /// would fill the disk. Each run marks the current image as used instead, so eviction takes
 /// it last, and a digest the tag has left ages out like any other image.
 ///
+/// In a fleet, each image is refreshed by one replica per interval, whichever takes the
+/// image's lease for the interval first (`FleetWorkKey.watch`, in the fill lease table, held
+/// for `interval` on the database's clock): the others skip it and show what the shared tag row
+/// says. One node refreshes every image itself, as always.
+///
 /// Images are refreshed one after another, so a long list does not spend the upstream's
 /// rate limit in a burst. `run()` stops at its next suspension point when its task is
 /// cancelled; a blob download already started goes on in the `FillService`, as a client's
@@ -59,6 +64,9 @@ public final class WatchList: Sendable {
         public var fetchedBytes: Int64 = 0
         /// The last refresh's failure; nil after a success.
         public var error: String?
+        /// In a fleet: the replica that refreshed the image this interval, when not this one.
+        /// `digest` and `checkedAt` are then the shared tag row's (`liveSnapshot()`).
+        public var checkedBy: String?
     }
 
     /// The whole list's state, for the status page.
@@ -89,6 +97,25 @@ public final class WatchList: Sendable {
     }
 
     public var snapshot: Snapshot { state.withLock { $0 } }
+
+    /// The snapshot, with what the shared tag rows say now for the images another replica of
+    /// the fleet refreshed: the digest every replica serves and when it was last checked.
+    public func liveSnapshot() async -> Snapshot {
+        var snapshot = self.snapshot
+        for (position, image) in images.enumerated() where snapshot.images[position].checkedBy != nil {
+            switch image.reference {
+            case .tag(let tag):
+                guard let row = try? await registry.index.tag(image.repository, tag) else { continue }
+                snapshot.images[position].digest = row.digest
+                snapshot.images[position].checkedAt = Date(timeIntervalSince1970: TimeInterval(row.checkedAt))
+            case .digest(let digest):
+                guard (try? await registry.index.blobSize(digest)) != nil else { continue }
+                snapshot.images[position].digest = digest
+            }
+            snapshot.images[position].outcome = .current
+        }
+        return snapshot
+    }
 
     /// The registry's clock: the times shown are those its tags are checked by.
     var clock: any MirrorClock { registry.clock }
@@ -129,6 +156,20 @@ public final class WatchList: Sendable {
 
     private func refresh(_ image: Image, at position: Int) async {
         let metadata: Logger.Metadata = ["oci.reference": "\(image.name)"]
+        if let fleet = registry.fleet, let other = await refreshedElsewhere(image, fleet: fleet) {
+            let replica = other.owner.lastIndex(of: "/").map { String(other.owner[..<$0]) } ?? other.owner
+            state.withLock {
+                $0.images[position].checkedBy = replica
+                // What the other replica found is read from the shared rows (`liveSnapshot()`).
+                $0.images[position].outcome = .pending
+                $0.images[position].digest = nil
+                $0.images[position].checkedAt = nil
+                $0.images[position].fetchedBytes = 0
+                $0.images[position].error = nil
+            }
+            logger.debug("watch list: refreshed by another replica this interval", metadata: metadata.merging(["fleet.owner": "\(other.owner)"]) { $1 })
+            return
+        }
         let known = await cachedDigest(image)
         let fetched = ByteTally()
         do throws(MirrorError) {
@@ -147,6 +188,7 @@ public final class WatchList: Sendable {
                 $0.images[position].checkedAt = now
                 $0.images[position].fetchedBytes = bytes
                 $0.images[position].error = nil
+                $0.images[position].checkedBy = nil
             }
             if updated || bytes > 0 {
                 logger.info("watch list: fetched", metadata: metadata.merging([
@@ -162,9 +204,26 @@ public final class WatchList: Sendable {
                 $0.images[position].outcome = .failed
                 $0.images[position].checkedAt = clock.now()
                 $0.images[position].error = error.message
+                $0.images[position].checkedBy = nil
             }
             logger.warning("watch list: refresh failed", metadata: metadata.merging(["error": "\(error.message)"]) { $1 })
         }
+    }
+
+    /// The replica that holds `image`'s refresh for this interval, when it is another one. The
+    /// lease is not let go after the refresh: it lasts the interval, so each image is refreshed
+    /// once per interval for the fleet, whatever the replicas' timers. Nil when this replica
+    /// refreshes it, or cannot tell (the index failed: it refreshes, as one node would).
+    private func refreshedElsewhere(_ image: Image, fleet: FleetMember) async -> FillLeaseHolder? {
+        let key = FleetWorkKey.watch("\(image.name) \(image.platforms)")
+        let holder = FillLeaseHolder(owner: fleet.owner, peerURL: fleet.peerURL, repository: image.repository.description)
+        do {
+            if case .heldBy(let other) = try await fleet.leases.acquireLease(key, holder: holder, ttl: interval) { return other }
+        } catch {
+            logger.debug("watch list: the fleet's lease could not be claimed; refreshing here", metadata: [
+                "oci.reference": "\(image.name)", "error": "\(error)"])
+        }
+        return nil
     }
 
     /// The digest the cache holds for the image before a refresh.

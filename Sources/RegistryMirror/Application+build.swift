@@ -249,7 +249,7 @@ func makeApplication(
             fleet = StatusPage.Fleet(replica: member.replica, owner: member.owner, activity: member.activity, peers: try? await member.peers())
         }
         let html = StatusPage.render(stats.snapshot, upstreams: upstreamList, fills: fills, offline: settings.offline, version: RegistryMirrorVersion.userAgent,
-                                     watch: watch?.snapshot, fleet: fleet)
+                                     watch: await watch?.liveSnapshot(), fleet: fleet)
         return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
                         body: .init(byteBuffer: ByteBuffer(string: html)))
     }
