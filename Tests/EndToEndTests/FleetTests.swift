@@ -27,6 +27,83 @@ struct FleetTests {
         }
     }
 
+    @Test("with the fleet keys: a tag no replica cached is fetched once for the fleet; a watch list on every replica checks once per interval")
+    func fleetWideFirstFetchAndWatch() async throws {
+        let peers = try FleetLeaseTests.peerPorts(3)
+        try await FleetHarness.run(replicas: 3, replicaEnvironment: FleetLeaseTests.fleetEnvironment(peerPorts: peers), startReplicas: false) { fleet in
+            try await fleet.push(try fleet.scope.singleImage(seed: PullThroughTests.seed()), "test/watched", tag: "v1")
+            let watched = try PullThroughHTTP.upstreamImage(port: fleet.upstream.port, "test/watched", tag: "v1").rootDigest
+            let config = fleet.scope.unique("watch").appendingPathExtension("yaml")
+            try "watch:\n  interval: \(Self.watchInterval)s\n  images:\n    - {ref: test/watched:v1, platforms: all}\n"
+                .write(to: config, atomically: true, encoding: .utf8)
+            for replica in fleet.replicas { try await fleet.start(replica.index, extraArguments: ["--config", config.path]) }
+            Progress.step("fleet: a tag no replica has cached, asked on every replica at once")
+            try await Self.expectOneFirstFetchForTheFleet(fleet)
+            Progress.step("fleet: the same watch list on every replica")
+            try await Self.expectOneWatchCheckPerInterval(fleet, path: "/v2/test/watched/manifests/v1", digest: watched)
+        }
+    }
+
+    static let watchInterval = 2
+
+    /// Issue 12 item 5, a tag's first fetch: 12 simultaneous GETs of a tag the fleet has never
+    /// cached, over 3 replicas, cost the upstream one manifest GET (after one HEAD), and every
+    /// replica answers the same digest.
+    static func expectOneFirstFetchForTheFleet(_ fleet: FleetHarness) async throws {
+        let path = "/v2/test/cold/manifests/v1"
+        try await fleet.push(try fleet.scope.singleImage(seed: PullThroughTests.seed()), "test/cold", tag: "v1")
+        let digest = try PullThroughHTTP.upstreamImage(port: fleet.upstream.port, "test/cold", tag: "v1").rootDigest
+        let mark = await fleet.mark()
+        for answer in await askAtOnce(fleet, path) {
+            #expect(answer.status == 200 && answer.digest == digest.description,
+                    "replica \(answer.replica) answered \(answer.status) \(answer.digest ?? "-"), not \(digest)")
+        }
+        let requests = await fleet.upstreamRequests(since: mark).filter { $0.path.hasPrefix("/v2/test/cold/manifests/") }
+        let heads = requests.filter { $0.method == "HEAD" }, gets = requests.filter { $0.method == "GET" }
+        #expect(gets.count == 1 && heads.count <= 1,
+                "\(gets.count) manifest GETs and \(heads.count) HEADs upstream for the fleet, not 1 and at most 1:\n\(PullThroughLog.describe(requests))\n\(fleet.logTails(1500))")
+    }
+
+    /// GETs of a manifest, all at once: four on each replica, each on a thread of its own.
+    static func askAtOnce(_ fleet: FleetHarness, _ path: String) async -> [(replica: Int, status: Int, digest: String?)] {
+        let perReplica = 4
+        let answers = Mutex<[(replica: Int, status: Int, digest: String?)]>([])
+        await BadInputServer.onThreads(fleet.replicas.count * perReplica) { i in
+            let replica = fleet.replicas[i % fleet.replicas.count]
+            let response = try? PullThroughHTTP.manifest(port: replica.port, path)
+            answers.withLock { $0.append((replica.index, response?.status ?? -1, response?.header("Docker-Content-Digest"))) }
+        }
+        return answers.withLock { $0 }
+    }
+
+    /// Issue 12 item 5, the watch list: three replicas watching one image with a 2 s interval
+    /// send the upstream about one HEAD of its tag per interval, not three; every replica's
+    /// status page shows the digest, those that skipped naming the replica that checked.
+    static func expectOneWatchCheckPerInterval(_ fleet: FleetHarness, path: String, digest: Digest) async throws {
+        func watchRow(_ replica: FleetReplica) throws -> String {
+            let page = String(decoding: try RawHTTP.get(port: replica.port, path: "/").body, as: UTF8.self)
+            guard let section = page.range(of: "<section id=\"watch\">") else { return "" }
+            return String(page[section.lowerBound...].prefix { $0 != "\n" })
+        }
+        let shown = String(digest.description.prefix(19))
+        try await waitUntil("every replica's watch list to show \(digest)", timeout: .seconds(20)) {
+            try fleet.replicas.allSatisfy { try watchRow($0).contains(shown) }
+        }
+        let mark = await fleet.mark()
+        let started = ContinuousClock.now
+        let intervals = 5
+        try await Task.sleep(for: .seconds(intervals * watchInterval))
+        let heads = await fleet.upstreamManifestRequests(since: mark, method: "HEAD").filter { $0.path == path }
+        let took = ContinuousClock.now - started
+        Progress.step("fleet: \(heads.count) upstream HEADs of \(path) in \(took) with a \(watchInterval) s watch interval on 3 replicas")
+        // One per interval, and one more for a check that falls on either edge of the window.
+        #expect(heads.count >= intervals - 1 && heads.count <= intervals + 1,
+                "\(heads.count) HEADs of the watched tag in \(intervals) intervals, not about \(intervals):\n\(PullThroughLog.describe(heads))")
+        let rows = try fleet.replicas.map(watchRow)
+        for (index, row) in rows.enumerated() { #expect(row.contains(shown), "replica \(index)'s watch list: \(row)") }
+        #expect(rows.contains { $0.contains("(by replica-") }, "no replica says another checked for it:\n\(rows.joined(separator: "\n"))")
+    }
+
     /// A cold pull through replica 0 fills the bucket; then pulls through every other replica
     /// go nowhere upstream and get the same bytes.
     static func expectServedFromTheFleet(_ fleet: FleetHarness, _ image: PullThroughUpstreamImage, reference: String) async throws {
@@ -81,17 +158,8 @@ struct FleetTests {
         let expired = learned + .seconds(Self.tagTTL + 1)
         if ContinuousClock.now < expired { try await Task.sleep(until: expired) }
 
-        // All at once: four requests on each replica, each on a thread of its own.
         let mark = await fleet.mark()
-        let perReplica = 4
-        let answers = Mutex<[(replica: Int, status: Int, digest: String?)]>([])
-        await BadInputServer.onThreads(fleet.replicas.count * perReplica) { i in
-            let replica = fleet.replicas[i % fleet.replicas.count]
-            let response = try? PullThroughHTTP.manifest(port: replica.port, path)
-            answers.withLock { $0.append((replica.index, response?.status ?? -1, response?.header("Docker-Content-Digest"))) }
-        }
-        let during = answers.withLock { $0 }
-        for answer in during {
+        for answer in await Self.askAtOnce(fleet, path) {
             #expect(answer.status == 200 && [old.description, moved.description].contains(answer.digest ?? ""),
                     "replica \(answer.replica) answered \(answer.status) \(answer.digest ?? "-") during the revalidation")
         }
