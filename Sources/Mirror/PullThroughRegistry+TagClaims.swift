@@ -67,10 +67,13 @@ extension PullThroughRegistry {
         return .unclaimed
     }
 
-    /// What the tag's row names, if it has one whose manifest is stored.
+    /// What the tag's row names, if it has one whose manifest is stored: another replica's
+    /// fetch, shared, so counted as a join (as a blob streamed from a peer is).
     private func recordedTag(_ repository: RepositoryKey, _ tag: Tag) async -> ManifestContent? {
-        guard let row = try? await index.tag(repository, tag) else { return nil }
-        return try? await local.manifestContent(row.digest, mediaType: row.mediaType)
+        guard let row = try? await index.tag(repository, tag),
+              var content = try? await local.manifestContent(row.digest, mediaType: row.mediaType) else { return nil }
+        content.cacheResult = .join
+        return content
     }
 
     /// Claims the revalidation of a cached, expired tag, or finds another replica has.

@@ -3,15 +3,23 @@ import Logging
 import MetadataIndex
 @testable import Mirror
 import OCI
+import PostgresIndex
 import Testing
 
 extension PolicyFixture {
     /// Another replica: its own `PullThroughRegistry` and index handle on the same files,
-    /// upstream and clock, as fleet replicas share one store and one index.
-    func replica() throws -> PullThroughRegistry {
+    /// upstream and clock, as fleet replicas share one store and one index; with `fleet`, a
+    /// replica that knows it is one (its leases in `fleet.leases`).
+    func replica(fleet: FleetMember? = nil) throws -> PullThroughRegistry {
         let local = LocalRegistry(store: try FileSystemStore(root: dir.path), index: try SQLiteMetadataStore(path: dir.path + "/index.sqlite"))
-        return PullThroughRegistry(local: local, upstreams: [upstream], policies: [upstream.name: policy], clock: clock,
+        return PullThroughRegistry(local: local, upstreams: [upstream], policies: [upstream.name: policy], clock: clock, fleet: fleet,
                                    logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+    }
+
+    /// A fleet member whose leases are in `leases`; it streams nothing from peers here.
+    static func member(_ replica: String, _ leases: any FillLeaseStore) -> FleetMember {
+        FleetMember(replica: replica, peerURL: "http://127.0.0.1:1", secret: Array("a fleet secret of some length".utf8), leases: leases,
+                    peerWait: .seconds(30)) { digest throws(StoreError) in throw StoreError(.io, "no spool for \(digest) in this test") }
     }
 }
 
@@ -117,5 +125,51 @@ struct TagClaimTests {
         #expect(observed == row.checkedAt && claimed == f.clock.unixSeconds, "a 5 s TTL holds the claim 5 s")
         let lost = try await f.replica().claimRevalidation(key, tag, row, ttl: policy.tagTTL)
         guard case .lost = lost else { Issue.record("a second claim on the same row: \(lost)"); return }
+    }
+
+    @Test("a tag no replica has cached: one replica of a fleet fetches it, the other serves its row; a failed fetch lets the other ask at once")
+    func firstFetchIsShared() async throws {
+        try await withPostgres { server in
+            try await server.createDatabase("tags")
+            let leases = PostgresMetadataStore(try PostgresIndexSettings(dsn: server.dsn(database: "tags")))
+            let f = try PolicyFixture()
+            defer { f.dir.remove() }
+            let a = try f.replica(fleet: PolicyFixture.member("a", leases)), b = try f.replica(fleet: PolicyFixture.member("b", leases))
+            let image = f.putImage(in: "lib/app", tag: "1", layer: "a")
+            let key = try f.key("lib/app"), tag = try Tag(parsing: "1")
+
+            // Replica a's HEAD is held: b, asked meanwhile, waits for a's row instead of asking.
+            f.upstream.hold(.manifestHead)
+            let first = Task { try await a.manifest(key, .tag(tag)) }
+            #expect(await f.upstream.calls.wait("manifestHead", reaches: 1))
+            let second = Task { try await b.manifest(key, .tag(tag)) }
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(f.upstream.calls["manifestHead"] == 1, "the other replica asked the upstream too")
+            f.upstream.release(.manifestHead)
+            let winner = try await first.value, waiter = try await second.value
+            #expect(winner.digest == image.manifest && winner.cacheResult == .miss)
+            #expect(waiter.digest == image.manifest && waiter.cacheResult == .join)
+            #expect(f.upstream.calls["manifestHead"] == 1 && f.upstream.calls["manifestGet"] == 1)
+            #expect(try await leases.leaseHolder(.tagFetch(key, tag)) == nil, "the lease is let go")
+
+            // A first fetch that fails writes no row: the waiting replica asks itself, at once
+            // (when the lease is let go, not when it would run out 15 s later).
+            let absent = try Tag(parsing: "absent")
+            f.upstream.hold(.manifestHead)
+            let failing = Task { try await a.manifest(key, .tag(absent)) }
+            #expect(await f.upstream.calls.wait("manifestHead", reaches: 2))
+            let waiting = Task { try await b.manifest(key, .tag(absent)) }
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(f.upstream.calls["manifestHead"] == 2)
+            let released = ContinuousClock.now
+            f.upstream.release(.manifestHead)
+            for task in [failing, waiting] {
+                guard case .failure(let error as MirrorError) = await task.result else { Issue.record("a request for an absent tag did not fail"); continue }
+                #expect(error.code == .manifestUnknown, "\(error)")
+            }
+            #expect(ContinuousClock.now - released < .seconds(5))
+            #expect(f.upstream.calls["manifestHead"] == 3, "the waiting replica asked for itself once the fetch failed")
+            await leases.close()
+        }
     }
 }
