@@ -96,8 +96,9 @@ struct FleetTests {
         let heads = await fleet.upstreamManifestRequests(since: mark, method: "HEAD").filter { $0.path == path }
         let took = ContinuousClock.now - started
         Progress.step("fleet: \(heads.count) upstream HEADs of \(path) in \(took) with a \(watchInterval) s watch interval on 3 replicas")
-        // One per interval, and one more for a check that falls on either edge of the window.
-        #expect(heads.count >= intervals - 1 && heads.count <= intervals + 1,
+        // At most one per interval, and one more for a check on the window's edge (15 without
+        // the lease); at least some, though a loaded machine stretches the replicas' periods.
+        #expect(heads.count >= intervals / 2 && heads.count <= intervals + 1,
                 "\(heads.count) HEADs of the watched tag in \(intervals) intervals, not about \(intervals):\n\(PullThroughLog.describe(heads))")
         let rows = try fleet.replicas.map(watchRow)
         for (index, row) in rows.enumerated() { #expect(row.contains(shown), "replica \(index)'s watch list: \(row)") }
