@@ -88,6 +88,18 @@ public struct ServeSettings: Sendable {
     }
 }
 
+extension ServeSettings {
+    /// `--tag-ttl`: one TTL for every upstream, over what the configuration set; each
+    /// upstream's other policies (stale-if-error, prefetch, the rate-limit reserve) stay.
+    public mutating func overrideTagTTL(_ ttl: Duration) {
+        for upstream in upstreams {
+            var policy = policies[upstream.name] ?? UpstreamPolicy()
+            policy.tagTTL = ttl
+            policies[upstream.name] = policy
+        }
+    }
+}
+
 /// This replica's `FleetMember`: the shared index's lease table, and spools beside the S3 store.
 func fleetMember(_ settings: FleetSettings, data: DataDirectory, transport: CurlTransport) throws -> FleetMember {
     guard let leases = data.index as? any FillLeaseStore else {

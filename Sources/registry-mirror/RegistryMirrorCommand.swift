@@ -128,9 +128,7 @@ struct UpstreamOptions: ParsableArguments {
         var settings = try names.settings(configuration)
         if let tagTTL {
             guard let ttl = UpstreamSpec.duration(tagTTL) else { throw ValidationError("--tag-ttl must look like 30s, 5m or 1h, got \(tagTTL)") }
-            var policy = UpstreamPolicy()
-            policy.tagTTL = ttl
-            for upstream in settings.upstreams { settings.policies[upstream.name] = policy }
+            settings.overrideTagTTL(ttl)
         }
         return settings
     }

@@ -22,6 +22,31 @@ import Testing
         }
     }
 
+    /// `--tag-ttl` sets only the TTL: an upstream's other policies from the file stay.
+    @Test func tagTTLFlagKeepsTheOtherPolicies() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = dir.path + "/policies.yaml"
+        try """
+        upstreams:
+          - name: docker.io
+            url: https://registry-1.docker.io
+            tag_ttl: 10m
+            stale_if_error: false
+            rate_limit_reserve: 3
+          - name: ghcr.io
+            url: https://ghcr.io
+        """.write(toFile: file, atomically: true, encoding: .utf8)
+        var settings = try MirrorConfiguration.load(file: file, environment: [:]).serveSettings
+        settings.overrideTagTTL(.seconds(30))
+        let hub = try #require(settings.policies["docker.io"])
+        #expect(hub.tagTTL == .seconds(30))
+        #expect(hub.staleIfError == false, "--tag-ttl turned stale-if-error back on")
+        #expect(hub.rateLimitReserve == 3)
+        #expect(settings.policies["ghcr.io"]?.tagTTL == .seconds(30))
+        #expect(settings.policies["ghcr.io"]?.staleIfError == true)
+    }
+
     /// Each example sets up what its comments say, routing included.
     @Test func examplesConfigureTheirScenario() throws {
         let dir = try TemporaryDirectory()
