@@ -10,11 +10,12 @@ import Glibc
 /// Writes cached images as an OCI image layout, a directory or a `.tar` of one, for
 /// `skopeo copy oci:…` / `oci-archive:…` and `registry-mirror import` on another machine.
 ///
-/// Reads only the local cache. Each image's `index.json` entry carries its full reference
+/// Reads only the cache: the data directory's store, or a fleet's bucket (any `BlobStore`,
+/// streamed through its `BlobReader`s). Each image's `index.json` entry carries its full reference
 /// (`docker.io/library/alpine:3.20`) as `org.opencontainers.image.ref.name` and
 /// `io.containerd.image.name`. Root manifests and indexes are written byte-exact; which
 /// instances of an index go along is the `Options.platforms` choice. Every blob is re-hashed
-/// while it is copied, so a damaged cache file fails the export rather than reaching the
+/// while it is copied, so a damaged cached blob fails the export rather than reaching the
 /// bundle, and a failed export leaves no output (see `LayoutOutput`).
 ///
 /// What refers to an image goes along (unless `Options.referrers` is off), as entries of
@@ -64,11 +65,11 @@ public struct BundleExporter: Sendable {
 
     public static let containerdNameAnnotation = "io.containerd.image.name"
 
-    let store: FileSystemStore
+    let store: any BlobStore
     let index: any MetadataStore
     let logger: Logger
 
-    public init(store: FileSystemStore, index: any MetadataStore, logger: Logger) {
+    public init(store: any BlobStore, index: any MetadataStore, logger: Logger) {
         self.store = store
         self.index = index
         self.logger = logger
@@ -97,7 +98,7 @@ public struct BundleExporter: Sendable {
                 options.progress?(.imageStarted(image: plan.name))
                 do throws(BundleError) {
                     for blob in plan.blobs where !written.contains(blob.digest) {
-                        try copy(blob, image: plan.name, into: &out, progress: options.progress)
+                        try await copy(blob, image: plan.name, into: &out, progress: options.progress)
                         written.insert(blob.digest)
                         bytes += blob.size
                     }
@@ -148,7 +149,7 @@ public struct BundleExporter: Sendable {
         let root = try await resolve(reference, as: text)
         let repository = RepositoryKey(upstream: reference.host, name: reference.repository)
         var plan = ImagePlan(name: reference.description, root: root, repository: repository)
-        try walk(root, depth: 0, selection: selection, plan: &plan)
+        try await walk(root, depth: 0, selection: selection, plan: &plan)
         if MediaType.isIndex(root.mediaType) {
             var required: [Platform] = []
             if case .specific(let list) = selection { required = list }
@@ -212,13 +213,13 @@ public struct BundleExporter: Sendable {
                 throw BundleError("reading the index: \(error.description)")
             }
             for (name, descriptor) in found where seen.insert(descriptor.digest).inserted {
-                if let missing = try firstMissing(descriptor, image: name) {
+                if let missing = try await firstMissing(descriptor, image: name) {
                     logger.notice("not exported: a referrer is not fully cached; seed its image again to fetch it", metadata: [
                         "oci.reference": "\(name)", "oci.subject": "\(subject)", "oci.digest": "\(missing)"])
                     continue
                 }
                 var plan = ImagePlan(name: name, root: Self.named(descriptor, name), repository: repository, referrerOf: subject)
-                try walk(plan.root, depth: 0, selection: nil, plan: &plan)
+                try await walk(plan.root, depth: 0, selection: nil, plan: &plan)
                 plans.append(plan)
                 if depth < Self.referrerDepth { queue.append((descriptor.digest, depth + 1)) }
             }
@@ -240,14 +241,14 @@ public struct BundleExporter: Sendable {
         return try await index.manifest(digest).map { (digest, $0) }
     }
 
-    private func walk(_ descriptor: Descriptor, depth: Int, selection: PlatformSelection?, plan: inout ImagePlan) throws(BundleError) {
+    private func walk(_ descriptor: Descriptor, depth: Int, selection: PlatformSelection?, plan: inout ImagePlan) async throws(BundleError) {
         guard depth < 4 else { throw BundleError("indexes are nested more than 4 deep at \(descriptor.digest)") }
-        let document = try readManifest(descriptor, image: plan.name)
+        let document = try await readManifest(descriptor, image: plan.name)
         plan.blobs.append(descriptor)
         plan.subjects.append(descriptor.digest)
         guard document.isIndex else {
             for blob in document.blobs {
-                try checkStored(blob, image: plan.name, role: "blob of manifest \(descriptor.digest)")
+                try await checkStored(blob, image: plan.name, role: "blob of manifest \(descriptor.digest)")
                 plan.blobs.append(blob)
             }
             return
@@ -261,7 +262,7 @@ public struct BundleExporter: Sendable {
         var written = 0
         for child in candidates {
             let label = child.platform?.description ?? "instance \(child.digest)"
-            if let missing = try firstMissing(child, image: plan.name) {
+            if let missing = try await firstMissing(child, image: plan.name) {
                 guard selection != nil else {
                     logger.notice("not exported: this instance is not fully cached", metadata: [
                         "oci.reference": "\(plan.name)", "oci.platform": "\(label)", "oci.digest": "\(missing)",
@@ -271,7 +272,7 @@ public struct BundleExporter: Sendable {
                 let flag = child.platform.map { "--platform \($0)" } ?? "--all-platforms"
                 throw BundleError("\(plan.name): \(label) is not fully in the cache (\(missing) is missing); fetch it with `registry-mirror seed \(flag) \(plan.name)`")
             }
-            try walk(child, depth: depth + 1, selection: selection, plan: &plan)
+            try await walk(child, depth: depth + 1, selection: selection, plan: &plan)
             written += 1
             if let platform = child.platform, !MediaType.isIndex(child.mediaType) { plan.writtenPlatforms.append(platform) }
         }
@@ -287,19 +288,20 @@ public struct BundleExporter: Sendable {
     }
 
     /// The first digest an index instance needs that the store lacks, or nil when it is complete.
-    private func firstMissing(_ child: Descriptor, image: String) throws(BundleError) -> Digest? {
-        guard store.size(of: child.digest) != nil else { return child.digest }
+    private func firstMissing(_ child: Descriptor, image: String) async throws(BundleError) -> Digest? {
+        guard await store.size(of: child.digest) != nil else { return child.digest }
         guard !MediaType.isIndex(child.mediaType) else { return nil }  // its own instances are checked when it is walked
-        let document = try readManifest(child, image: image)
-        return document.blobs.first { store.size(of: $0.digest) == nil }?.digest
+        let document = try await readManifest(child, image: image)
+        for blob in document.blobs where await store.size(of: blob.digest) == nil { return blob.digest }
+        return nil
     }
 
     /// Reads a manifest from the store, checking size and digest before trusting its content.
-    private func readManifest(_ descriptor: Descriptor, image: String) throws(BundleError) -> ManifestDocument {
-        try checkStored(descriptor, image: image, role: "manifest")
+    private func readManifest(_ descriptor: Descriptor, image: String) async throws(BundleError) -> ManifestDocument {
+        try await checkStored(descriptor, image: image, role: "manifest")
         let bytes: [UInt8]
         do {
-            bytes = try store.read(descriptor.digest, limit: ManifestDocument.maxSize)
+            bytes = try await store.read(descriptor.digest, limit: ManifestDocument.maxSize)
         } catch {
             throw BundleError("reading manifest \(descriptor.digest): \(error.message)")
         }
@@ -312,8 +314,8 @@ public struct BundleExporter: Sendable {
         }
     }
 
-    private func checkStored(_ descriptor: Descriptor, image: String, role: String) throws(BundleError) {
-        guard let size = store.size(of: descriptor.digest) else {
+    private func checkStored(_ descriptor: Descriptor, image: String, role: String) async throws(BundleError) {
+        guard let size = await store.size(of: descriptor.digest) else {
             throw BundleError("\(image) is not fully in the cache: \(role) \(descriptor.digest) is missing; fetch it again with `registry-mirror seed \(image)`")
         }
         guard size == descriptor.size else {
@@ -327,52 +329,60 @@ public struct BundleExporter: Sendable {
 
     // MARK: Writing
 
-    /// Streams one stored blob into the bundle in 1 MiB chunks, re-hashing it on the way.
-    private func copy(_ blob: Descriptor, image: String, into out: inout LayoutOutput, progress: ProgressHandler?) throws(BundleError) {
-        let file: ReadableFile?
+    /// Streams one stored blob into the bundle through the store's reader (a local file, or
+    /// ranged GETs of an object), re-hashing it on the way.
+    private func copy(_ blob: Descriptor, image: String, into out: inout LayoutOutput, progress: ProgressHandler?) async throws(BundleError) {
+        let reader: (any BlobReader)?
         do {
-            file = try store.openFile(blob.digest)
+            reader = try await store.openBlob(blob.digest)
         } catch {
             throw BundleError("cannot open \(blob.digest): \(error.message)")
         }
-        guard let file else {
+        guard let reader else {
             throw BundleError("\(image) is not fully in the cache: \(blob.digest) is missing; fetch it again with `registry-mirror seed \(image)`")
         }
-        let size = file.size
-        guard size == blob.size else { throw Self.corrupt(blob.digest, "the file is \(size) bytes, its descriptor says \(blob.size)") }
-        // The file closes its descriptor when it goes: keep it until the copy is done.
-        let descriptor = file.descriptor
-        defer { withExtendedLifetime(file) {} }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
-        defer { buffer.deallocate() }
+        let stored: Int64?
+        do {
+            stored = try await reader.size()
+        } catch {
+            throw BundleError("reading \(blob.digest): \(error)")
+        }
+        guard let size = stored, size == blob.size else {
+            throw Self.corrupt(blob.digest, "the file is \(stored.map(String.init) ?? "of unknown size") bytes, its descriptor says \(blob.size)")
+        }
 
         progress?(.blobStarted(image: image, digest: blob.digest, size: size))
-        try out.addFile("blobs/\(blob.digest.algorithm.rawValue)/\(blob.digest.hex)", size: size) { (sink) throws(BundleError) in
-            var verifier = DigestVerifier(expected: blob.digest, expectedSize: size)
-            var done: Int64 = 0
-            while true {
-                let n = read(descriptor, buffer.baseAddress!, buffer.count)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw BundleError("reading \(blob.digest): \(String(cString: strerror(errno)))")
-                }
-                if n == 0 { break }
-                let chunk = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
-                do throws(OCIError) {
-                    try verifier.update(chunk)
-                } catch {
-                    throw Self.corrupt(blob.digest, error.message)
-                }
-                try sink(chunk)
-                done += Int64(n)
-                progress?(.blobProgress(image: image, digest: blob.digest, bytes: done, size: size))
-            }
-            do throws(OCIError) {
-                try verifier.verify()
+        try out.beginFile("blobs/\(blob.digest.algorithm.rawValue)/\(blob.digest.hex)", size: size)
+        var verifier = DigestVerifier(expected: blob.digest, expectedSize: size)
+        var done: Int64 = 0
+        var chunks = reader.chunks(from: 0, length: nil).makeAsyncIterator()
+        while true {
+            let next: [UInt8]?
+            do {
+                next = try await chunks.next()
             } catch {
-                throw Self.corrupt(blob.digest, error.message)
+                throw BundleError("reading \(blob.digest): \(error)")
             }
+            guard let chunk = next else { break }
+            try chunk.withUnsafeBytes { raw in
+                Result { () throws(BundleError) in
+                    do throws(OCIError) {
+                        try verifier.update(raw)
+                    } catch {
+                        throw Self.corrupt(blob.digest, error.message)
+                    }
+                    try out.append(raw)
+                }
+            }.get()
+            done += Int64(chunk.count)
+            progress?(.blobProgress(image: image, digest: blob.digest, bytes: done, size: size))
         }
+        do throws(OCIError) {
+            try verifier.verify()
+        } catch {
+            throw Self.corrupt(blob.digest, error.message)
+        }
+        try out.endFile()
         progress?(.blobFinished(image: image, digest: blob.digest, bytes: size, cached: false))
     }
 

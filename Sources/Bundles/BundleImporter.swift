@@ -12,6 +12,9 @@ import OCI
 /// images become visible (tags, repository links) in one index transaction, only after
 /// everything they need is stored. On any error, blobs this import wrote are removed again,
 /// so a bad bundle leaves nothing behind.
+///
+/// The store is any `BlobStore`: the data directory's files, or a fleet's bucket, whose
+/// writers complete an object only after its digest and size were verified.
 public struct BundleImporter: Sendable {
     public struct Options: Sendable {
         /// `[host/]name[:tag]` to import as, overriding the layout's ref-name annotations.
@@ -39,11 +42,11 @@ public struct BundleImporter: Sendable {
         public let bytes: Int64
     }
 
-    let store: FileSystemStore
+    let store: any BlobStore
     let index: any MetadataStore
     let logger: Logger
 
-    public init(store: FileSystemStore, index: any MetadataStore, logger: Logger) {
+    public init(store: any BlobStore, index: any MetadataStore, logger: Logger) {
         self.store = store
         self.index = index
         self.logger = logger
@@ -65,7 +68,7 @@ public struct BundleImporter: Sendable {
                     var archive = try DockerArchive(source: .directory(path), manifestJSON: manifest)
                     result = try await importDockerArchive(&archive, options: options, session: &session)
                 } else {
-                    let layout = try readDirectoryLayout(path, session: &session)
+                    let layout = try readDirectoryLayout(path)
                     result = try await load(try roots(of: layout.index, options: options), blobDirectory: layout.blobDirectory,
                                       options: options, session: &session)
                 }
@@ -75,16 +78,16 @@ public struct BundleImporter: Sendable {
                     var archive = try DockerArchive(source: .tar(path: path, catalog: catalog), manifestJSON: manifest)
                     result = try await importDockerArchive(&archive, options: options, session: &session)
                 } else {
-                    let layout = try readTarLayout(path, session: &session)
+                    let layout = try await readTarLayout(path, catalog: catalog, session: &session)
                     result = try await load(try roots(of: layout.index, options: options), blobDirectory: nil,
                                       options: options, session: &session)
                 }
             }
-            session.removeUnreached()
+            await session.removeUnreached()
             options.progress?(.imageFinished(image: label, error: nil))
             return result
         } catch {
-            session.rollback()
+            await session.rollback()
             options.progress?(.imageFinished(image: label, error: error.message))
             throw error
         }
@@ -99,7 +102,7 @@ public struct BundleImporter: Sendable {
         let blobDirectory: BundleDirectory?
     }
 
-    private func readDirectoryLayout(_ root: String, session: inout IngestSession) throws(BundleError) -> LayoutFiles {
+    private func readDirectoryLayout(_ root: String) throws(BundleError) -> LayoutFiles {
         let directory = BundleDirectory(root: root)
         guard let layoutData = try directory.contents("oci-layout", limit: ManifestDocument.maxSize) else {
             throw BundleError("\(root) is not an OCI image layout: it has no oci-layout file")
@@ -111,23 +114,23 @@ public struct BundleImporter: Sendable {
         return LayoutFiles(index: try decodeIndex(indexData), blobDirectory: directory)
     }
 
-    private func readTarLayout(_ path: String, session: inout IngestSession) throws(BundleError) -> LayoutFiles {
-        var reader = try TarReader(path: path)
-        defer { reader.close() }
+    /// Reads a tar's layout files and stores every blob it carries, in archive order, from
+    /// where the catalog found each one's data.
+    private func readTarLayout(_ path: String, catalog: TarCatalog, session: inout IngestSession) async throws(BundleError) -> LayoutFiles {
         var layoutBytes: [UInt8]?
         var indexBytes: [UInt8]?
-        try reader.forEach { (entry, pump) throws(BundleError) in
-            guard entry.isRegularFile else { return }
-            switch entry.path {
-            case "oci-layout": layoutBytes = try readSmall(entry, pump)
-            case "index.json": indexBytes = try readSmall(entry, pump)
+        for member in catalog.members {
+            let source = tarEntryChunks(path, offset: member.offset, size: member.size, name: member.path)
+            switch member.path {
+            case "oci-layout": layoutBytes = try readSmall(member, source)
+            case "index.json": indexBytes = try readSmall(member, source)
             default:
-                guard entry.path.hasPrefix("blobs/") else { return }
-                let parts = entry.path.split(separator: "/")
+                guard member.path.hasPrefix("blobs/") else { continue }
+                let parts = member.path.split(separator: "/")
                 guard parts.count == 3, let digest = try? Digest(parsing: "\(parts[1]):\(parts[2])") else {
-                    throw BundleError("bundle has a blob with an invalid name: \(entry.path.prefix(200))")
+                    throw BundleError("bundle has a blob with an invalid name: \(member.path.prefix(200))")
                 }
-                try session.ingest(digest, size: entry.size, from: pump)
+                try await session.ingest(digest, size: member.size, from: source)
             }
         }
         guard let layoutBytes else { throw BundleError("\(path) is not an OCI image layout: it has no oci-layout file") }
@@ -136,10 +139,10 @@ public struct BundleImporter: Sendable {
         return LayoutFiles(index: try decodeIndex(indexBytes), blobDirectory: nil)
     }
 
-    private func readSmall(_ entry: TarReader.Entry, _ pump: TarReader.Pump) throws(BundleError) -> [UInt8] {
-        guard entry.size <= Int64(ManifestDocument.maxSize) else { throw BundleError("\(entry.path) is too large") }
+    private func readSmall(_ member: TarCatalog.Member, _ source: BlobSource) throws(BundleError) -> [UInt8] {
+        guard member.size <= Int64(ManifestDocument.maxSize) else { throw BundleError("\(member.path) is too large") }
         var out: [UInt8] = []
-        try pump { (chunk) throws(BundleError) in out.append(contentsOf: chunk) }
+        try source { (chunk) throws(BundleError) in out.append(contentsOf: chunk) }
         return out
     }
 
@@ -183,7 +186,7 @@ public struct BundleImporter: Sendable {
             let entry = root.descriptor, reference = root.reference
             let repository = RepositoryKey(upstream: reference.host, name: reference.repository)
             var walk = Walk()
-            try visit(entry, depth: 0, blobDirectory: blobDirectory, session: &session, walk: &walk, batch: &batch)
+            try await visit(entry, depth: 0, blobDirectory: blobDirectory, session: &session, walk: &walk, batch: &batch)
             for digest in walk.reached { batch.link(repository, digest) }
             if let tag = reference.tag {
                 batch.tag(repository, tag, entry.digest, mediaType: walk.rootMediaType ?? entry.mediaType)
@@ -194,7 +197,7 @@ public struct BundleImporter: Sendable {
                 platformsPresent: walk.childrenPresent, platformsListed: walk.childrenListed, bytes: walk.bytes))
         }
         for digest in session.reached.sorted() {
-            guard let size = store.size(of: digest) else { continue }
+            guard let size = await session.size(of: digest) else { continue }
             batch.addBlob(digest, size: size)
         }
         do {
@@ -214,12 +217,12 @@ public struct BundleImporter: Sendable {
     }
 
     private func visit(_ descriptor: Descriptor, depth: Int, blobDirectory: BundleDirectory?, session: inout IngestSession,
-                       walk: inout Walk, batch: inout ContentBatch) throws(BundleError) {
+                       walk: inout Walk, batch: inout ContentBatch) async throws(BundleError) {
         guard depth < 4 else { throw BundleError("indexes are nested more than 4 deep at \(descriptor.digest)") }
-        try ensure(descriptor, blobDirectory: blobDirectory, session: &session, role: "manifest")
+        try await ensure(descriptor, blobDirectory: blobDirectory, session: &session, role: "manifest")
         let bytes: [UInt8]
         do {
-            bytes = try store.read(descriptor.digest, limit: ManifestDocument.maxSize)
+            bytes = try await store.read(descriptor.digest, limit: ManifestDocument.maxSize)
         } catch {
             throw BundleError("manifest \(descriptor.digest): \(error.message)")
         }
@@ -239,13 +242,13 @@ public struct BundleImporter: Sendable {
         if document.isIndex {
             var present = 0
             for child in document.manifests {
-                if store.size(of: child.digest) == nil, !layoutHas(child.digest, blobDirectory) {
+                if await session.size(of: child.digest) == nil, !layoutHas(child.digest, blobDirectory) {
                     logger.info("index child not in bundle; clients asking for it will get 404 offline",
                                 metadata: ["oci.digest": "\(child.digest)", "oci.platform": "\(child.platform?.description ?? "-")"])
                     continue
                 }
                 present += 1
-                try visit(child, depth: depth + 1, blobDirectory: blobDirectory, session: &session, walk: &walk, batch: &batch)
+                try await visit(child, depth: depth + 1, blobDirectory: blobDirectory, session: &session, walk: &walk, batch: &batch)
             }
             if depth == 0 {
                 walk.childrenPresent = present
@@ -253,7 +256,7 @@ public struct BundleImporter: Sendable {
             }
         } else {
             for blob in document.blobs {
-                try ensure(blob, blobDirectory: blobDirectory, session: &session, role: "blob of manifest \(descriptor.digest)")
+                try await ensure(blob, blobDirectory: blobDirectory, session: &session, role: "blob of manifest \(descriptor.digest)")
                 walk.reached.append(blob.digest)
                 walk.bytes += blob.size
             }
@@ -269,17 +272,17 @@ public struct BundleImporter: Sendable {
 
     /// Makes sure `descriptor`'s blob is in the store with the descriptor's size, ingesting it
     /// from a layout directory if needed.
-    private func ensure(_ descriptor: Descriptor, blobDirectory: BundleDirectory?, session: inout IngestSession, role: String) throws(BundleError) {
+    private func ensure(_ descriptor: Descriptor, blobDirectory: BundleDirectory?, session: inout IngestSession, role: String) async throws(BundleError) {
         let digest = descriptor.digest
-        if store.size(of: digest) == nil, let layout = blobDirectory {
+        if await session.size(of: digest) == nil, let layout = blobDirectory {
             let path = Self.blobPath(digest)
             guard let file = try layout.openRegularFile(path) else {
                 throw BundleError("bundle is incomplete: \(role) \(digest) is missing")
             }
             defer { close(file) }
-            try session.ingest(digest, size: descriptor.size, from: descriptorChunks(file, path: layout.root + "/" + path))
+            try await session.ingest(digest, size: descriptor.size, from: descriptorChunks(file, path: layout.root + "/" + path))
         }
-        guard let size = store.size(of: digest) else {
+        guard let size = await session.size(of: digest) else {
             throw BundleError("bundle is incomplete: \(role) \(digest) is missing")
         }
         guard size == descriptor.size else {

@@ -204,18 +204,17 @@ struct DockerArchive {
     // MARK: Second pass
 
     /// Streams every config and layer into the store, verified against the first pass's digests.
-    func ingest(into session: inout IngestSession) throws(BundleError) {
+    func ingest(into session: inout IngestSession) async throws(BundleError) {
         switch source {
-        case .tar(let path, _):
-            var reader = try TarReader(path: path)
-            defer { reader.close() }
-            try reader.forEach { (entry, pump) throws(BundleError) in
-                guard entry.isRegularFile, let facts = files[entry.path] else { return }
-                try session.ingest(facts.digest, size: facts.size, from: pump)
+        case .tar(let path, let catalog):
+            for member in catalog.members {
+                guard let facts = files[member.path] else { continue }
+                try await session.ingest(facts.digest, size: facts.size,
+                                         from: tarEntryChunks(path, offset: member.offset, size: member.size, name: member.path))
             }
         case .directory(let root):
             for (path, facts) in files.sorted(by: { $0.key < $1.key }) {
-                try session.ingest(facts.digest, size: facts.size, from: fileChunks(root + "/" + path))
+                try await session.ingest(facts.digest, size: facts.size, from: fileChunks(root + "/" + path))
             }
         }
     }
@@ -264,9 +263,19 @@ final class FileHasher {
 }
 
 /// The names in a tar, from its headers alone (data is skipped, not read): which files and
-/// links it holds, and the small files that say what kind of bundle it is.
+/// links it holds, where each file's data is, and the small files that say what kind of
+/// bundle it is.
 struct TarCatalog {
+    /// A regular file in the archive: its data is `size` bytes at `offset` of the tar file.
+    struct Member {
+        let path: String
+        let offset: Int64
+        let size: Int64
+    }
+
     var regularFiles: Set<String> = []
+    /// Every regular file, in archive order (a path may repeat).
+    var members: [Member] = []
     /// Link path → the path it names, relative to the archive root.
     var links: [String: String] = [:]
     var hasOCILayout = false
@@ -286,6 +295,7 @@ struct TarCatalog {
             }
             guard entry.isRegularFile else { return }
             catalog.regularFiles.insert(entry.path)
+            catalog.members.append(Member(path: entry.path, offset: entry.offset, size: entry.size))
             switch entry.path {
             case "oci-layout", "index.json":
                 catalog.hasOCILayout = true
@@ -316,8 +326,8 @@ extension BundleImporter {
                 roots.append(Root(descriptor: image.descriptor, reference: reference))
             }
         }
-        try archive.ingest(into: &session)
-        for image in images { try session.ingest(image.manifest, as: image.descriptor.digest) }
+        try await archive.ingest(into: &session)
+        for image in images { try await session.ingest(image.manifest, as: image.descriptor.digest) }
         return try await load(roots, blobDirectory: nil, options: options, session: &session)
     }
 

@@ -15,6 +15,8 @@ struct LayoutOutput {
     let isTar: Bool
     private var tar: TarWriter?
     private var directories: Set<String> = []
+    /// The file of a directory layout between `beginFile` and `endFile`.
+    private var file: (path: String, descriptor: Int32, size: Int64, written: Int64)?
 
     init(destination path: String) throws(BundleError) {
         var destination = path
@@ -41,6 +43,14 @@ struct LayoutOutput {
 
     /// Adds `relative` (`oci-layout`, `blobs/sha256/<hex>`) with exactly `size` bytes from `contents`.
     mutating func addFile(_ relative: String, size: Int64, contents: TarReader.Pump) throws(BundleError) {
+        try beginFile(relative, size: size)
+        try contents { (chunk) throws(BundleError) in try append(chunk) }
+        try endFile()
+    }
+
+    /// Starts `relative`, of exactly `size` bytes; `append` its data, then `endFile()`. For
+    /// data that arrives between awaits (a blob streamed from a remote store).
+    mutating func beginFile(_ relative: String, size: Int64) throws(BundleError) {
         let components = relative.split(separator: "/").dropLast()
         for depth in components.indices {
             let folder = components[...depth].joined(separator: "/")
@@ -52,10 +62,40 @@ struct LayoutOutput {
             }
         }
         if isTar {
-            try tar!.addFile(relative, size: size, contents: contents)
+            try tar!.beginFile(relative, size: size)
         } else {
-            try Self.writeFile(temporary + "/" + relative, size: size, contents: contents)
+            let path = temporary + "/" + relative
+            let descriptor = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o644)
+            guard descriptor >= 0 else { throw BundleError("cannot create \(path): \(String(cString: strerror(errno)))") }
+            file = (path, descriptor, size, 0)
         }
+    }
+
+    mutating func append(_ chunk: UnsafeRawBufferPointer) throws(BundleError) {
+        if isTar { return try tar!.append(chunk) }
+        guard let current = file else { throw BundleError("layout data outside a file") }
+        guard current.written + Int64(chunk.count) <= current.size else {
+            throw BundleError("\(current.path): more than the announced \(current.size) bytes")
+        }
+        var offset = 0
+        while offset < chunk.count {
+            let n = write(current.descriptor, chunk.baseAddress! + offset, chunk.count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw BundleError("writing \(current.path): \(String(cString: strerror(errno)))")
+            }
+            offset += n
+        }
+        file!.written += Int64(chunk.count)
+    }
+
+    mutating func endFile() throws(BundleError) {
+        if isTar { return try tar!.endFile() }
+        guard let current = file else { throw BundleError("layout file ended twice") }
+        file = nil
+        defer { close(current.descriptor) }
+        guard current.written == current.size else { throw BundleError("\(current.path): \(current.written) bytes, \(current.size) announced") }
+        guard fsync(current.descriptor) == 0 else { throw BundleError("fsync \(current.path): \(String(cString: strerror(errno)))") }
     }
 
     mutating func addFile(_ relative: String, bytes: [UInt8]) throws(BundleError) {
@@ -91,6 +131,8 @@ struct LayoutOutput {
     /// Removes the temporary bundle. Safe after `publish()`.
     mutating func discard() {
         tar?.close()
+        if let file { close(file.descriptor) }
+        file = nil
         try? FileManager.default.removeItem(atPath: temporary)
     }
 
@@ -100,28 +142,6 @@ struct LayoutOutput {
         if mkdir(path, 0o755) != 0, errno != EEXIST {
             throw BundleError("cannot create \(path): \(String(cString: strerror(errno)))")
         }
-    }
-
-    private static func writeFile(_ path: String, size: Int64, contents: TarReader.Pump) throws(BundleError) {
-        let descriptor = open(path, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o644)
-        guard descriptor >= 0 else { throw BundleError("cannot create \(path): \(String(cString: strerror(errno)))") }
-        defer { close(descriptor) }
-        var written: Int64 = 0
-        try contents { (chunk) throws(BundleError) in
-            written += Int64(chunk.count)
-            guard written <= size else { throw BundleError("\(path): more than the announced \(size) bytes") }
-            var offset = 0
-            while offset < chunk.count {
-                let n = write(descriptor, chunk.baseAddress! + offset, chunk.count - offset)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw BundleError("writing \(path): \(String(cString: strerror(errno)))")
-                }
-                offset += n
-            }
-        }
-        guard written == size else { throw BundleError("\(path): \(written) bytes, \(size) announced") }
-        guard fsync(descriptor) == 0 else { throw BundleError("fsync \(path): \(String(cString: strerror(errno)))") }
     }
 
     private static func syncDirectory(_ path: String) {

@@ -14,6 +14,8 @@ struct TarReader {
         /// relative to the link's folder) points; nil for other entries.
         let linkTarget: String?
         let isSymbolicLink: Bool
+        /// Where the entry's data starts in the archive file.
+        let offset: Int64
     }
 
     private let descriptor: Int32
@@ -82,7 +84,8 @@ struct TarReader {
             paxSize = nil
             let entry = Entry(path: Self.clean(name), size: size,
                               isRegularFile: type == UInt8(ascii: "0") || type == 0 || type == UInt8(ascii: "7"),
-                              linkTarget: linkTarget, isSymbolicLink: type == UInt8(ascii: "2"))
+                              linkTarget: linkTarget, isSymbolicLink: type == UInt8(ascii: "2"),
+                              offset: Int64(lseek(descriptor, 0, SEEK_CUR)))
             var remaining = entry.isRegularFile ? size : 0
             if entry.isRegularFile {
                 var chunk = buffer

@@ -15,6 +15,8 @@ struct TarWriter {
     private var descriptor: Int32
     /// Archive bytes written so far, headers and padding included.
     private(set) var bytesWritten: Int64 = 0
+    /// The file between `beginFile` and `endFile`.
+    private var current: (name: String, size: Int64, written: Int64)?
 
     /// Creates `path`, which must not exist.
     init(creating path: String) throws(BundleError) {
@@ -30,15 +32,30 @@ struct TarWriter {
 
     /// A regular file of exactly `size` bytes, which `contents` pushes into its sink.
     mutating func addFile(_ name: String, size: Int64, contents: TarReader.Pump) throws(BundleError) {
+        try beginFile(name, size: size)
+        try contents { (chunk) throws(BundleError) in try append(chunk) }
+        try endFile()
+    }
+
+    /// Starts a regular file of exactly `size` bytes; `append` its data, then `endFile()`.
+    /// For data that arrives between awaits (a blob streamed from a remote store).
+    mutating func beginFile(_ name: String, size: Int64) throws(BundleError) {
         try writeHeaders(name: name, size: size, type: UInt8(ascii: "0"), mode: 0o644)
-        var written: Int64 = 0
-        try contents { (chunk) throws(BundleError) in
-            written += Int64(chunk.count)
-            guard written <= size else { throw BundleError("\(name): more than the announced \(size) bytes") }
-            try write(chunk)
-        }
-        guard written == size else { throw BundleError("\(name): \(written) bytes, \(size) announced") }
-        try pad(size)
+        current = (name, size, 0)
+    }
+
+    mutating func append(_ chunk: UnsafeRawBufferPointer) throws(BundleError) {
+        guard let file = current else { throw BundleError("tar data outside a file") }
+        guard file.written + Int64(chunk.count) <= file.size else { throw BundleError("\(file.name): more than the announced \(file.size) bytes") }
+        try write(chunk)
+        current!.written += Int64(chunk.count)
+    }
+
+    mutating func endFile() throws(BundleError) {
+        guard let file = current else { throw BundleError("tar file ended twice") }
+        current = nil
+        guard file.written == file.size else { throw BundleError("\(file.name): \(file.written) bytes, \(file.size) announced") }
+        try pad(file.size)
     }
 
     mutating func addFile(_ name: String, bytes: [UInt8]) throws(BundleError) {

@@ -166,11 +166,12 @@ extension GC {
 }
 
 /// Resolves references in the cache to the digests of their root manifests, as `seed` resolved
-/// them. Prints the error and exits 1 for one that is not cached.
-func cachedRoots(_ texts: [String], _ common: CommonOptions, _ upstream: UpstreamNameOptions) async throws -> (DataDirectory, [(digest: Digest, name: String)]) {
+/// them. Prints the error and exits 1 for one that is not cached. With `blobs`, the directory
+/// also opens the bucket of `storage.backend: s3` (for `export`, which reads blobs).
+func cachedRoots(_ texts: [String], _ common: CommonOptions, _ upstream: UpstreamNameOptions, blobs: Bool = false) async throws -> (DataDirectory, [(digest: Digest, name: String)]) {
     let configuration = try common.resolve()
     let settings = try upstream.settings(configuration)
-    let data = try DataDirectory(path: configuration.dataDirectory, index: configuration.index)
+    let data = try DataDirectory(path: configuration.dataDirectory, index: configuration.index, s3: blobs ? configuration.s3Storage : nil)
     do throws(MirrorError) {
         var roots: [(digest: Digest, name: String)] = []
         for text in texts {

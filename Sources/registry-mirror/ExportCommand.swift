@@ -9,11 +9,13 @@ struct Export: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write cached images to an OCI image layout (a directory, or a .tar of one).",
         discussion: """
-            Reads only the cache; the data directory must exist. Short names resolve as `seed` \
+            Reads only the cache: the data directory, or with storage.backend: s3 the bucket \
+            (and the PostgreSQL index of index.backend: postgres). The data directory must exist \
+            unless both are remote. Short names resolve as `seed` \
             resolves them, against --upstream or the configuration's upstreams. Each image is named in index.json by its full reference \
             (docker.io/library/alpine:3.20), which is what `skopeo copy oci:DIR:REF` and \
             `oci-archive:FILE.tar:REF` take. Every blob is re-hashed as it is written; a damaged \
-            cache file fails the export. The bundle is written beside its final path under a temporary \
+            cached blob fails the export. The bundle is written beside its final path under a temporary \
             name and renamed at the end, so a failed export leaves nothing. An existing file or \
             non-empty directory there is never overwritten.
             Multi-platform images: by default every platform that is fully cached is written; \
@@ -44,14 +46,17 @@ struct Export: AsyncParsableCommand {
         let configuration = try common.resolve()
         let logger = common.makeLogger("registry-mirror.export", configuration)
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: configuration.dataDirectory, isDirectory: &isDirectory), isDirectory.boolValue else {
+        // A fleet's cache (blobs in S3, index in PostgreSQL) needs no local data directory.
+        let local = configuration.s3Storage == nil || configuration.index.backend == .sqlite
+        guard !local || FileManager.default.fileExists(atPath: configuration.dataDirectory, isDirectory: &isDirectory) && isDirectory.boolValue else {
             // Opening it would create an empty cache, and every image would be "not cached".
             FileHandle.standardError.write(Data("error: data directory \(configuration.dataDirectory) does not exist\n".utf8))
             throw ExitCode(1)
         }
         // Short names mean what they meant to `seed`: resolved against the same upstreams.
-        let (dir, roots) = try await cachedRoots(references, common, upstream)
-        let exporter = BundleExporter(store: dir.store, index: dir.index, logger: logger)
+        let (dir, roots) = try await cachedRoots(references, common, upstream, blobs: true)
+        // With blobs in S3, the bucket itself, as `verify` reads it: not a local disk tier's copies.
+        let exporter = BundleExporter(store: dir.s3 ?? dir.blobs, index: dir.index, logger: logger)
         let reporter = ProgressReporter(verb: "export")
         do {
             let summary = try await exporter.export(roots.map(\.name), to: output, options: .init(platforms: selection, progress: reporter.handler, referrers: !noReferrers))

@@ -156,8 +156,10 @@ struct Import: AsyncParsableCommand {
     func run() async throws {
         let configuration = try common.resolve()
         let logger = common.makeLogger("registry-mirror.import", configuration)
-        let dir = try DataDirectory(path: configuration.dataDirectory, index: configuration.index)
-        let importer = BundleImporter(store: dir.store, index: dir.index, logger: logger)
+        let dir = try DataDirectory(path: configuration.dataDirectory, index: configuration.index, s3: configuration.s3Storage)
+        // With storage.backend: s3, straight into the bucket the fleet serves from: no spool,
+        // and no copy in this machine's disk tier.
+        let importer = BundleImporter(store: dir.s3 ?? dir.blobs, index: dir.index, logger: logger)
         do {
             let progress = ProgressReporter(verb: "import").handler
             let images = try await importer.importBundle(at: path, options: .init(reference: reference, pin: pin, progress: progress))

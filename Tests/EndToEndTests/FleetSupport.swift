@@ -176,6 +176,17 @@ final class FleetHarness: Sendable {
         try await start(index, extraEnvironment: extraEnvironment, extraArguments: extraArguments)
     }
 
+    // MARK: The CLI
+
+    /// Runs a one-shot `registry-mirror` subcommand (`import`, `export`, `verify`…) with the
+    /// configuration replica `index` gets (the shared bucket and index), on a data directory of
+    /// its own: nothing the fleet serves is on that machine's disk.
+    func cli(_ arguments: [String], as index: Int = 0, extraEnvironment: [String: String] = [:]) async throws -> CommandResult {
+        let environment = environment.merging(replicaEnvironment(index, hosts)) { $1 }.merging(extraEnvironment) { $1 }
+        return try await Command.run(try TestPaths.requireMirrorBinary(), arguments + ["--data-dir", scope.unique("cli-data").path],
+                                     environment: environment)
+    }
+
     // MARK: The bucket
 
     /// Waits until the bucket holds every one of `digests`: a client has a blob's last byte
