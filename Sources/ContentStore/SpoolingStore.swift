@@ -7,10 +7,11 @@ import Foundation
 import OCI
 import Synchronization
 
-/// A store whose writers have no local file (S3), given one: each writer tees its bytes into a
+/// A store whose writers have no local file (S3), given one: each writer writes its bytes to a
 /// spool file in a local directory, which `openForReading()` hands out. A download in progress
 /// is then streamed to every client from the spool as it grows, exactly as from the file
-/// store's `.part` file, while the same bytes go on to the remote store.
+/// store's `.part` file, while a `RemoteFeed` passes the same bytes on to the remote store
+/// behind it, so the download is not held to the upload's pace.
 ///
 /// A spool file is unlinked as soon as it is created: readers hold descriptors, nothing is left
 /// on disk when the last one goes, and a crash leaves nothing to sweep. Reads of stored blobs
@@ -44,7 +45,7 @@ public final class SpoolingStore: BlobStore {
         let writer = try await inner.makeWriter(expecting: digest, size: size)
         if try writer.openForReading() != nil { return writer }
         do {
-            return SpooledWriter(inner: writer, spool: try openSpool())
+            return try FedWriter(front: SpoolOnlyWriter(digest: digest, size: size, spool: try openSpool()), remote: writer)
         } catch {
             writer.abort()
             throw error
@@ -88,35 +89,6 @@ private func reopen(_ spool: ReadableFile) throws(StoreError) -> ReadableFile {
     return ReadableFile(descriptor: fd, size: 0)
 }
 
-/// A writer that appends to a local spool, then passes the bytes on to the store's own writer.
-final class SpooledWriter: BlobWriter, @unchecked Sendable {
-    // One writer at a time, as the protocol says; the spool is an open, unlinked file.
-    private let inner: any BlobWriter
-    private let spool: ReadableFile
-    private var offset: Int64 = 0
-
-    init(inner: any BlobWriter, spool: ReadableFile) {
-        self.inner = inner
-        self.spool = spool
-    }
-
-    var digest: Digest { inner.digest }
-    var bytesWritten: Int64 { inner.bytesWritten }
-
-    func openForReading() throws(StoreError) -> ReadableFile? { try reopen(spool) }
-
-    /// The spool first: a reader woken by the fill's mark finds the bytes there.
-    func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError) {
-        try append(buffer, to: spool, at: offset)
-        offset += Int64(buffer.count)
-        try inner.write(buffer)
-    }
-
-    func verify() async throws(StoreError) { try await inner.verify() }
-    func commit() async throws(StoreError) { try await inner.commit() }
-    func abort() { inner.abort() }
-}
-
 /// A spool and a digest check, publishing nothing (`SpoolingStore.makeSpool`).
 final class SpoolOnlyWriter: BlobWriter, @unchecked Sendable {
     // One writer at a time, as the protocol says.
@@ -126,10 +98,10 @@ final class SpoolOnlyWriter: BlobWriter, @unchecked Sendable {
     private(set) var bytesWritten: Int64 = 0
     private var verified = false
 
-    init(digest: Digest, spool: ReadableFile) {
+    init(digest: Digest, size: Int64? = nil, spool: ReadableFile) {
         self.digest = digest
         self.spool = spool
-        verifier = DigestVerifier(expected: digest)
+        verifier = DigestVerifier(expected: digest, expectedSize: size)
     }
 
     func openForReading() throws(StoreError) -> ReadableFile? { try reopen(spool) }

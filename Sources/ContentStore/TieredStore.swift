@@ -91,7 +91,7 @@ public final class TieredStore: SpoolingBlobStore {
     public func makeWriter(expecting digest: Digest, size: Int64?) async throws(StoreError) -> any BlobWriter {
         let remoteWriter = try await remote.makeWriter(expecting: digest, size: size)
         do {
-            return TierWriter(local: try local.makeFileWriter(expecting: digest, size: size), remote: remoteWriter, tier: self)
+            return try TierWriter(local: try local.makeFileWriter(expecting: digest, size: size), remote: remoteWriter, tier: self)
         } catch {
             remoteWriter.abort()
             throw error
@@ -99,7 +99,7 @@ public final class TieredStore: SpoolingBlobStore {
     }
 
     public func makeSpool(expecting digest: Digest) throws(StoreError) -> any BlobWriter {
-        TierWriter(local: try local.makeFileWriter(expecting: digest, size: nil), remote: nil, tier: self)
+        try TierWriter(local: try local.makeFileWriter(expecting: digest, size: nil), remote: nil, tier: self)
     }
 
     public func delete(_ digest: Digest) async throws(StoreError) {
@@ -196,38 +196,35 @@ public final class TieredStore: SpoolingBlobStore {
     }
 }
 
-/// A download's writer with a tier: the local file first (clients stream it), the remote
-/// store's writer after; the remote upload is completed before the local file is published.
+/// A download's writer with a tier: the local file first (clients stream it), fed from there
+/// to the remote store's writer behind the download (`FedWriter`); the remote upload is
+/// completed before the local file is published. A peer's stream has no remote writer.
 final class TierWriter: BlobWriter, @unchecked Sendable {
     // One writer at a time, as the protocol says.
     private let local: FileBlobWriter
-    private let remote: (any BlobWriter)?
+    private let fed: FedWriter?
     private let tier: TieredStore
 
-    init(local: FileBlobWriter, remote: (any BlobWriter)?, tier: TieredStore) {
+    init(local: FileBlobWriter, remote: (any BlobWriter)?, tier: TieredStore) throws(StoreError) {
         self.local = local
-        self.remote = remote
+        self.fed = try remote.map { remote throws(StoreError) in try FedWriter(front: local, remote: remote) }
         self.tier = tier
     }
+
+    private var writing: any BlobWriter { fed ?? local }
 
     var digest: Digest { local.digest }
     var bytesWritten: Int64 { local.bytesWritten }
 
     func openForReading() throws(StoreError) -> ReadableFile? { try local.openForReading() }
 
-    func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError) {
-        try local.write(buffer)
-        try remote?.write(buffer)
-    }
+    func write(_ buffer: UnsafeRawBufferPointer) throws(StoreError) { try writing.write(buffer) }
 
-    func verify() async throws(StoreError) {
-        try local.verify()
-        try await remote?.verify()
-    }
+    func verify() async throws(StoreError) { try await writing.verify() }
 
     func commit() async throws(StoreError) {
         try local.verify()
-        try await remote?.commit()
+        try await fed?.commitRemote()
         // The remote copy is the one that counts; a local file that cannot be kept is a miss later.
         do {
             try await local.commit()
@@ -237,8 +234,5 @@ final class TierWriter: BlobWriter, @unchecked Sendable {
         }
     }
 
-    func abort() {
-        local.abort()
-        remote?.abort()
-    }
+    func abort() { writing.abort() }
 }

@@ -69,6 +69,36 @@ import Testing
         #expect(try await eventually { try await store.pendingUploads().isEmpty }, "the aborted upload is still open")
     }
 
+    @Test("a part that fails while the next is filled fails the write: no object, no upload left")
+    func failedPartFailsTheWrite() async throws {
+        let moto = try await MotoServer()
+        defer { moto.stop() }
+        let store = moto.store(bucket: "failing", partSize: S3Store.minimumPartSize)
+        try await store.createBucket()
+        let bytes = BlobStoreConformance.bytes(3 * S3Store.minimumPartSize + 99, seed: 10)
+        let digest = DigestHasher.digest(of: bytes)
+        let writer = try await store.makeWriter(expecting: digest, size: Int64(bytes.count))
+        try bytes.withUnsafeBytes { try writer.write(UnsafeRawBufferPointer(rebasing: $0[0..<S3Store.minimumPartSize])) }
+        // The first part is going out on its own thread; the upload vanishes under it (an
+        // operator's lifecycle rule, a sweep), so it or the parts after it fail.
+        let upload = try #require(try await store.pendingUploads().first)
+        let aborted = try await store.connection.send(S3Request(method: "DELETE", key: upload.key, query: [("uploadId", upload.uploadID)]))
+        #expect(aborted.status == 204)
+        var failure: StoreError?
+        do throws(StoreError) {
+            try bytes.withUnsafeBytes { buffer in
+                Result { () throws(StoreError) in try writer.write(UnsafeRawBufferPointer(rebasing: buffer[S3Store.minimumPartSize...])) }
+            }.get()
+            try await writer.commit()
+        } catch {
+            failure = error
+        }
+        #expect(failure != nil, "a write whose parts failed was committed")
+        #expect(await store.size(of: digest) == nil)
+        #expect(try await store.allDigests().isEmpty)
+        #expect(try await eventually { try await store.pendingUploads().isEmpty }, "an upload was left open")
+    }
+
     @Test("the sweep aborts uploads older than its age, and only those")
     func sweepAbortsOldUploads() async throws {
         let moto = try await MotoServer()
