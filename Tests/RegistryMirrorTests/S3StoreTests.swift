@@ -69,7 +69,7 @@ import Testing
         #expect(try await eventually { try await store.pendingUploads().isEmpty }, "the aborted upload is still open")
     }
 
-    @Test("a part that fails while the next is filled fails the write: no object, no upload left")
+    @Test("a multipart upload that vanishes under the writer fails the write: no object, no upload left")
     func failedPartFailsTheWrite() async throws {
         let moto = try await MotoServer()
         defer { moto.stop() }
@@ -79,8 +79,8 @@ import Testing
         let digest = DigestHasher.digest(of: bytes)
         let writer = try await store.makeWriter(expecting: digest, size: Int64(bytes.count))
         try bytes.withUnsafeBytes { try writer.write(UnsafeRawBufferPointer(rebasing: $0[0..<S3Store.minimumPartSize])) }
-        // The first part is going out on its own thread; the upload vanishes under it (an
-        // operator's lifecycle rule, a sweep), so it or the parts after it fail.
+        // The upload vanishes after its first part (an operator's lifecycle rule, a sweep), so
+        // the parts after it fail.
         let upload = try #require(try await store.pendingUploads().first)
         let aborted = try await store.connection.send(S3Request(method: "DELETE", key: upload.key, query: [("uploadId", upload.uploadID)]))
         #expect(aborted.status == 204)
