@@ -28,6 +28,8 @@ public final class CacheMaintenance: Sendable {
     private let leases = Sharded<[Digest: Int]> { [:] }
     private struct Wakeup {
         var pending = false
+        /// `stop()` was called: the loop ends after the pass in progress.
+        var stopping = false
         var sleeper: CheckedContinuation<Void, Never>?
     }
     private let wakeup = Mutex(Wakeup())
@@ -210,14 +212,14 @@ public final class CacheMaintenance: Sendable {
         }?.resume()
     }
 
-    /// The background loop, until cancelled: flush and evict every `checkInterval`, or
-    /// when nudged. Flushes once more on the way out.
+    /// The background loop, until `stop()` (or cancelled): flush and evict every
+    /// `checkInterval`, or when nudged. Flushes once more on the way out.
     public func run() async {
         var first = true
         while !Task.isCancelled {
             if !first { await sleepOrNudge() }
             first = false
-            guard !Task.isCancelled else { break }
+            guard !Task.isCancelled, !wakeup.withLock({ $0.stopping }) else { break }
             wakeup.withLock { $0.pending = false }
             do {
                 try await evict()
@@ -226,6 +228,15 @@ public final class CacheMaintenance: Sendable {
             }
         }
         await flush()
+    }
+
+    /// Ends `run()` after the pass in progress and a last flush, both uncancelled: a
+    /// cancelled call to a PostgreSQL index fails, and the access times would be lost.
+    public func stop() {
+        wakeup.withLock { w -> CheckedContinuation<Void, Never>? in
+            w.stopping = true
+            return w.sleeper.take()
+        }?.resume()
     }
 
     private func sleepOrNudge() async {
@@ -237,7 +248,7 @@ public final class CacheMaintenance: Sendable {
                     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                         // One lock for the check and the store, so a nudge or cancel cannot slip between.
                         let parked = wakeup.withLock { w -> Bool in
-                            guard !w.pending, !Task.isCancelled else { return false }
+                            guard !w.pending, !w.stopping, !Task.isCancelled else { return false }
                             w.sleeper = continuation
                             return true
                         }

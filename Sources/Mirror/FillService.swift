@@ -11,6 +11,11 @@ import Synchronization
 /// its write, so nothing unverified stays in the store. A fill asked for while it drains is
 /// refused (the client gets a 503 and retries, against a replica that is not stopping).
 ///
+/// Cancellation reaches a fill only while it downloads: once every byte is in, its commit and
+/// index record run in `finishing`, which the drain does not cut (the last reader leaving or
+/// the grace running out used to cancel the record half-way, deleting or orphaning the blob).
+/// `run()` returns only after them, so the index and stores, which outlive it, see every one.
+///
 /// A process that never runs it (`seed`, the in-process tests) awaits every fill it starts;
 /// its jobs then run as tasks of their own.
 public final class FillService: Sendable {
@@ -101,6 +106,15 @@ public final class FillService: Sendable {
             await race.next()
             race.cancelAll()
         }
+    }
+
+    /// Runs `body` to its end even if the calling job is cancelled meanwhile: what a fill does
+    /// once its bytes are all in (verify, commit, record) and the clean-up after a fill (its
+    /// fleet lease). The caller still waits for it, so a job, and `run()`, end after it. Only
+    /// for short work bounded by its own timeouts (the store's and the index's).
+    static func finishing<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        // An unstructured task: a child would inherit the job's cancellation.
+        try await Task { try await body() }.value
     }
 
     /// Whether `run()` is taking jobs.

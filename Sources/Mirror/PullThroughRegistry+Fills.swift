@@ -118,10 +118,14 @@ extension PullThroughRegistry {
             if let told = fill.snapshot.size, told != writer.bytesWritten {
                 throw StoreError(.verification, "\(writer.bytesWritten) bytes arrived, \(told) were announced")
             }
-            // Verified bytes may be sent in full now; durability (fsync, rename) follows.
-            try await writer.verify()
-            fill.verified()
-            try await publish(writer, repository: repository)
+            // Every byte is in: a drain no longer cancels this fill, or the record would be cut
+            // after the commit (its last reader leaving, or the grace running out, cancels it).
+            try await FillService.finishing { [self] in
+                // Verified bytes may be sent in full now; durability (fsync, rename) follows.
+                try await writer.verify()
+                fill.verified()
+                try await publish(writer, repository: repository)
+            }
             maintenance?.nudge()
             outcome = .done
             logger.info("blob cached", metadata: ["oci.repository": "\(repository)", "oci.digest": "\(digest)", "bytes": "\(writer.bytesWritten)", "cache.result": "fill"])

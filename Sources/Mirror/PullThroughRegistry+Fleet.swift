@@ -64,7 +64,9 @@ extension PullThroughRegistry {
             await body()
             group.cancelAll()
         }
-        await releaseIfUnused(digest, key: key, fleet: fleet)
+        // Also when the drain cancelled the download: a cancelled release would leave the
+        // lease to run out, and the other replicas waiting for it.
+        try? await FillService.finishing { [self] in await releaseIfUnused(digest, key: key, fleet: fleet) }
         fleet.counters.leasesHeld.subtract(1, ordering: .relaxed)
     }
 

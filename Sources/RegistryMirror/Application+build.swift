@@ -171,11 +171,15 @@ struct TierCopyService: Service {
 }
 
 /// Runs the cache maintenance loop as a service, so it stops (and flushes access times)
-/// with the server.
+/// with the server. Stopped, not cancelled: the last flush must reach the index.
 struct MaintenanceService: Service {
     let maintenance: CacheMaintenance
     func run() async throws {
-        await cancelWhenGracefulShutdown { await maintenance.run() }
+        await withGracefulShutdownHandler {
+            await maintenance.run()
+        } onGracefulShutdown: {
+            maintenance.stop()
+        }
     }
 }
 

@@ -286,4 +286,10 @@ final class FleetReplica: Sendable {
         guard let process = running.withLock({ current in defer { current = nil }; return current }) else { return }
         await process.kill()
     }
+
+    /// SIGTERM, then up to `timeout` to exit: its exit status (nil: it was still running, and killed).
+    func terminate(timeout: Duration) async -> Int32? {
+        guard let process = running.withLock({ current in defer { current = nil }; return current }) else { return nil }
+        return await process.terminate(timeout: timeout)
+    }
 }

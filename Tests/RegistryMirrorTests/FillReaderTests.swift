@@ -135,4 +135,29 @@ import Testing
         #expect(read >= .milliseconds(900), "a download a client reads was cancelled \(read) after the shutdown, before the 1 s grace")
         #expect(took < .seconds(5), "the drain took \(took); the grace is 1 s")
     }
+
+    /// A fill's commit and record (`FillService.finishing`) run to their end although the
+    /// drain cancels the job (nobody reads it), and the service returns only after them.
+    @Test func finishingWorkOutlivesTheDrainsCancellation() async throws {
+        let service = FillService(logger: Logger(label: "test"))
+        let ends = Ends()
+        let running = Task { await service.run(grace: .milliseconds(100)) }
+        while !service.isRunning { await Task.yield() }
+        let (entered, enter) = AsyncStream.makeStream(of: Void.self)
+        #expect(service.start(.fill, unwanted: {}) {
+            try? await FillService.finishing {
+                enter.yield()
+                try await Task.sleep(for: .milliseconds(500))  // throws if cancelled
+                ends.add("finishing")
+            }
+            ends.add("job")
+        })
+        var waiting = entered.makeAsyncIterator()
+        await waiting.next()
+        service.shutDown()
+        await running.value
+        let finishing = try #require(ends["finishing"], "the finishing work was cancelled by the drain")
+        let job = try #require(ends["job"])
+        #expect(job >= finishing, "the job ended before its finishing work")
+    }
 }
