@@ -62,7 +62,8 @@ public struct WritePacing: Sendable {
     let channel: any Channel
     /// Body bytes a writer may have on their way to the socket: two of the readers' buffers, so
     /// the reader fills the next while the socket takes the last. Counted in bytes, not parts,
-    /// so a relayed upstream body in libcurl's small pieces still keeps the socket busy.
+    /// so a relayed upstream body, in the pieces libcurl read (often a few KiB), still keeps
+    /// the socket busy.
     public static let inFlightBytes = 2 * BlobChunks.defaultSize
 
     /// Pacing for `channel`, or nil when its pipeline has no pacer (a test harness).

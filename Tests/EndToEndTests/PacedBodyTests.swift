@@ -44,7 +44,7 @@ struct PacedBodyTests {
                 #expect(try Files.read(file).sha256 == digest, "a slow reader's blob does not match its digest")
             }
             let growth = try TLSEndToEndTests.peakRSS(pid) - before
-            Progress.step("paced: \(Self.readers) fast, then slow readers of a \(bytes.count >> 20) MiB blob with --no-sendfile raised peak RSS by \(afterFast >> 20), then \(growth >> 20) MiB (from \(before >> 20) MiB)")
+            Progress.step("paced: \(Self.readers) fast, then slow readers of a \(bytes.count >> 20) MiB blob with --no-sendfile raised peak RSS by \(afterFast >> 20) MiB after the fast ones, \(growth >> 20) MiB in all (from \(before >> 20) MiB)")
             #expect(growth < Self.bound, "peak RSS grew by \(growth >> 20) MiB with \(Self.readers) fast, then slow readers of a \(bytes.count >> 20) MiB blob")
         }
     }
