@@ -10,7 +10,7 @@ import NIOHTTPTypes
 /// writability reaches a writer on another thread only after the event loop has caught up:
 /// a producer that reads a blob faster than its client takes it piles the blob up in memory
 /// (measured over TLS: 170 MB peak for one 256 MiB blob, 2 GB for eight; over plain HTTP with
-/// `--no-sendfile`, 479 MB for eight). With the pacer a body written as buffers keeps at most
+/// `--no-sendfile`, up to 400 MiB for eight: `bench/tls.sh --plain`). With the pacer a body written as buffers keeps at most
 /// `WritePacing.inFlightBytes` between the reader and the socket. Every pipeline has one: on
 /// plain HTTP it sits above `FileRegionHandler`, whose sendfile bodies need no pacing.
 final class WritePacer: ChannelOutboundHandler, RemovableChannelHandler {
