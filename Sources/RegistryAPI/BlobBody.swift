@@ -10,9 +10,9 @@ import Synchronization
 ///
 /// Where the reader has a local file, the connection can send files and the length is known,
 /// the bytes go out with sendfile (`ZeroCopySender`), holding nothing in memory. Otherwise
-/// they go as buffers pulled from the reader one at a time, so the socket's pace is the
-/// reader's pace (on TLS connections, where the pipeline has a pacer, each waits until at most
-/// one other is unwritten: `WritePacing`); a body of unknown length (a chunked upstream) is sent chunked. If the
+/// they go as buffers pulled from the reader one at a time, each written once at most one
+/// other is unwritten (`WritePacing`, on TLS and plain HTTP alike), so the socket's pace is the
+/// reader's pace; a body of unknown length (a chunked upstream) is sent chunked. If the
 /// content fails (a download that failed), or ends short, the body throws and the connection
 /// is cut: the client sees an error, never wrong bytes. When it ends, however it ends, the
 /// content is told how many bytes went out.

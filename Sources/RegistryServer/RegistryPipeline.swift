@@ -9,9 +9,11 @@ import NIOTLS
 /// The connection pipelines the registry serves on: plain HTTP/1, and TLS with HTTP/2 or
 /// HTTP/1.1 as ALPN decides. The TLS one has no `FileRegionHandler` (TLS cannot carry a file
 /// region): blob bodies then go out as buffers, which the API layer falls back to by itself.
+/// Both have a `WritePacer`, so a body sent as buffers waits for the socket (see `WritePacing`).
 public enum RegistryPipeline {
     /// HTTP/1 with the zero-copy blob handler unless `zeroCopy` is off (then blob bodies are
-    /// read into buffers), and the envelope for requests the HTTP/1 decoder rejects.
+    /// read into buffers), the pacer for bodies sent as buffers (those, a relayed range, a
+    /// remote store's blob), and the envelope for requests the HTTP/1 decoder rejects.
     ///
     /// `idleTimeout`: an idle keep-alive connection, or a request head that stops arriving, is
     /// closed after it. A response in progress, however slow its client, is never cut by it.
@@ -25,11 +27,11 @@ public enum RegistryPipeline {
     /// TLS, then HTTP/2 when the client offers `h2` in ALPN, else HTTP/1.1. `NIOSSLServerHandler`
     /// comes first, with the identity's context of the moment, so a renewed certificate reaches
     /// new connections while open ones keep theirs. Each HTTP/1.1 connection and each HTTP/2
-    /// stream is set up as `http1` without zero-copy, with a `WritePacer` in its place, so blob
-    /// bodies wait for their writes (see `WritePacing`). `idleTimeout` also bounds the handshake.
+    /// stream is set up as `http1` without zero-copy, so blob bodies all go out as buffers, paced
+    /// by its `WritePacer`. `idleTimeout` also bounds the handshake.
     public static func https(identity: TLSIdentity, idleTimeout: Duration = .seconds(75),
                              parseErrorAnswer: @escaping ParseErrorAnswer.Render) -> HTTPServerBuilder {
-        let configuration = configuration(zeroCopy: false, pacing: true, idleTimeout: idleTimeout, parseErrorAnswer: parseErrorAnswer)
+        let configuration = configuration(zeroCopy: false, idleTimeout: idleTimeout, parseErrorAnswer: parseErrorAnswer)
         return HTTPServerBuilder { responder in
             TLSChildChannel(http1: HTTP1Channel(responder: responder, configuration: configuration),
                             http2: HTTP2Channel(responder: responder, configuration: .init(idleTimeout: idleTimeout, streamConfiguration: configuration)),
@@ -37,10 +39,11 @@ public enum RegistryPipeline {
         }
     }
 
-    private static func configuration(zeroCopy: Bool, pacing: Bool = false, idleTimeout: Duration,
+    private static func configuration(zeroCopy: Bool, idleTimeout: Duration,
                                       parseErrorAnswer: @escaping ParseErrorAnswer.Render) -> HTTP1Channel.Configuration {
-        // Evaluated per connection: each gets handlers of its own.
-        .init(additionalChannelHandlers: (zeroCopy ? [FileRegionHandler()] : []) + (pacing ? [WritePacer()] : [])
+        // Evaluated per connection: each gets handlers of its own. Outbound parts pass the
+        // pacer before `FileRegionHandler`, which sits next to the codec.
+        .init(additionalChannelHandlers: (zeroCopy ? [FileRegionHandler()] : []) + [WritePacer()]
                   + [ParseErrorEnvelopeHandler(answer: parseErrorAnswer)],
               idleTimeout: TimeAmount(idleTimeout))
     }
