@@ -429,6 +429,10 @@ public final class PullThroughRegistry: RegistryContent {
         return BlobContent(reader: fill.reader(), cacheResult: .miss, fill: fill)
     }
 
+    /// How long a request for a stored blob waits for its download to record it (the window
+    /// between the file's publication and the index's link) before asking the upstream.
+    static let publishWait: Duration = .seconds(10)
+
     /// How long a HEAD for a blob the upstream sends without a length waits for its download.
     static let sizelessHeadWait: Duration = .seconds(20)
 
@@ -472,6 +476,12 @@ public final class PullThroughRegistry: RegistryContent {
     /// Repository scoping: link R to a cached blob only after the upstream confirms R holds it.
     func ensureLinked(_ repository: RepositoryKey, _ digest: Digest, upstream: any UpstreamClient) async throws(MirrorError) {
         if try await local.wrap({ () async throws(IndexError) in try await index.isLinked(repository, digest) }) { return }
+        // The blob is stored but its download is still publishing: it records the link next
+        // (if it was for this repository), so wait for that instead of asking the upstream.
+        if let running = fills.withLock({ $0[fillKey(upstream, digest)] }) {
+            _ = try? await running.completedSize(within: Self.publishWait)
+            if try await local.wrap({ () async throws(IndexError) in try await index.isLinked(repository, digest) }) { return }
+        }
         let size: Int64?
         do {
             size = try await upstream.blobSize(repository.name, digest)
