@@ -480,7 +480,9 @@ struct PullThroughTests {
                 #expect((400..<500).contains(response.status), "\(what) without credentials: \(response)\(Self.mirrorLog(anonymous))")
                 #expect(response.status == 404, "\(what) without credentials: \(response)")
             }
-            #expect(!refused.stderr.contains("500") && !refused.stderr.contains("503"), "\(refused.stderr)")
+            // The mirror's address is in skopeo's message, and its port may contain "500".
+            let said = refused.stderr.replacingOccurrences(of: anonymous.host, with: "<mirror>")
+            #expect(!said.contains("500") && !said.contains("503"), "\(refused.stderr)")
         }
     }
 

@@ -118,7 +118,9 @@ struct TokenAuthTests {
 
             let pull = try await env.pullThroughMirror(mirror, "private/img", "v1").0
             #expect(!pull.succeeded, "an anonymous mirror served private/img: \(pull.summary)")
-            #expect(!pull.stderr.contains("500") && !pull.stderr.contains("502") && !pull.stderr.contains("503"), "\(pull.summary)")
+            // The mirror's address is in skopeo's message, and its port may contain "500".
+            let said = pull.stderr.replacingOccurrences(of: mirror.host, with: "<mirror>")
+            #expect(!said.contains("500") && !said.contains("502") && !said.contains("503"), "\(pull.summary)")
 
             // The mirror did try, anonymously, and got a token that grants nothing.
             let tokens = env.issuer.requests(since: issuerMark, scope: scope)
